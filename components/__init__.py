@@ -1,0 +1,1 @@
+"""Plain Python/PyTorch building blocks of kd-pipeline; no Prefect or MLflow here."""

