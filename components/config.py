@@ -229,12 +229,33 @@ def validate_config(tree: dict[str, Any]) -> PipelineConfig:
         raise ConfigError(format_validation_error(err)) from None
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` laid over ``base``; a section whose ``kind`` changes is replaced whole."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        same_kind = not (isinstance(value, dict) and "kind" in value) or (
+            isinstance(old, dict) and old.get("kind") == value["kind"]
+        )
+        if isinstance(old, dict) and isinstance(value, dict) and same_kind:
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Read the YAML file (defaults when None), apply overrides, validate once."""
-    tree = read_yaml(path) if path is not None else {}
+    """Lay the YAML file and then the overrides over the defaults, and validate once.
+
+    Merging onto the full default tree (not onto an empty one) keeps a section's own
+    defaults: ``--set teacher.train.epochs=3`` leaves the teacher's augmentation on.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = read_yaml(path)
     for text in overrides:
         merge_override(tree, *parse_override(text))
-    return validate_config(tree)
+    return validate_config(deep_merge(PipelineConfig().model_dump(mode="json"), tree))
 
 
 def config_to_yaml(config: PipelineConfig) -> str:
