@@ -45,7 +45,9 @@ def time_calls(run: Callable[[], object], warmup: int, iterations: int) -> np.nd
 def _summarise(variant: str, runtime: str, batch: int, times_ms: np.ndarray) -> Latency:
     p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
     mean = float(times_ms.mean())
-    return Latency(variant, runtime, batch, float(p50), float(p90), float(p99), mean, batch / mean * 1e3)
+    return Latency(
+        variant, runtime, batch, float(p50), float(p90), float(p99), mean, batch / mean * 1e3
+    )
 
 
 def benchmark_torch(
@@ -71,8 +73,12 @@ def benchmark_onnx(
     session = onnx_session(path)
     rows = []
     for batch in config.batch_sizes:
-        feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)}
-        times = time_calls(lambda feed=feed: session.run([OUTPUT_NAME], feed), config.warmup, config.iterations)
+        feed = {
+            INPUT_NAME: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)
+        }
+        times = time_calls(
+            lambda feed=feed: session.run([OUTPUT_NAME], feed), config.warmup, config.iterations
+        )
         rows.append(_summarise(variant, "onnxruntime", batch, times))
     return rows
 

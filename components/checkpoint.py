@@ -53,7 +53,9 @@ def load_checkpoint(
     try:
         # weights_only: a checkpoint is data, never code to unpickle.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-        model = build_model(checkpoint["arch"], checkpoint["in_channels"], checkpoint["num_classes"])
+        model = build_model(
+            checkpoint["arch"], checkpoint["in_channels"], checkpoint["num_classes"]
+        )
         model.load_state_dict(checkpoint["model"])
     except Exception as err:
         raise CheckpointError(f"checkpoint {path}: cannot be loaded ({err})") from err

@@ -83,7 +83,9 @@ class AugmentConfig(Strict):
 
     enabled: bool = False
     crop_padding: int = Field(2, ge=0, le=16)
-    horizontal_flip: bool = Field(False, description="Off for digits, where a flip changes meaning.")
+    horizontal_flip: bool = Field(
+        False, description="Off for digits, where a flip changes meaning."
+    )
 
 
 class TrainConfig(Strict):
@@ -191,7 +193,9 @@ def merge_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(keys)}: {'.'.join(keys[: depth + 1])} is not a section")
+            raise ConfigError(
+                f"--set {'.'.join(keys)}: {'.'.join(keys[: depth + 1])} is not a section"
+            )
         node = child
     node[keys[-1]] = value
 
@@ -206,7 +210,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path}: top level must be a mapping, got {type(loaded).__name__}"
+        )
     return loaded
 
 
@@ -244,7 +250,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+def load_config(
+    path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
     """Lay the YAML file and then the overrides over the defaults, and validate once.
 
     Merging onto the full default tree (not onto an empty one) keeps a section's own

@@ -187,6 +187,9 @@ def train_classifier(
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    result.final = {**evaluate(model, dataset, "val", device), **evaluate(model, dataset, "test", device)}
+    result.final = {
+        **evaluate(model, dataset, "val", device),
+        **evaluate(model, dataset, "test", device),
+    }
     model.eval()
     return result

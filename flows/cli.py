@@ -1,8 +1,8 @@
 """``kd``: the command-line entry point.
 
-    kd run [--config FILE] [--set dotted.key=value ...]   run the pipeline
-    kd config [--config FILE] [--set ...]                 print the resolved, validated config
-    kd schema                                             print the config's JSON schema
+kd run [--config FILE] [--set dotted.key=value ...]   run the pipeline
+kd config [--config FILE] [--set ...]                 print the resolved, validated config
+kd schema                                             print the config's JSON schema
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The distillation pipeline as one Prefect flow and one MLflow parent run.
 
-    prepare-data -> teacher -> logit-cache -> student-baseline, student-kd
-                 -> onnx-export -> benchmark -> summary
+prepare-data -> teacher -> logit-cache -> student-baseline, student-kd
+             -> onnx-export -> benchmark -> summary
 """
 
 from __future__ import annotations

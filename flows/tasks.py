@@ -28,7 +28,7 @@ from components.benchmark import (
     report_markdown,
 )
 from components.checkpoint import load_checkpoint, save_checkpoint
-from components.config import ModelConfig, PipelineConfig, TrainConfig, config_to_yaml, flatten
+from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, prepare_dataset
 from components.io import sha256_json, write_json, write_text
 from components.logit_cache import CacheInfo, build_logit_cache, open_logit_cache
@@ -132,7 +132,10 @@ def _train(
             **flatten(train_config.model_dump(mode="json"), "train."),
         }
         if cache is not None and distill is not None:
-            params |= {"cache.key": cache.key, **flatten(distill.model_dump(mode="json"), "distill.")}
+            params |= {
+                "cache.key": cache.key,
+                **flatten(distill.model_dump(mode="json"), "distill."),
+            }
         tracker.log_params(run_id, params)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -182,7 +185,11 @@ def _train(
             dataset_fingerprint=data.fingerprint,
         )
         size = checkpoint.stat().st_size
-        tracker.log_metrics(run_id, {**result.final, "checkpoint_bytes": size})
+        # val_* of the last epoch is already logged at its step; add the test figures.
+        test_metrics = {k: v for k, v in result.final.items() if k.startswith("test_")}
+        tracker.log_metrics(
+            run_id, {**test_metrics, "checkpoint_bytes": size}, step=train_config.epochs
+        )
         tracker.set_tags(run_id, {"checkpoint_sha256": sha256})
         tracker.log_artifact(run_id, checkpoint, "checkpoint")
         logger.info("%s: test accuracy %.4f", role, result.final["test_accuracy"])
@@ -235,7 +242,12 @@ def cache_teacher_logits(
         model, _ = load_checkpoint(Path(teacher.checkpoint), device, expected_sha256=teacher.sha256)
         started = time.perf_counter()
         info = build_logit_cache(
-            model, teacher.sha256, load_dataset(data.path), Path(ctx.work_dir) / "cache", config.cache, device
+            model,
+            teacher.sha256,
+            load_dataset(data.path),
+            Path(ctx.work_dir) / "cache",
+            config.cache,
+            device,
         )
         seconds = time.perf_counter() - started
         tracker.log_metrics(
@@ -298,7 +310,11 @@ def export_student_onnx(
             "student_run_id": student.run_id,
             "student_test_accuracy": f"{student.test_accuracy:.6f}",
             "versions": json.dumps(
-                {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+                {
+                    "torch": torch.__version__,
+                    "onnx": onnx.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                }
             ),
             "git_commit": _git_commit(),
         }
@@ -315,7 +331,8 @@ def export_student_onnx(
             },
         )
         tracker.set_tags(
-            run_id, {"exporter": result.exporter, "opset": result.opset, "onnx_sha256": result.sha256}
+            run_id,
+            {"exporter": result.exporter, "opset": result.opset, "onnx_sha256": result.sha256},
         )
         tracker.log_dict(run_id, asdict(result), "parity.json")
         tracker.log_artifact(run_id, path, "onnx")
@@ -371,4 +388,3 @@ def benchmark(
             results=[asdict(r) for r in rows],
             run_id=run_id,
         )
-

@@ -9,10 +9,10 @@ from pathlib import Path
 # telemetry job only contends for the fresh SQLite database.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import pytest  # noqa: E402
+import pytest
 
-from components.config import PipelineConfig, load_config  # noqa: E402
-from components.data import Dataset, load_dataset, prepare_dataset  # noqa: E402
+from components.config import PipelineConfig, load_config
+from components.data import Dataset, load_dataset, prepare_dataset
 
 TINY_OVERRIDES = (
     "teacher.model.name=cnn_small",

@@ -24,6 +24,10 @@ def test_crop_shifts_content_and_replays_from_the_seed() -> None:
 def test_flip_mirrors_some_images() -> None:
     x = torch.zeros(64, 1, 4, 4, dtype=torch.uint8)
     x[..., 0] = 9  # left column
-    out = augment_batch(x, AugmentConfig(enabled=True, crop_padding=0, horizontal_flip=True), torch.Generator().manual_seed(0))
+    out = augment_batch(
+        x,
+        AugmentConfig(enabled=True, crop_padding=0, horizontal_flip=True),
+        torch.Generator().manual_seed(0),
+    )
     flipped = out[..., 3].eq(9).all(dim=(1, 2))
     assert 0 < flipped.sum() < 64

@@ -28,9 +28,14 @@ def test_benchmark_rows_for_both_runtimes(tmp_path: Path, mnist_dataset: Dataset
     path = tmp_path / "m.onnx"
     export_onnx(model, mnist_dataset, path, ExportConfig(), {})
     config = BenchmarkConfig(batch_sizes=(1, 4), warmup=1, iterations=5)
-    rows = benchmark_torch("s", model, (1, 28, 28), config) + benchmark_onnx("s-onnx", path, (1, 28, 28), config)
+    rows = benchmark_torch("s", model, (1, 28, 28), config) + benchmark_onnx(
+        "s-onnx", path, (1, 28, 28), config
+    )
     assert [(r.runtime, r.batch_size) for r in rows] == [
-        ("pytorch", 1), ("pytorch", 4), ("onnxruntime", 1), ("onnxruntime", 4)
+        ("pytorch", 1),
+        ("pytorch", 4),
+        ("onnxruntime", 1),
+        ("onnxruntime", 4),
     ]
     for r in rows:
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms

@@ -103,7 +103,7 @@ def test_bad_yaml_files_are_rejected(tmp_path: Path, text: str, message: str) ->
 def test_missing_file_and_malformed_override_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         load_config(None, ["no-equals-sign"])
     with pytest.raises(ConfigError, match="is not a section"):
         load_config(None, ["seed=1", "seed.inner=2"])

@@ -84,7 +84,13 @@ def test_torchvision_mnist_formats_read_from_idx_files(tmp_path: Path, name: str
 
 @pytest.mark.usefixtures("no_cifar_checksums")
 def test_cifar10_reads_python_batches(tmp_path: Path) -> None:
-    write_cifar(tmp_path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", 10)
+    write_cifar(
+        tmp_path,
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+        "labels",
+        10,
+    )
     with open(tmp_path / "cifar-10-batches-py" / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     data = load_source(TorchvisionSource(name="CIFAR10", root=tmp_path))
@@ -128,7 +134,7 @@ def test_image_folder_skips_or_refuses_unreadable_images(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         data = load_source(ImageFolderSource(root=tmp_path, on_bad_image="skip"))
     assert len(data.labels) == 6
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         load_source(ImageFolderSource(root=tmp_path, on_bad_image="error"))
 
 
@@ -171,7 +177,9 @@ def test_prepared_dataset_is_stored_once_and_fingerprinted(tmp_path: Path) -> No
     again = prepare_dataset(MlxtendMnistSource(), SplitConfig(), tmp_path)
     other = prepare_dataset(MlxtendMnistSource(), SplitConfig(seed=1), tmp_path)
     assert again.fingerprint == info.fingerprint and other.fingerprint != info.fingerprint
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([info.fingerprint, other.fingerprint])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [info.fingerprint, other.fingerprint]
+    )
 
 
 def test_normalize_uses_training_statistics(mnist_dataset: Dataset) -> None:
@@ -182,5 +190,5 @@ def test_normalize_uses_training_statistics(mnist_dataset: Dataset) -> None:
 
 
 def test_load_dataset_refuses_a_directory_that_is_not_one(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="meta.json"):
+    with pytest.raises(DataError, match=r"meta\.json"):
         load_dataset(tmp_path)

@@ -23,7 +23,9 @@ def teacher() -> torch.nn.Module:
 def test_cache_holds_the_teachers_logits_per_training_row(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    info = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(batch_size=300), CPU)
+    info = build_logit_cache(
+        teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(batch_size=300), CPU
+    )
     logits, manifest = open_logit_cache(Path(info.path))
     assert isinstance(logits, np.memmap)
     assert logits.dtype == np.float16 and logits.shape == (4000, 10)

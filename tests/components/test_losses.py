@@ -47,7 +47,10 @@ def test_temperature_squared_scaling() -> None:
     # For T -> large, KL ~ sum (dz)^2 / (2 n T^2) on centred logits: T^2 * KL tends to a constant.
     zs, zt = torch.tensor([[0.1, 0.0, -0.1]]), torch.tensor([[-0.1, 0.0, 0.1]])
     y = torch.tensor([1])
-    values = [hinton_kd_loss(zs, zt, y, DistillConfig(temperature=t, alpha=1)).total.item() for t in (10, 100)]
+    values = [
+        hinton_kd_loss(zs, zt, y, DistillConfig(temperature=t, alpha=1)).total.item()
+        for t in (10, 100)
+    ]
     expected = ((0.2**2) * 2 / 3 - 0) / 2  # variance of (z_s - z_t) over classes, halved
     assert values[1] == pytest.approx(expected, rel=1e-3)
     assert values[0] == pytest.approx(values[1], rel=0.05)

@@ -11,7 +11,9 @@ def test_registry_matches_the_config_names() -> None:
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 @pytest.mark.parametrize(("channels", "size", "classes"), [(1, 28, 10), (3, 32, 100)])
-def test_every_architecture_fits_small_inputs(name: str, channels: int, size: int, classes: int) -> None:
+def test_every_architecture_fits_small_inputs(
+    name: str, channels: int, size: int, classes: int
+) -> None:
     model = build_model(name, channels, classes).eval()
     with torch.no_grad():
         out = model(torch.randn(2, channels, size, size))

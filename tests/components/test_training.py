@@ -5,7 +5,13 @@ import torch
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset
 from components.models import build_model
-from components.training import evaluate, predict_logits, resolve_device, seed_everything, train_classifier
+from components.training import (
+    evaluate,
+    predict_logits,
+    resolve_device,
+    seed_everything,
+    train_classifier,
+)
 
 CPU = torch.device("cpu")
 
@@ -24,7 +30,9 @@ def test_training_learns_and_reports_every_epoch(mnist_dataset: Dataset) -> None
         on_epoch=lambda epoch, metrics: seen.append(epoch),
     )
     assert seen == [1, 2] and len(result.history) == 2
-    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"} <= set(result.history[0])
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"} <= set(
+        result.history[0]
+    )
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
     assert result.final["test_accuracy"] > max(0.4, before + 0.25)  # chance is 0.1
 
@@ -33,7 +41,9 @@ def test_training_is_deterministic_in_the_seed(mnist_dataset: Dataset) -> None:
     def weights(seed: int) -> torch.Tensor:
         seed_everything(seed)
         model = build_model("cnn_tiny", 1, 10)
-        train_classifier(model, mnist_dataset, TrainConfig(epochs=1, batch_size=256), seed=seed, device=CPU)
+        train_classifier(
+            model, mnist_dataset, TrainConfig(epochs=1, batch_size=256), seed=seed, device=CPU
+        )
         return torch.cat([p.flatten() for p in model.parameters()])
 
     assert torch.equal(weights(1), weights(1))

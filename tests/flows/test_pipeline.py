@@ -1,0 +1,148 @@
+"""The real flow, end to end, on a tiny config: a real Prefect server (test harness) and a real
+MLflow SQLite store in a temp dir; nothing mocked."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.config import PipelineConfig
+from components.logit_cache import open_logit_cache
+from flows.cli import main
+from tests.conftest import TINY_OVERRIDES
+
+STAGES = ["teacher", "logit-cache", "student-baseline", "student-kd", "onnx-export", "benchmark"]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_kd_run_end_to_end(
+    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # when the pipeline runs through the CLI on a tiny config
+    work = tmp_path / "work"
+    args = (
+        ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)] + ["--set", f"work_dir={work}"]
+    )
+    assert main(args) == 0
+    out = capsys.readouterr().out
+
+    # then the summary and where to look are printed
+    for row in ("| teacher |", "| student-baseline |", "| student-kd |", "| student-kd-onnx |"):
+        assert row in out
+    assert f"mlflow ui --backend-store-uri {mlflow_store}" in out
+
+    # and MLflow holds one finished parent run with the six named child runs
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name(PipelineConfig().experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_id in out
+    assert parent.info.status == "FINISHED"
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children.values())
+
+    # the whole resolved config: flattened params and config.yaml on the parent
+    assert parent.data.params["teacher.train.epochs"] == "1"
+    assert parent.data.params["distill.temperature"] == "4.0"
+    assert parent.data.params["work_dir"] == str(work)
+    assert "config.yaml" in artifact_paths(client, parent.info.run_id)
+    assert parent.data.tags["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
+
+    # every child run has params, metrics and artifacts
+    for name, run in children.items():
+        assert run.data.params, name
+        assert run.data.metrics, name
+        assert artifact_paths(client, run.info.run_id), name
+    for role in ("teacher", "student-baseline", "student-kd"):
+        run = children[role]
+        assert "train.epochs" in run.data.params and "model.parameters" in run.data.params
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1]  # per-epoch metrics, step = epoch
+        assert 0 <= run.data.metrics["test_accuracy"] <= 1
+        assert "checkpoint/model.pt" in artifact_paths(client, run.info.run_id)
+    assert children["student-kd"].data.params["distill.alpha"] == "0.7"
+    assert "distill.alpha" not in children["student-baseline"].data.params
+
+    # a valid cache manifest that belongs to this teacher and data
+    cache = children["logit-cache"]
+    assert "manifest.json" in artifact_paths(client, cache.info.run_id)
+    cache_dir = work / "cache" / cache.data.tags["cache_key"]
+    logits, manifest = open_logit_cache(cache_dir, verify=True)
+    assert manifest["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
+    assert manifest["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
+    assert logits.shape == (4000, 10) and logits.dtype == np.float16
+    assert children["student-kd"].data.params["cache.key"] == cache.data.tags["cache_key"]
+
+    # ONNX parity, metadata and the artifact
+    export = children["onnx-export"]
+    assert export.data.metrics["max_abs_diff"] <= 1e-4
+    assert export.data.metrics["top1_agreement"] >= 0.999
+    assert {"onnx/model.onnx", "parity.json"} <= artifact_paths(client, export.info.run_id)
+    onnx_files = list((work / "onnx").glob("*/model.onnx"))
+    assert len(onnx_files) == 1
+    meta = {p.key: p.value for p in onnx.load(str(onnx_files[0])).metadata_props}
+    assert meta["student_run_id"] == children["student-kd"].info.run_id
+    assert meta["teacher_run_id"] == children["teacher"].info.run_id
+    assert json.loads(meta["class_labels"]) == [str(d) for d in range(10)]
+
+    # benchmark: both runtimes at batch 1 and 32, JSON and markdown
+    bench = children["benchmark"]
+    assert {"benchmark.json", "benchmark.md"} <= artifact_paths(client, bench.info.run_id)
+    for key in ("student-kd.pytorch.batch1.p50_ms", "student-kd-onnx.onnxruntime.batch32.p99_ms"):
+        assert bench.data.metrics[key] > 0
+
+    # nothing half-written anywhere under the work directory
+    assert not [p for p in work.rglob(".*tmp-*")]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_rerun_reuses_the_logit_cache(mlflow_store: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    args = (
+        ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)] + ["--set", f"work_dir={work}"]
+    )
+    assert main(args) == 0 and main(args) == 0
+    client = MlflowClient(mlflow_store)
+    caches = client.search_runs(
+        [client.get_experiment_by_name("kd-pipeline").experiment_id],
+        "attributes.run_name = 'logit-cache'",
+        order_by=["attributes.start_time ASC"],
+    )
+    assert [r.data.tags["reused"] for r in caches] == ["false", "true"]
+    assert caches[0].data.tags["cache_key"] == caches[1].data.tags["cache_key"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_failed_stage_marks_its_run_and_the_parent_failed(
+    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an unreachable parity tolerance makes the export stage fail loudly
+    args = ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    args += ["--set", f"work_dir={tmp_path / 'work'}", "--set", "export.max_abs_diff=1e-15"]
+    assert main(args) == 1
+    assert "ParityError" in capsys.readouterr().err
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("kd-pipeline").experiment_id])
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["onnx-export"] == "FAILED"
+    assert "benchmark" not in status
+    assert "RUNNING" not in status.values()
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED" and "ParityError" in parent.data.tags["error"]
