@@ -1,35 +1,98 @@
-"""Batch augmentation on uint8 images: random crop with zero padding, optional h-flip."""
+"""Replayable augmentation: every view is a pure function of (seed, sample index, view number).
+
+A view's parameters (crop offsets, flip) come from a counter-based hash (SplitMix64) of its
+three coordinates rather than from a stateful generator, so any view of any sample can be
+regenerated exactly, in any order, on any device, in another process. That is what lets the
+logit cache hold the teacher's output for the exact input the student will see
+(FKD, Shen & Xing 2022; "consistent teaching", Beyer et al. 2022).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from components.config import AugmentConfig
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 
-def augment_batch(
-    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x + _GOLDEN).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def view_hash(seed: int, sample_ids: np.ndarray, view_ids: np.ndarray | int) -> np.ndarray:
+    """One uint64 per (seed, sample, view): independent streams for every coordinate."""
+    samples = np.asarray(sample_ids, dtype=np.uint64)
+    views = np.broadcast_to(np.asarray(view_ids, dtype=np.uint64), samples.shape)
+    base = _splitmix(np.full(samples.shape, seed % 2**64, dtype=np.uint64))
+    return _splitmix(_splitmix(base ^ samples) ^ views)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    dy: np.ndarray  # row offset into the padded image, 0 .. 2 * padding
+    dx: np.ndarray
+    flip: np.ndarray  # bool
+
+
+def view_params(
+    config: AugmentConfig, seed: int, sample_ids: np.ndarray, view_ids: np.ndarray | int
+) -> ViewParams:
+    h = view_hash(seed, sample_ids, view_ids)
+    span = np.uint64(2 * config.crop_padding + 1)
+    h_dx = _splitmix(h)
+    h_flip = _splitmix(h_dx)
+    flip = (h_flip & np.uint64(1)).astype(bool) & config.horizontal_flip
+    return ViewParams(dy=(h % span).astype(np.int64), dx=(h_dx % span).astype(np.int64), flip=flip)
+
+
+def apply_views(images: torch.Tensor, params: ViewParams, padding: int) -> torch.Tensor:
+    """Crop each (N, C, H, W) image at its offsets from the zero-padded image; flip some."""
+    n, channels, height, width = images.shape
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        dy = torch.as_tensor(params.dy, device=device)
+        dx = torch.as_tensor(params.dx, device=device)
+        rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        channel = torch.arange(channels, device=device)[None, :, None, None]
+        images = padded[batch, channel, rows, cols]
+    if params.flip.any():
+        flip = torch.as_tensor(params.flip, device=device)[:, None, None, None]
+        images = torch.where(flip, images.flip(-1), images)
+    return images
+
+
+def augment(
+    images: torch.Tensor,
+    config: AugmentConfig,
+    seed: int,
+    sample_ids: np.ndarray,
+    view_ids: np.ndarray | int,
 ) -> torch.Tensor:
-    """Shift each image by up to ``crop_padding`` pixels (and flip it half the time).
-
-    Offsets are drawn from ``generator`` on the CPU, so a seeded generator replays the
-    same views whatever device the images are on.
-    """
+    """The given views of the given samples (identity when augmentation is off)."""
     if not config.enabled:
         return images
-    n, _, height, width = images.shape
-    pad = config.crop_padding
-    if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-        rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
-        batch = torch.arange(n, device=images.device)[:, None, None, None]
-        channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-        images = padded[batch, channel, rows, cols]
-    if config.horizontal_flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return images
+    params = view_params(config, seed, sample_ids, view_ids)
+    return apply_views(images, params, config.crop_padding)
+
+
+def choose_views(seed: int, sample_ids: np.ndarray, epoch: int, views: int) -> np.ndarray:
+    """Which of the ``views`` cached views each sample uses in ``epoch``: fixed by the seed."""
+    if views == 1:
+        return np.zeros(len(sample_ids), dtype=np.int64)
+    h = view_hash(seed ^ 0x5EED, sample_ids, epoch)
+    return (h % np.uint64(views)).astype(np.int64)

@@ -108,7 +108,11 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    """The student; ``student-baseline`` and ``student-kd`` both train it with this budget."""
+    """The student; ``student-baseline`` and ``student-kd`` both train it with this budget.
+
+    ``train.augment`` is the view policy: the logit cache holds the teacher's logits for
+    ``cache.views`` such views per sample, and both students train on exactly those views.
+    """
 
     model: ModelConfig = ModelConfig(name="cnn_small")
     train: TrainConfig = TrainConfig(epochs=12)
@@ -123,8 +127,18 @@ class DistillConfig(Strict):
 
 
 class CacheConfig(Strict):
+    """How the teacher's logits are stored; see components/logit_cache.py.
+
+    ``views`` augmented views per training sample (replayed from the seed for the student);
+    ``storage: topk`` keeps the ``top_k`` largest logits and their class indices, and spreads
+    the leftover probability mass evenly over the other classes when read back.
+    """
+
+    views: int = Field(1, ge=1, le=64)
+    storage: Literal["full", "topk"] = "full"
+    top_k: int = Field(5, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
-    batch_size: int = Field(512, gt=0)
+    chunk_rows: int = Field(512, gt=0, description="Samples per written and checksummed chunk.")
 
 
 class ExportConfig(Strict):
@@ -162,13 +176,12 @@ class PipelineConfig(Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")
-    def _student_sees_cached_view(self) -> PipelineConfig:
-        # The cache holds the teacher's logits for the un-augmented image only; a student
-        # trained on augmented views would learn from targets of a different input.
-        if self.student.train.augment.enabled:
+    def _views_need_augmentation(self) -> PipelineConfig:
+        # Without augmentation every view of a sample is the same image.
+        if self.cache.views > 1 and not self.student.train.augment.enabled:
             raise ValueError(
-                "student.train.augment.enabled: the logit cache stores the teacher's logits for "
-                "the un-augmented image, so the student must train without augmentation"
+                "cache.views: more than one view per sample needs "
+                "student.train.augment.enabled=true (otherwise all views are identical)"
             )
         return self
 

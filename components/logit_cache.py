@@ -1,21 +1,40 @@
 """The teacher's logits on disk: the only way the teacher's knowledge reaches a student.
 
-Layout of ``<cache_root>/<key>/``:
-- ``logits.npy``: (rows, classes) float16 (or float32), row i = the i-th sample of the
-  training split (``splits["train"][i]``), on the un-augmented image; read by memory map.
-- ``manifest.json``: what produced it (teacher weights sha256, dataset fingerprint, view
-  policy, dtype), its shape, and the sha256 of ``logits.npy``.
+What is stored. For each training sample (row i = ``splits["train"][i]``) and each of K views
+(view v = the augmentation replayed from (seed, sample index, v), see augment.py), the
+teacher's logits on exactly that input. The student later trains on the same views, so
+caching never changes what it learns ("consistent teaching", Beyer et al. 2022; FKD, Shen &
+Xing 2022), and the cost of the teacher is paid once, not every epoch.
 
-The key is a fingerprint of everything that produced the logits, so a rerun with the same
-teacher and data finds the cache, and a different teacher can never pick up a stale one.
-The directory is written under a temporary name and renamed whole.
+Storage (``storage``):
+- ``full``: ``logits.npy`` (rows, K, classes) in float16 (default) or float32.
+- ``topk``: ``values.npy`` (rows, K, k) float16, ``indices.npy`` (rows, K, k) in the smallest
+  unsigned type that holds the class count, and ``rest.npy`` (rows, K): the mean of the
+  other logits. Read back, every class outside the top k gets that mean logit, so at any
+  temperature the top-k classes keep their exact relative odds and the leftover probability
+  mass is spread evenly over the other classes.
+
+Safety. The cache key hashes everything that produced the content (teacher weights sha256,
+dataset fingerprint, view policy and seed, K, storage format). A build writes chunks of rows
+into preallocated memory maps under ``.<key>.partial/``, appending each finished chunk's
+sha256 to a journal, so a killed build resumes from the last complete chunk. The finished
+directory is renamed to ``<key>/`` in one step, under an exclusive file lock, so two
+processes building the same key leave one valid cache. Opening verifies every chunk's
+checksum against the manifest; a corrupt or truncated cache is refused with the file named,
+and ``build_logit_cache`` rebuilds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +43,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from components.config import CacheConfig
-from components.data import Dataset
-from components.io import atomic_dir, sha256_file, sha256_json
-from components.training import predict_logits, show_progress
+from components.augment import augment
+from components.config import AugmentConfig, CacheConfig
+from components.data import Dataset, normalize
+from components.io import sha256_json
+from components.training import show_progress
 
-FORMAT_VERSION = 1
-VIEW_POLICY = {"augmentation": "none", "views_per_sample": 1}
+FORMAT_VERSION = 2
 
 
 class CacheError(ValueError):
@@ -38,113 +57,328 @@ class CacheError(ValueError):
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """Everything the cache's content depends on; its hash is the cache key."""
+
+    teacher_sha256: str
+    dataset_fingerprint: str
+    augment: dict[str, Any]
+    view_seed: int
+    views: int
+    storage: str
+    top_k: int | None
+    dtype: str
+
+    @classmethod
+    def create(
+        cls,
+        teacher_sha256: str,
+        dataset_fingerprint: str,
+        augment: AugmentConfig,
+        view_seed: int,
+        config: CacheConfig,
+    ) -> CacheSpec:
+        return cls(
+            teacher_sha256=teacher_sha256,
+            dataset_fingerprint=dataset_fingerprint,
+            augment=augment.model_dump(mode="json"),
+            view_seed=view_seed,
+            views=config.views,
+            storage=config.storage,
+            top_k=config.top_k if config.storage == "topk" else None,
+            dtype=config.dtype,
+        )
+
+    @property
+    def key(self) -> str:
+        return sha256_json({"format": FORMAT_VERSION, **asdict(self)})[:16]
+
+
+@dataclass(frozen=True)
 class CacheInfo:
     path: str
     key: str
     rows: int
+    views: int
     num_classes: int
-    dtype: str
-    sha256: str
-    bytes_per_sample: int
-    reused: bool
+    storage: str
+    bytes_per_sample_view: int
+    build_seconds: float
+    cache_hit: bool
 
 
-def cache_key(teacher_sha256: str, dataset_fingerprint: str, config: CacheConfig) -> str:
-    return sha256_json(
-        {
-            "format": FORMAT_VERSION,
-            "teacher_sha256": teacher_sha256,
-            "dataset_fingerprint": dataset_fingerprint,
-            "dtype": config.dtype,
-            "views": VIEW_POLICY,
-        }
-    )[:16]
+def index_dtype(num_classes: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise CacheError(f"{num_classes} classes do not fit a uint32 index")
 
 
-def _info(directory: Path, manifest: dict[str, Any], reused: bool) -> CacheInfo:
-    rows, classes = manifest["shape"]
-    return CacheInfo(
-        path=str(directory),
-        key=manifest["key"],
-        rows=rows,
-        num_classes=classes,
-        dtype=manifest["dtype"],
-        sha256=manifest["sha256"],
-        bytes_per_sample=manifest["bytes_per_sample"],
-        reused=reused,
-    )
+def _layout(
+    spec: CacheSpec, rows: int, classes: int
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Array name -> (shape, dtype) for this spec."""
+    values = np.dtype(spec.dtype)
+    if spec.storage == "full":
+        return {"logits": ((rows, spec.views, classes), values)}
+    k = spec.top_k or 0
+    return {
+        "values": ((rows, spec.views, k), values),
+        "indices": ((rows, spec.views, k), index_dtype(classes)),
+        "rest": ((rows, spec.views), values),
+    }
 
 
-def build_logit_cache(
-    teacher: nn.Module,
-    teacher_sha256: str,
-    dataset: Dataset,
-    cache_root: Path,
-    config: CacheConfig,
-    device: torch.device,
-) -> CacheInfo:
-    """Run the teacher over the training split once, in chunks written into a memory map.
-
-    An existing, verified cache with the same key is reused instead.
-    """
-    key = cache_key(teacher_sha256, dataset.info.fingerprint, config)
-    directory = cache_root / key
-    if (directory / "manifest.json").is_file():
-        try:
-            _, manifest = open_logit_cache(directory, verify=True)
-            return _info(directory, manifest, reused=True)
-        except CacheError:
-            pass  # corrupt: rebuilt below, replacing it whole
-    train_indices = dataset.splits["train"]
-    shape = (len(train_indices), dataset.info.num_classes)
-    dtype = np.dtype(config.dtype)
-    teacher = teacher.to(device).eval()
-    with atomic_dir(directory) as tmp:
-        logits = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=dtype, shape=shape)
-        starts = range(0, shape[0], config.batch_size)
-        for start in tqdm(starts, desc="logit cache", disable=not show_progress(), unit="chunk"):
-            rows = train_indices[start : start + config.batch_size]
-            chunk = predict_logits(teacher, dataset.images[rows], dataset, device)
-            logits[start : start + len(rows)] = chunk.numpy().astype(dtype)
-        logits.flush()
-        del logits
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "key": key,
-            "teacher_sha256": teacher_sha256,
-            "dataset_fingerprint": dataset.info.fingerprint,
-            "rows": "row i holds the logits of training-split sample i (splits['train'][i])",
-            "train_indices_sha256": sha256_json(train_indices.tolist()),
-            "views": VIEW_POLICY,
-            "shape": list(shape),
-            "dtype": dtype.name,
-            "bytes_per_sample": int(dtype.itemsize * shape[1]),
-            "sha256": sha256_file(tmp / "logits.npy"),
-            "created_unix": time.time(),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return _info(directory, manifest, reused=False)
+def encode(logits: torch.Tensor, spec: CacheSpec, classes: int) -> dict[str, np.ndarray]:
+    """Float32 logits (..., classes) -> the stored arrays of one chunk."""
+    values = np.dtype(spec.dtype)
+    if spec.storage == "full":
+        return {"logits": logits.numpy().astype(values)}
+    k = spec.top_k or 0
+    top = logits.topk(k, dim=-1)
+    rest = (logits.sum(-1) - top.values.sum(-1)) / (classes - k)
+    return {
+        "values": top.values.numpy().astype(values),
+        "indices": top.indices.numpy().astype(index_dtype(classes)),
+        "rest": rest.numpy().astype(values),
+    }
 
 
-def open_logit_cache(directory: Path, verify: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
-    """Memory-map the logits after checking them against the manifest."""
+def _chunk_digest(arrays: dict[str, np.ndarray], start: int, stop: int) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(np.ascontiguousarray(arrays[name][start:stop]).data)
+    return digest.hexdigest()
+
+
+class LogitCache:
+    """A verified cache, read through memory maps: random rows, any view."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.directory = directory
+        self.manifest = manifest
+        self.arrays = arrays
+        self.rows, self.views, self.num_classes = (
+            manifest["rows"],
+            manifest["views"],
+            manifest["num_classes"],
+        )
+
+    def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        """Float32 logits (len(rows), classes) of the given rows at the given views."""
+        if "logits" in self.arrays:
+            return torch.from_numpy(self.arrays["logits"][rows, views].astype(np.float32))
+        values = torch.from_numpy(self.arrays["values"][rows, views].astype(np.float32))
+        indices = torch.from_numpy(self.arrays["indices"][rows, views].astype(np.int64))
+        rest = torch.from_numpy(self.arrays["rest"][rows, views].astype(np.float32))
+        full = rest[:, None].expand(len(rows), self.num_classes).clone()
+        return full.scatter_(1, indices, values)
+
+
+def open_logit_cache(
+    directory: Path, expected_key: str | None = None, verify: bool = True
+) -> LogitCache:
+    """Open a finished cache; refuse one whose key, shapes or checksums do not match."""
     manifest_path = directory / "manifest.json"
-    logits_path = directory / "logits.npy"
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CacheError(f"logit cache manifest {manifest_path}: unreadable ({err})") from err
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"logit cache {directory}: format {manifest.get('format_version')!r}")
-    if verify and (not logits_path.is_file() or sha256_file(logits_path) != manifest["sha256"]):
-        raise CacheError(f"logit cache {logits_path}: missing or sha256 differs from manifest")
-    try:
-        logits = np.load(logits_path, mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise CacheError(f"logit cache {logits_path}: unreadable ({err})") from err
-    if list(logits.shape) != manifest["shape"] or logits.dtype.name != manifest["dtype"]:
+    spec = CacheSpec(**manifest["spec"])
+    if spec.key != manifest["key"] or (expected_key is not None and spec.key != expected_key):
         raise CacheError(
-            f"logit cache {logits_path}: {logits.dtype.name}{list(logits.shape)} does not match "
-            f"manifest {manifest['dtype']}{manifest['shape']}"
+            f"logit cache {directory}: key {manifest['key']} does not match the request "
+            f"({expected_key or spec.key})"
         )
-    return logits, manifest
+    arrays: dict[str, np.ndarray] = {}
+    for name, (shape, dtype) in _layout(spec, manifest["rows"], manifest["num_classes"]).items():
+        path = directory / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CacheError(f"logit cache file {path}: missing or truncated ({err})") from err
+        if array.shape != shape or array.dtype != dtype:
+            raise CacheError(
+                f"logit cache file {path}: {array.dtype}{list(array.shape)} does not match "
+                f"manifest {dtype}{list(shape)}"
+            )
+        arrays[name] = array
+    if verify:
+        for i, (start, stop, digest) in enumerate(manifest["chunks"]):
+            if _chunk_digest(arrays, start, stop) != digest:
+                names = ", ".join(f"{n}.npy" for n in sorted(arrays))
+                raise CacheError(
+                    f"logit cache {directory} ({names}): chunk {i} (rows {start}-{stop}) fails "
+                    "its checksum: corrupt"
+                )
+    return LogitCache(directory, manifest, arrays)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _info(cache: LogitCache, cache_hit: bool) -> CacheInfo:
+    m = cache.manifest
+    return CacheInfo(
+        path=str(cache.directory),
+        key=m["key"],
+        rows=m["rows"],
+        views=m["views"],
+        num_classes=m["num_classes"],
+        storage=m["spec"]["storage"],
+        bytes_per_sample_view=m["bytes_per_sample_view"],
+        build_seconds=m["build_seconds"],
+        cache_hit=cache_hit,
+    )
+
+
+def build_logit_cache(
+    teacher: nn.Module,
+    spec: CacheSpec,
+    dataset: Dataset,
+    cache_root: Path,
+    chunk_rows: int,
+    device: torch.device,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> CacheInfo:
+    """Return the cache for ``spec``: reused when a verified one exists, else built.
+
+    ``on_chunk(done, total)`` is called after each chunk is durably written.
+    """
+    classes = dataset.info.num_classes
+    if spec.storage == "topk" and not (spec.top_k or 0) < classes:
+        raise CacheError(f"cache.top_k ({spec.top_k}) must be below the class count ({classes})")
+    if spec.dataset_fingerprint != dataset.info.fingerprint:
+        raise CacheError("cache spec names another dataset than the one given")
+    final = cache_root / spec.key
+    with _exclusive(cache_root / ".locks" / f"{spec.key}.lock"):
+        if final.exists():
+            try:
+                return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=True)
+            except CacheError:
+                shutil.rmtree(final)  # corrupt: rebuilt below
+        partial = cache_root / f".{spec.key}.partial"
+        train_indices = dataset.splits["train"]
+        layout = _layout(spec, len(train_indices), classes)
+        arrays, done_chunks = _open_partial(partial, spec, layout)
+        teacher = teacher.to(device).eval()
+        bounds = [
+            (s, min(s + chunk_rows, len(train_indices)))
+            for s in range(0, len(train_indices), chunk_rows)
+        ]
+        journal = partial / "chunks.jsonl"
+        bar = tqdm(
+            total=len(bounds),
+            initial=len(done_chunks),
+            desc="logit cache",
+            unit="chunk",
+            disable=not show_progress(),
+        )
+        for start, stop in bounds[len(done_chunks) :]:
+            started = time.perf_counter()
+            sample_ids = train_indices[start:stop]
+            logits = teacher_view_logits(teacher, dataset, sample_ids, spec, device)
+            for name, chunk in encode(logits, spec, classes).items():
+                arrays[name][start:stop] = chunk
+            for array in arrays.values():
+                array.flush()
+            entry = [start, stop, _chunk_digest(arrays, start, stop), time.perf_counter() - started]
+            with open(journal, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            done_chunks.append(entry)
+            bar.update()
+            if on_chunk is not None:
+                on_chunk(len(done_chunks), len(bounds))
+        bar.close()
+        del arrays
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "key": spec.key,
+            "spec": asdict(spec),
+            "rows": len(train_indices),
+            "row_meaning": "row i = training-split sample i (splits['train'][i]); axis 1 = view",
+            "train_indices_sha256": sha256_json(train_indices.tolist()),
+            "views": spec.views,
+            "num_classes": classes,
+            "arrays": {n: {"shape": list(s), "dtype": d.name} for n, (s, d) in layout.items()},
+            "bytes_per_sample_view": sum(
+                d.itemsize * int(np.prod(s[2:], dtype=np.int64)) for s, d in layout.values()
+            ),
+            "chunks": [c[:3] for c in done_chunks],
+            "build_seconds": sum(c[3] for c in done_chunks),
+            "created_unix": time.time(),
+        }
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _fsync_path(partial / "manifest.json")
+        journal.unlink()
+        os.replace(partial, final)
+        _fsync_path(cache_root)
+        return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
+
+
+def _open_partial(
+    partial: Path, spec: CacheSpec, layout: dict[str, tuple[tuple[int, ...], np.dtype]]
+) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
+    """Memory maps of an interrupted build of this spec and its finished chunks, or new ones."""
+    spec_path, journal = partial / "spec.json", partial / "chunks.jsonl"
+    if spec_path.is_file() and json.loads(spec_path.read_text()) == asdict(spec):
+        try:
+            arrays = {n: np.load(partial / f"{n}.npy", mmap_mode="r+") for n in layout}
+            done: list[list[Any]] = []
+            lines = journal.read_text().splitlines() if journal.is_file() else []
+            for line in lines:
+                entry = json.loads(line)  # a torn last line raises: start over below
+                if _chunk_digest(arrays, entry[0], entry[1]) != entry[2]:
+                    break
+                done.append(entry)
+            return arrays, done
+        except (OSError, ValueError, json.JSONDecodeError):
+            pass
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    spec_path.write_text(json.dumps(asdict(spec)))
+    arrays = {
+        name: np.lib.format.open_memmap(
+            partial / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+        )
+        for name, (shape, dtype) in layout.items()
+    }
+    return arrays, []
+
+
+@torch.no_grad()
+def teacher_view_logits(
+    teacher: nn.Module,
+    dataset: Dataset,
+    sample_ids: np.ndarray,
+    spec: CacheSpec,
+    device: torch.device,
+) -> torch.Tensor:
+    """Float32 logits (len(sample_ids), K, classes) of the teacher on each replayed view."""
+    raw = torch.as_tensor(np.asarray(dataset.images[sample_ids])).to(device)
+    policy = AugmentConfig(**spec.augment)
+    per_view = []
+    for view in range(spec.views):
+        images = augment(raw, policy, spec.view_seed, sample_ids, view)
+        per_view.append(teacher(normalize(images, dataset.info)).float().cpu())
+    return torch.stack(per_view, dim=1)

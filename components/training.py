@@ -1,9 +1,13 @@
 """One training loop for teacher, baseline student and distilled student.
 
-The loop reads down like nanoGPT's: schedule, batches, loss, step, evaluate, report. The
-only difference between the three uses is the loss: labels only, or labels plus the
-teacher's cached logits, looked up by the sample's row in the training split (never by
-batch position, so shuffling cannot misalign them).
+The loop reads down like nanoGPT's: schedule, batches, views, loss, step, evaluate, report.
+The only difference between the three uses is the loss: labels only, or labels plus the
+teacher's cached logits, looked up by the sample's row in the training split and its view
+number (never by batch position, so shuffling cannot misalign them).
+
+Views: with ``view_pool=None`` (the teacher) each epoch draws a fresh view of every sample;
+with ``view_pool=K`` (both students) each epoch picks one of the K views the cache holds,
+and the student sees exactly the input the teacher saw for it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from components.augment import augment_batch
+from components.augment import augment, choose_views
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset, normalize
 from components.losses import LossOutput, hinton_kd_loss, label_loss
+
+if TYPE_CHECKING:
+    from components.logit_cache import LogitCache
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -100,27 +108,25 @@ def train_classifier(
     *,
     seed: int,
     device: torch.device,
-    teacher_logits: np.ndarray | None = None,
+    view_seed: int,
+    view_pool: int | None = None,
+    teacher_cache: LogitCache | None = None,
     distill: DistillConfig | None = None,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train in place; with ``teacher_logits`` (one row per training sample) distil.
+    """Train in place; with a ``teacher_cache`` (and ``distill``), distil from it.
 
     Returns per-epoch train/val metrics and the final val/test metrics.
     """
-    if (teacher_logits is None) != (distill is None):
-        raise ValueError("teacher_logits and distill config go together")
+    if (teacher_cache is None) != (distill is None):
+        raise ValueError("teacher_cache and distill config go together")
     train_indices = dataset.splits["train"]
-    if teacher_logits is not None and len(teacher_logits) != len(train_indices):
-        raise ValueError(
-            f"teacher logits have {len(teacher_logits)} rows, training split has "
-            f"{len(train_indices)}: the cache does not belong to this dataset"
-        )
+    if teacher_cache is not None:
+        _check_cache_matches(teacher_cache, dataset, train, view_seed, view_pool)
     seed_everything(seed)
     images = torch.as_tensor(np.asarray(dataset.images[train_indices]))
     labels = torch.as_tensor(dataset.labels[train_indices])
-    augment_rng = torch.Generator().manual_seed(seed)
     order_rng = torch.Generator().manual_seed(seed + 1)
 
     model.to(device)
@@ -150,8 +156,14 @@ def train_classifier(
             unit="batch",
         )
         for b in batches:
-            rows = order[b * train.batch_size : (b + 1) * train.batch_size]
-            raw = augment_batch(images[rows].to(device), train.augment, augment_rng)
+            rows = order[b * train.batch_size : (b + 1) * train.batch_size].numpy()
+            sample_ids = train_indices[rows]
+            views = (
+                np.full(len(rows), epoch, dtype=np.int64)
+                if view_pool is None
+                else choose_views(view_seed, sample_ids, epoch, view_pool)
+            )
+            raw = augment(images[rows].to(device), train.augment, view_seed, sample_ids, views)
             batch = normalize(raw, dataset.info)
             targets = labels[rows].to(device)
             lr = _lr_at(step, total_steps, train.lr, train.schedule)
@@ -160,8 +172,8 @@ def train_classifier(
 
             logits = model(batch)
             loss: LossOutput
-            if teacher_logits is not None and distill is not None:
-                soft = torch.as_tensor(np.asarray(teacher_logits[rows.numpy()])).to(device)
+            if teacher_cache is not None and distill is not None:
+                soft = teacher_cache.logits(rows, views).to(device)
                 loss = hinton_kd_loss(logits, soft, targets, distill, train.label_smoothing)
             else:
                 loss = label_loss(logits, targets, train.label_smoothing)
@@ -193,3 +205,23 @@ def train_classifier(
     }
     model.eval()
     return result
+
+
+def _check_cache_matches(
+    cache: LogitCache, dataset: Dataset, train: TrainConfig, view_seed: int, view_pool: int | None
+) -> None:
+    """The student must see exactly the inputs the cached logits were computed on."""
+    spec = cache.manifest["spec"]
+    problems = []
+    if spec["dataset_fingerprint"] != dataset.info.fingerprint or cache.rows != len(
+        dataset.splits["train"]
+    ):
+        problems.append("it was built for another dataset or split")
+    if spec["augment"] != train.augment.model_dump(mode="json"):
+        problems.append(f"its views use augmentation {spec['augment']}")
+    if spec["view_seed"] != view_seed or spec["views"] != view_pool:
+        problems.append(f"it holds {spec['views']} views from seed {spec['view_seed']}")
+    if problems:
+        raise ValueError(
+            f"logit cache {cache.directory} does not match this training: " + "; ".join(problems)
+        )

@@ -31,7 +31,7 @@ from components.checkpoint import load_checkpoint, save_checkpoint
 from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, prepare_dataset
 from components.io import sha256_json, write_json, write_text
-from components.logit_cache import CacheInfo, build_logit_cache, open_logit_cache
+from components.logit_cache import CacheInfo, CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
 from components.onnx_export import ExportResult, export_onnx
 from components.training import resolve_device, seed_everything, train_classifier
@@ -98,6 +98,11 @@ def prepare_data(config: PipelineConfig, ctx: RunContext) -> DatasetInfo:
 # --- training ---------------------------------------------------------------------------------
 
 
+def teacher_view_seed(config: PipelineConfig) -> int:
+    """The teacher's augmentation stream, kept apart from the students' cached views."""
+    return int(sha256_json({"seed": config.seed, "stream": "teacher-views"})[:12], 16)
+
+
 def _train(
     role: str,
     model_config: ModelConfig,
@@ -115,13 +120,14 @@ def _train(
         dataset = load_dataset(data.path)
         seed_everything(config.seed)
         model = build_model(model_config.name, data.in_channels, data.num_classes)
-        teacher_logits = None
-        if cache is not None:
-            # The teacher itself is never loaded here: its knowledge arrives only as the cache.
-            teacher_logits, manifest = open_logit_cache(Path(cache.path), verify=True)
-            if manifest["dataset_fingerprint"] != data.fingerprint:
-                raise ValueError(f"logit cache {cache.path} was built for another dataset")
+        # The teacher itself is never loaded here: its knowledge arrives only as the cache.
+        teacher_cache = (
+            open_logit_cache(Path(cache.path), expected_key=cache.key)
+            if cache is not None
+            else None
+        )
         distill = config.distill if cache is not None else None
+        is_teacher = role == "teacher"
         params = {
             "role": role,
             "model.name": model_config.name,
@@ -157,7 +163,11 @@ def _train(
             train_config,
             seed=config.seed,
             device=device,
-            teacher_logits=teacher_logits,
+            # The teacher sees a fresh view every epoch; both students pick from the K views
+            # the cache holds, so the control sees exactly the distilled student's inputs.
+            view_seed=teacher_view_seed(config) if is_teacher else config.seed,
+            view_pool=None if is_teacher else config.cache.views,
+            teacher_cache=teacher_cache,
             distill=distill,
             on_epoch=on_epoch,
             desc=role,
@@ -228,14 +238,22 @@ def cache_teacher_logits(
 ) -> CacheInfo:
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "logit-cache") as run_id:
+        spec = CacheSpec.create(
+            teacher.sha256,
+            data.fingerprint,
+            config.student.train.augment,
+            config.seed,
+            config.cache,
+        )
         tracker.log_params(
             run_id,
             {
                 "teacher.sha256": teacher.sha256,
                 "teacher.run_id": teacher.run_id,
                 "dataset.fingerprint": data.fingerprint,
-                "cache.dtype": config.cache.dtype,
-                "cache.batch_size": config.cache.batch_size,
+                "view_seed": spec.view_seed,
+                **flatten(config.cache.model_dump(mode="json"), "cache."),
+                **flatten(spec.augment, "augment."),
             },
         )
         device = resolve_device(config.device)
@@ -243,30 +261,42 @@ def cache_teacher_logits(
         started = time.perf_counter()
         info = build_logit_cache(
             model,
-            teacher.sha256,
+            spec,
             load_dataset(data.path),
             Path(ctx.work_dir) / "cache",
-            config.cache,
+            config.cache.chunk_rows,
             device,
         )
         seconds = time.perf_counter() - started
-        tracker.log_metrics(
+        metrics = {
+            "rows": info.rows,
+            "views": info.views,
+            "bytes_per_sample_view": info.bytes_per_sample_view,
+            "cache_bytes": sum(p.stat().st_size for p in Path(info.path).glob("*.npy")),
+            "seconds": seconds,
+            "build_seconds": info.build_seconds,
+        }
+        if info.cache_hit:
+            # The build's own time, recorded in the manifest, minus what verifying took now.
+            metrics["time_saved_seconds"] = max(0.0, info.build_seconds - seconds)
+        tracker.log_metrics(run_id, metrics)
+        tracker.set_tags(
             run_id,
             {
-                "rows": info.rows,
-                "bytes_per_sample": info.bytes_per_sample,
-                "cache_bytes": (Path(info.path) / "logits.npy").stat().st_size,
-                "seconds": seconds,
+                "cache_key": info.key,
+                "cache_hit": str(info.cache_hit).lower(),
+                "reused": str(info.cache_hit).lower(),
             },
         )
-        tracker.set_tags(run_id, {"cache_key": info.key, "reused": str(info.reused).lower()})
         tracker.log_artifact(run_id, Path(info.path) / "manifest.json")
         get_run_logger().info(
-            "logit cache %s: %s (%d rows, %s)",
+            "logit cache %s: %s (%d rows x %d views, %s, %d bytes per sample-view)",
             info.key,
-            "reused" if info.reused else "built",
+            "reused (cache hit)" if info.cache_hit else "built",
             info.rows,
-            info.dtype,
+            info.views,
+            info.storage,
+            info.bytes_per_sample_view,
         )
         return info
 

@@ -1,33 +1,70 @@
+import numpy as np
 import torch
 
-from components.augment import augment_batch
+from components.augment import apply_views, augment, choose_views, view_hash, view_params
 from components.config import AugmentConfig
+
+CROP_FLIP = AugmentConfig(enabled=True, crop_padding=2, horizontal_flip=True)
 
 
 def test_disabled_is_identity() -> None:
     x = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8)
-    assert augment_batch(x, AugmentConfig(enabled=False), torch.Generator()) is x
+    assert augment(x, AugmentConfig(enabled=False), 0, np.arange(4), 0) is x
 
 
-def test_crop_shifts_content_and_replays_from_the_seed() -> None:
+def test_a_view_is_a_pure_function_of_seed_sample_and_view_number() -> None:
+    ids = np.array([5, 17, 900])
+    a = view_hash(3, ids, 2)
+    # the same coordinates in another order or batch give the same value
+    assert view_hash(3, ids[::-1], 2)[::-1].tolist() == a.tolist()
+    assert view_hash(3, ids[1:2], 2)[0] == a[1]
+    # each coordinate matters
+    assert (view_hash(4, ids, 2) != a).all()
+    assert (view_hash(3, ids, 3) != a).all()
+    assert len(set(view_hash(3, np.arange(1000), 0).tolist())) == 1000
+
+
+def test_view_replay_is_bit_exact_in_any_batch() -> None:
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    ids = np.arange(100, 106)
+    views = np.array([0, 1, 2, 0, 1, 2])
+    together = augment(images, CROP_FLIP, 11, ids, views)
+    for i in range(6):
+        alone = augment(images[i : i + 1], CROP_FLIP, 11, ids[i : i + 1], views[i : i + 1])
+        assert torch.equal(alone[0], together[i])
+
+
+def test_crop_keeps_content_and_moves_it() -> None:
     x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
     x[:, :, 3:5, 3:5] = 255  # a bright square in the middle
-    config = AugmentConfig(enabled=True, crop_padding=2)
-    a = augment_batch(x, config, torch.Generator().manual_seed(7))
-    b = augment_batch(x, config, torch.Generator().manual_seed(7))
-    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
-    # every view keeps the whole square (shift <= 2 px), and some views moved it
-    assert (a.flatten(1) == 255).sum(1).eq(4).all()
-    assert not torch.equal(a, x)
+    out = augment(x, AugmentConfig(enabled=True, crop_padding=2), 0, np.arange(64), 0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert (out.flatten(1) == 255).sum(1).eq(4).all()  # shift <= 2 px keeps the square whole
+    assert not torch.equal(out, x)
 
 
-def test_flip_mirrors_some_images() -> None:
-    x = torch.zeros(64, 1, 4, 4, dtype=torch.uint8)
-    x[..., 0] = 9  # left column
-    out = augment_batch(
-        x,
-        AugmentConfig(enabled=True, crop_padding=0, horizontal_flip=True),
-        torch.Generator().manual_seed(0),
+def test_explicit_offsets_crop_where_told() -> None:
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+    params = view_params(AugmentConfig(enabled=True, crop_padding=1), 0, np.array([0]), 0)
+    shifted = apply_views(
+        x, type(params)(dy=np.array([2]), dx=np.array([1]), flip=np.array([False])), 1
     )
-    flipped = out[..., 3].eq(9).all(dim=(1, 2))
-    assert 0 < flipped.sum() < 64
+    # dy=2 on padding 1 moves the image up one row: row 0 of the output is row 1 of the input
+    assert shifted[0, 0, 0].tolist() == x[0, 0, 1].tolist()
+    assert shifted[0, 0, 3].tolist() == [0, 0, 0, 0]
+
+
+def test_flip_only_when_allowed() -> None:
+    ids = np.arange(200)
+    assert not view_params(AugmentConfig(enabled=True), 0, ids, 0).flip.any()
+    flips = view_params(CROP_FLIP, 0, ids, 0).flip
+    assert 50 < flips.sum() < 150
+
+
+def test_choose_views_is_deterministic_and_covers_the_pool() -> None:
+    ids = np.arange(1000)
+    first = choose_views(0, ids, epoch=1, views=4)
+    assert np.array_equal(first, choose_views(0, ids, epoch=1, views=4))
+    assert not np.array_equal(first, choose_views(0, ids, epoch=2, views=4))
+    assert set(first.tolist()) == {0, 1, 2, 3}
+    assert choose_views(0, ids, epoch=5, views=1).tolist() == [0] * 1000

@@ -71,7 +71,8 @@ def test_config_is_frozen() -> None:
         ("data.name=SVHN", "data"),
         ("device=tpu", "device"),
         ("split.val_fraction=0.9", "split.val_fraction"),
-        ("student.train.augment.enabled=true", "student.train.augment.enabled"),
+        ("cache.views=4", "cache.views"),
+        ("cache.storage=sparse", "cache.storage"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_name(override: str, field: str) -> None:

@@ -1,17 +1,27 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from components.config import CacheConfig
-from components.data import Dataset
-from components.logit_cache import CacheError, build_logit_cache, cache_key, open_logit_cache
+from components.augment import augment
+from components.checkpoint import save_checkpoint
+from components.config import AugmentConfig, CacheConfig
+from components.data import Dataset, normalize
+from components.logit_cache import (
+    CacheError,
+    CacheSpec,
+    build_logit_cache,
+    index_dtype,
+    open_logit_cache,
+)
 from components.models import build_model
-from components.training import predict_logits
 
 CPU = torch.device("cpu")
+VIEWS = AugmentConfig(enabled=True, crop_padding=2)
 
 
 @pytest.fixture
@@ -20,59 +30,199 @@ def teacher() -> torch.nn.Module:
     return build_model("cnn_tiny", 1, 10).eval()
 
 
-def test_cache_holds_the_teachers_logits_per_training_row(
+def spec_for(dataset: Dataset, teacher_sha: str = "a" * 64, **cache: object) -> CacheSpec:
+    config = CacheConfig(**{"views": 3, **cache})
+    return CacheSpec.create(teacher_sha, dataset.info.fingerprint, VIEWS, 7, config)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.suffix == ".npy"}
+
+
+def test_cached_logits_are_the_teachers_output_on_the_replayed_views(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    info = build_logit_cache(
-        teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(batch_size=300), CPU
-    )
-    logits, manifest = open_logit_cache(Path(info.path))
-    assert isinstance(logits, np.memmap)
-    assert logits.dtype == np.float16 and logits.shape == (4000, 10)
-    assert not info.reused and info.bytes_per_sample == 20
-    expected = predict_logits(teacher, mnist_dataset.split("train")[0], mnist_dataset, CPU)
-    # row i is training sample i, whatever order a loader later visits them in
-    rows = [0, 1234, 3999]
-    assert np.allclose(logits[rows].astype(np.float32), expected[rows].numpy(), atol=1e-2)
-    assert manifest["teacher_sha256"] == "a" * 64
-    assert manifest["dataset_fingerprint"] == mnist_dataset.info.fingerprint
-    assert manifest["shape"] == [4000, 10] and manifest["dtype"] == "float16"
-    assert [p.name for p in tmp_path.iterdir()] == [info.key]  # no temporary left behind
+    spec = spec_for(mnist_dataset)
+    info = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 700, CPU)
+    assert not info.cache_hit and info.views == 3 and info.bytes_per_sample_view == 20
+    cache = open_logit_cache(Path(info.path), expected_key=spec.key)
+    assert cache.arrays["logits"].shape == (4000, 3, 10)
+    assert isinstance(cache.arrays["logits"], np.memmap)
+    # regenerate views independently of the cache and compare, for random rows and views
+    rows = np.array([0, 1234, 3999, 17])
+    views = np.array([2, 0, 1, 2])
+    sample_ids = mnist_dataset.splits["train"][rows]
+    raw = torch.as_tensor(mnist_dataset.images[sample_ids])
+    with torch.no_grad():
+        expected = teacher(normalize(augment(raw, VIEWS, 7, sample_ids, views), mnist_dataset.info))
+    assert torch.allclose(cache.logits(rows, views), expected, atol=1e-2, rtol=1e-3)
+    # distinct views really are distinct inputs
+    assert not torch.allclose(cache.logits(rows, views), cache.logits(rows, (views + 1) % 3))
+    manifest = json.loads((Path(info.path) / "manifest.json").read_text())
+    assert manifest["spec"]["teacher_sha256"] == "a" * 64
+    assert manifest["spec"]["dataset_fingerprint"] == mnist_dataset.info.fingerprint
+    assert manifest["spec"]["augment"] == VIEWS.model_dump(mode="json")
+    assert manifest["spec"]["view_seed"] == 7 and manifest["views"] == 3
+    assert len(manifest["chunks"]) == 6  # 4000 rows in chunks of 700
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", info.key]
 
 
-def test_same_inputs_reuse_and_other_teacher_gets_another_key(
+def test_same_spec_is_a_cache_hit_and_each_input_changes_the_key(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    first = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(), CPU)
-    again = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(), CPU)
-    assert again.reused and again.key == first.key
-    fp = mnist_dataset.info.fingerprint
-    assert cache_key("b" * 64, fp, CacheConfig()) != first.key
-    assert cache_key("a" * 64, fp, CacheConfig(dtype="float32")) != first.key
+    first = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
+    again = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
+    assert again.cache_hit and again.key == first.key and again.build_seconds == first.build_seconds
+    base = spec_for(mnist_dataset)
+    variants = [
+        spec_for(mnist_dataset, teacher_sha="b" * 64),
+        spec_for(mnist_dataset, views=4),
+        spec_for(mnist_dataset, storage="topk"),
+        spec_for(mnist_dataset, dtype="float32"),
+        CacheSpec.create("a" * 64, base.dataset_fingerprint, VIEWS, 8, CacheConfig(views=3)),
+        CacheSpec.create(
+            "a" * 64,
+            base.dataset_fingerprint,
+            AugmentConfig(enabled=True, crop_padding=3),
+            7,
+            CacheConfig(views=3),
+        ),
+        CacheSpec.create("a" * 64, "other-data", VIEWS, 7, CacheConfig(views=3)),
+    ]
+    assert len({base.key, *(v.key for v in variants)}) == 1 + len(variants)
 
 
-def test_corrupted_cache_is_detected_and_rebuilt(
+def test_opening_with_another_key_is_refused(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    info = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(), CPU)
+    info = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
+    with pytest.raises(CacheError, match="does not match the request"):
+        open_logit_cache(Path(info.path), expected_key="0" * 16)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_corrupt_or_truncated_cache_is_detected_and_rebuilt(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module, damage: str
+) -> None:
+    spec = spec_for(mnist_dataset)
+    info = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 1000, CPU)
+    good = files(Path(info.path))
     path = Path(info.path) / "logits.npy"
     data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF
+    if damage == "flip a byte":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) - 100]
     path.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match=str(path)):
+    with pytest.raises(CacheError, match=r"logits\.npy"):
         open_logit_cache(Path(info.path))
-    rebuilt = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(), CPU)
-    assert not rebuilt.reused
-    open_logit_cache(Path(rebuilt.path))  # verifies
+    rebuilt = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 1000, CPU)
+    assert not rebuilt.cache_hit
+    assert files(Path(rebuilt.path)) == good
 
 
-def test_manifest_that_disagrees_with_the_file_is_refused(
+def test_interrupted_build_resumes_and_gives_the_same_bytes(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    info = build_logit_cache(teacher, "a" * 64, mnist_dataset, tmp_path, CacheConfig(), CPU)
-    manifest_path = Path(info.path) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["shape"] = [10, 10]
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match="does not match manifest"):
-        open_logit_cache(Path(info.path), verify=False)
+    spec = spec_for(mnist_dataset)
+    whole = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "whole", 500, CPU)
+
+    calls: list[int] = []
+
+    def stop_after_three(done: int, total: int) -> None:
+        calls.append(done)
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_logit_cache(
+            teacher, spec, mnist_dataset, tmp_path / "resumed", 500, CPU, stop_after_three
+        )
+    assert not (tmp_path / "resumed" / spec.key).exists()  # nothing visible under the final name
+    calls.clear()
+    resumed = build_logit_cache(
+        teacher, spec, mnist_dataset, tmp_path / "resumed", 500, CPU, lambda d, t: calls.append(d)
+    )
+    assert calls == [4, 5, 6, 7, 8]  # only the chunks after the last complete one
+    assert files(Path(resumed.path)) == files(Path(whole.path))
+
+
+def test_topk_round_trip(tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module) -> None:
+    full = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
+    topk = build_logit_cache(
+        teacher,
+        spec_for(mnist_dataset, storage="topk", top_k=3),
+        mnist_dataset,
+        tmp_path,
+        1000,
+        CPU,
+    )
+    assert topk.bytes_per_sample_view == 3 * 2 + 3 * 1 + 2  # float16 values, uint8 indices, rest
+    full_cache, topk_cache = open_logit_cache(Path(full.path)), open_logit_cache(Path(topk.path))
+    assert topk_cache.arrays["indices"].dtype == np.uint8
+    rows, views = np.arange(0, 4000, 37), np.arange(0, 4000, 37) % 3
+    exact, approx = full_cache.logits(rows, views), topk_cache.logits(rows, views)
+    top = exact.topk(3, dim=1)
+    # the top-k logits come back exactly (to float16) at their classes
+    assert torch.allclose(approx.gather(1, top.indices), top.values, atol=1e-2)
+    # every other class holds the mean of the other logits
+    mask = torch.ones_like(exact, dtype=torch.bool).scatter_(1, top.indices, False)
+    rest_mean = (exact * mask).sum(1) / 7
+    assert torch.allclose(approx[mask].view(-1, 7), rest_mean[:, None].expand(-1, 7), atol=1e-2)
+    assert index_dtype(10) == np.uint8 and index_dtype(1000) == np.uint16
+
+
+def test_topk_needs_fewer_than_all_classes(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    with pytest.raises(CacheError, match="top_k"):
+        build_logit_cache(
+            teacher,
+            spec_for(mnist_dataset, storage="topk", top_k=10),
+            mnist_dataset,
+            tmp_path,
+            1000,
+            CPU,
+        )
+
+
+BUILDER = """
+import sys, torch
+from pathlib import Path
+from components.checkpoint import load_checkpoint
+from components.config import AugmentConfig, CacheConfig
+from components.data import load_dataset
+from components.logit_cache import CacheSpec, build_logit_cache
+dataset = load_dataset(sys.argv[1])
+model, _ = load_checkpoint(Path(sys.argv[2]))
+views = AugmentConfig(enabled=True)
+spec = CacheSpec.create("c" * 64, dataset.info.fingerprint, views, 7, CacheConfig(views=2))
+info = build_logit_cache(model, spec, dataset, Path(sys.argv[3]), 250, torch.device("cpu"))
+print("hit" if info.cache_hit else "built")
+"""
+
+
+def test_two_concurrent_builders_leave_one_valid_cache(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    checkpoint = tmp_path / "teacher.pt"
+    save_checkpoint(
+        checkpoint,
+        teacher,
+        arch="cnn_tiny",
+        in_channels=1,
+        num_classes=10,
+        config={},
+        metrics={},
+        dataset_fingerprint="x",
+    )
+    root = tmp_path / "cache"
+    args = [sys.executable, "-c", BUILDER, mnist_dataset.info.path, str(checkpoint), str(root)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs == ["built", "hit"]
+    caches = [p for p in root.iterdir() if not p.name.startswith(".")]
+    assert len(caches) == 1
+    open_logit_cache(caches[0])  # verifies every chunk
+    assert not list(root.glob(".*.partial"))

@@ -1,9 +1,9 @@
-import numpy as np
 import pytest
 import torch
 
-from components.config import DistillConfig, TrainConfig
+from components.config import AugmentConfig, CacheConfig, DistillConfig, TrainConfig
 from components.data import Dataset
+from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model
 from components.training import (
     evaluate,
@@ -27,6 +27,7 @@ def test_training_learns_and_reports_every_epoch(mnist_dataset: Dataset) -> None
         TrainConfig(epochs=2, batch_size=128),
         seed=0,
         device=CPU,
+        view_seed=0,
         on_epoch=lambda epoch, metrics: seen.append(epoch),
     )
     assert seen == [1, 2] and len(result.history) == 2
@@ -42,7 +43,12 @@ def test_training_is_deterministic_in_the_seed(mnist_dataset: Dataset) -> None:
         seed_everything(seed)
         model = build_model("cnn_tiny", 1, 10)
         train_classifier(
-            model, mnist_dataset, TrainConfig(epochs=1, batch_size=256), seed=seed, device=CPU
+            model,
+            mnist_dataset,
+            TrainConfig(epochs=1, batch_size=256, augment=AugmentConfig(enabled=True)),
+            seed=seed,
+            device=CPU,
+            view_seed=seed,
         )
         return torch.cat([p.flatten() for p in model.parameters()])
 
@@ -50,20 +56,38 @@ def test_training_is_deterministic_in_the_seed(mnist_dataset: Dataset) -> None:
     assert not torch.equal(weights(1), weights(2))
 
 
-def test_distillation_follows_the_cached_teacher(mnist_dataset: Dataset) -> None:
-    # given "teacher logits" that always name class 3, and alpha = 1 (no label term)
-    rows = len(mnist_dataset.splits["train"])
-    logits = np.full((rows, 10), -5.0, np.float16)
-    logits[:, 3] = 5.0
+class ConstantTeacher(torch.nn.Module):
+    """A "teacher" that always names class 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(x), 10), -5.0)
+        out[:, 3] = 5.0
+        return out
+
+
+def cache_of(teacher: torch.nn.Module, dataset: Dataset, root, augment: AugmentConfig, views: int):
+    spec = CacheSpec.create(
+        "t" * 64, dataset.info.fingerprint, augment, 0, CacheConfig(views=views)
+    )
+    info = build_logit_cache(teacher, spec, dataset, root, 1000, CPU)
+    return open_logit_cache(root / info.key)
+
+
+def test_distillation_follows_the_cached_teacher(mnist_dataset: Dataset, tmp_path) -> None:
+    # given cached logits that always name class 3, and alpha = 1 (no label term)
+    augment = AugmentConfig(enabled=True)
+    cache = cache_of(ConstantTeacher(), mnist_dataset, tmp_path, augment, views=2)
     seed_everything(0)
     model = build_model("cnn_tiny", 1, 10)
     train_classifier(
         model,
         mnist_dataset,
-        TrainConfig(epochs=1, batch_size=256),
+        TrainConfig(epochs=1, batch_size=256, augment=augment),
         seed=0,
         device=CPU,
-        teacher_logits=logits,
+        view_seed=0,
+        view_pool=2,
+        teacher_cache=cache,
         distill=DistillConfig(temperature=1.0, alpha=1.0),
     )
     images, _ = mnist_dataset.split("test")
@@ -71,15 +95,35 @@ def test_distillation_follows_the_cached_teacher(mnist_dataset: Dataset) -> None
     assert (predictions == 3).float().mean() > 0.95
 
 
-def test_cache_rows_must_match_the_training_split(mnist_dataset: Dataset) -> None:
-    with pytest.raises(ValueError, match="does not belong to this dataset"):
+@pytest.mark.parametrize(
+    ("augment", "view_seed", "view_pool", "problem"),
+    [
+        (AugmentConfig(enabled=True, crop_padding=3), 0, 2, "augmentation"),
+        (AugmentConfig(enabled=True), 1, 2, "views from seed"),
+        (AugmentConfig(enabled=True), 0, 4, "views from seed"),
+    ],
+)
+def test_student_must_see_the_cached_views(
+    mnist_dataset: Dataset,
+    tmp_path,
+    augment: AugmentConfig,
+    view_seed: int,
+    view_pool: int,
+    problem: str,
+) -> None:
+    cache = cache_of(
+        ConstantTeacher(), mnist_dataset, tmp_path, AugmentConfig(enabled=True), views=2
+    )
+    with pytest.raises(ValueError, match=problem):
         train_classifier(
             build_model("cnn_tiny", 1, 10),
             mnist_dataset,
-            TrainConfig(epochs=1),
+            TrainConfig(epochs=1, augment=augment),
             seed=0,
             device=CPU,
-            teacher_logits=np.zeros((7, 10), np.float16),
+            view_seed=view_seed,
+            view_pool=view_pool,
+            teacher_cache=cache,
             distill=DistillConfig(),
         )
 

@@ -84,10 +84,13 @@ def test_kd_run_end_to_end(
     cache = children["logit-cache"]
     assert "manifest.json" in artifact_paths(client, cache.info.run_id)
     cache_dir = work / "cache" / cache.data.tags["cache_key"]
-    logits, manifest = open_logit_cache(cache_dir, verify=True)
-    assert manifest["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
-    assert manifest["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
-    assert logits.shape == (4000, 10) and logits.dtype == np.float16
+    cache_files = open_logit_cache(cache_dir, expected_key=cache.data.tags["cache_key"])
+    spec = cache_files.manifest["spec"]
+    assert spec["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
+    assert spec["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
+    assert cache_files.arrays["logits"].shape == (4000, 1, 10)
+    assert cache_files.arrays["logits"].dtype == np.float16
+    assert cache.data.metrics["bytes_per_sample_view"] == 20
     assert children["student-kd"].data.params["cache.key"] == cache.data.tags["cache_key"]
 
     # ONNX parity, metadata and the artifact
@@ -125,8 +128,10 @@ def test_rerun_reuses_the_logit_cache(mlflow_store: str, tmp_path: Path) -> None
         "attributes.run_name = 'logit-cache'",
         order_by=["attributes.start_time ASC"],
     )
-    assert [r.data.tags["reused"] for r in caches] == ["false", "true"]
+    assert [r.data.tags["cache_hit"] for r in caches] == ["false", "true"]
     assert caches[0].data.tags["cache_key"] == caches[1].data.tags["cache_key"]
+    assert "time_saved_seconds" in caches[1].data.metrics
+    assert caches[1].data.metrics["build_seconds"] == caches[0].data.metrics["build_seconds"]
 
 
 @pytest.mark.usefixtures("prefect_server")
