@@ -279,7 +279,7 @@ def build_logit_cache(
         train_indices = dataset.splits["train"]
         layout = _layout(spec, len(train_indices), classes)
         arrays, done_chunks = _open_partial(partial, spec, layout)
-        teacher = teacher.to(device).eval()
+        teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
         bounds = [
             (s, min(s + chunk_rows, len(train_indices)))
             for s in range(0, len(train_indices), chunk_rows)

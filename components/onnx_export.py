@@ -103,10 +103,11 @@ def export_onnx(
     metadata: dict[str, str],
 ) -> ExportResult:
     """Export, check structure and parity on the test split, write ``path`` atomically."""
-    model = model.cpu().eval()
     test_images, test_labels = dataset.split("test")
-    inputs = normalize(np.asarray(test_images), dataset.info)
-    reference = predict_logits(model, test_images, dataset, torch.device("cpu")).numpy()
+    reference = predict_logits(model.cpu(), test_images, dataset, torch.device("cpu")).numpy()
+    # The exporter traces plain NCHW-contiguous weights and inputs (the ONNX layout).
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    inputs = normalize(np.asarray(test_images), dataset.info).contiguous()
     # A batch of 2: with 1, the exporter may specialise the batch dimension to a constant.
     example = inputs[:2] if len(inputs) >= 2 else inputs.repeat(2, 1, 1, 1)
     attempts: dict[str, str] = {}

@@ -1,0 +1,45 @@
+"""The benchmark script runs as users run it (tiny settings here) and writes its report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_logit_cache_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
+    args = [
+        sys.executable,
+        str(REPO / "benchmarks" / "logit_cache.py"),
+        "--out",
+        str(tmp_path),
+        "--set",
+        "teacher.model.name=cnn_small",
+        "--set",
+        "teacher.train.epochs=1",
+        "--set",
+        "student.train.epochs=1",
+        "--seeds",
+        "2",
+        "--views",
+        "2",
+        "--views-sweep",
+        "1,2",
+    ]
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=600)
+    report = json.loads((tmp_path / "logit_cache.json").read_text())
+    ratios = (
+        "build_vs_inference_ratio",
+        "cached_vs_online_speedup",
+        "cached_vs_student_only_ratio",
+    )
+    assert all(report[key] > 0 for key in ratios)
+    assert set(report["test_accuracy"]) == {"cached", "live", "labels"}
+    # the cache and the live teacher give the student the same targets (up to float16)
+    accuracy = report["test_accuracy"]
+    assert abs(accuracy["cached"]["mean"] - accuracy["live"]["mean"]) < 0.05
+    assert [s["views"] for s in report["views_sweep"]] == [1, 2]
+    assert report["views_sweep"][1]["cache_bytes"] == 2 * report["views_sweep"][0]["cache_bytes"]
+    markdown = (tmp_path / "logit_cache.md").read_text()
+    assert "distilled from live teacher" in markdown and "| 2 |" in markdown
