@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.augment import augment
+from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig, PipelineConfig, load_config
 from components.data import Dataset, load_dataset, normalize, prepare_dataset
 from components.io import write_json, write_text
@@ -54,10 +54,13 @@ class LiveTeacher:
 
     @torch.no_grad()
     def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        sample_ids = self.dataset.splits["train"][rows]
-        raw = torch.as_tensor(np.asarray(self.dataset.images[sample_ids]))
-        images = augment(raw, self.policy, self.seed, sample_ids, views)
-        return self.teacher(normalize(images, self.dataset.info))
+        train = self.dataset.splits["train"]
+        rendered = render_views(self._fetch, rows, train, views, self.policy, self.seed)
+        return self.teacher(normalize(rendered.images, self.dataset.info))
+
+    def _fetch(self, rows: np.ndarray) -> torch.Tensor:
+        train = self.dataset.splits["train"]
+        return torch.as_tensor(np.asarray(self.dataset.images[train[rows]]))
 
 
 def train_student(
@@ -90,14 +93,16 @@ def inference_throughput(
     """Samples x views per second of the bare teacher forward on pre-made views."""
     train = dataset.splits["train"]
     policy = AugmentConfig(**spec.augment)
+
+    def fetch(rows: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(dataset.images[train[rows]]))
+
     batches = []
     for start in range(0, len(train), chunk):
-        ids = train[start : start + chunk]
-        raw = torch.as_tensor(np.asarray(dataset.images[ids]))
-        batches += [
-            normalize(augment(raw, policy, spec.view_seed, ids, v), dataset.info)
-            for v in range(spec.views)
-        ]
+        rows = np.arange(start, min(start + chunk, len(train)))
+        for view in range(spec.views):
+            rendered = render_views(fetch, rows, train, view, policy, spec.view_seed)
+            batches.append(normalize(rendered.images, dataset.info))
     started = time.perf_counter()
     with torch.no_grad():
         for batch in batches:

@@ -9,6 +9,8 @@ logit cache hold the teacher's output for the exact input the student will see
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,12 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
         return x ^ (x >> np.uint64(31))
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream (e.g. the teacher's views), apart from the others."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).hexdigest()
+    return int(digest[:12], 16)
 
 
 def view_hash(seed: int, sample_ids: np.ndarray, view_ids: np.ndarray | int) -> np.ndarray:
@@ -96,3 +104,54 @@ def choose_views(seed: int, sample_ids: np.ndarray, epoch: int, views: int) -> n
         return np.zeros(len(sample_ids), dtype=np.int64)
     h = view_hash(seed ^ 0x5EED, sample_ids, epoch)
     return (h % np.uint64(views)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Views:
+    """A batch of rendered views: uint8 images, or float32 in [0, 255] when mixed."""
+
+    images: torch.Tensor
+    partner_rows: np.ndarray | None = None  # mixup partner (a training-split row) per sample
+    weight: np.ndarray | None = None  # mixup weight of the sample itself, ~ Beta(a, a)
+
+
+def render_views(
+    fetch: Callable[[np.ndarray], torch.Tensor],
+    rows: np.ndarray,
+    train_indices: np.ndarray,
+    view_ids: np.ndarray | int,
+    config: AugmentConfig,
+    seed: int,
+) -> Views:
+    """The views of training-split ``rows``; ``fetch(rows)`` returns their uint8 images.
+
+    With mixup, a view is lambda * view(sample) + (1 - lambda) * view(partner), the same view
+    number of both; the partner and lambda are replayed from (seed, sample, view) like the
+    crop, so the cache and the student render the identical mixed image
+    ("function matching", Beyer et al. 2022).
+    """
+    sample_ids = train_indices[rows]
+    images = augment(fetch(rows), config, seed, sample_ids, view_ids)
+    if not config.enabled or config.mixup_alpha <= 0:
+        return Views(images)
+    h = _splitmix(view_hash(seed ^ 0x313C5, sample_ids, view_ids))
+    partner_rows = (h % np.uint64(len(train_indices))).astype(np.int64)
+    weight = np.array(
+        [np.random.default_rng(int(x)).beta(config.mixup_alpha, config.mixup_alpha) for x in h],
+        dtype=np.float32,
+    )
+    partners = augment(fetch(partner_rows), config, seed, train_indices[partner_rows], view_ids)
+    w = torch.as_tensor(weight, device=images.device)[:, None, None, None]
+    mixed = w * images.float() + (1 - w) * partners.float()
+    return Views(mixed, partner_rows, weight)
+
+
+def view_targets(
+    views: Views, labels: torch.Tensor, train_labels: torch.Tensor, classes: int
+) -> torch.Tensor:
+    """Class indices, or mixed class probabilities for mixed views."""
+    if views.partner_rows is None or views.weight is None:
+        return labels
+    w = torch.as_tensor(views.weight, device=labels.device)[:, None]
+    partner = train_labels[views.partner_rows].to(labels.device)
+    return w * F.one_hot(labels, classes).float() + (1 - w) * F.one_hot(partner, classes).float()

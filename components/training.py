@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from components.augment import augment, choose_views
+from components.augment import choose_views, render_views, view_targets
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset, normalize
-from components.losses import LossOutput, hinton_kd_loss, label_loss
+from components.losses import LossOutput, distillation_loss, label_loss
 
 if TYPE_CHECKING:
     from components.logit_cache import LogitCache
@@ -91,10 +91,14 @@ def evaluate(
     }
 
 
-def _lr_at(step: int, total: int, peak: float, schedule: str) -> float:
-    """One-cycle (Smith 2018): linear warm-up over 30% of steps, cosine decay to ~0."""
-    if schedule == "constant":
+def _lr_at(step: int, steps_per_epoch: int, train: TrainConfig) -> float:
+    """The learning rate at ``step`` under the configured schedule (see TrainConfig)."""
+    peak, total = train.lr, train.epochs * steps_per_epoch
+    if train.schedule == "constant":
         return peak
+    if train.schedule == "multistep":
+        epoch = step // steps_per_epoch  # 0-based: decays from the start of a milestone epoch
+        return peak * train.gamma ** sum(epoch >= m for m in train.milestones)
     warm = max(1, int(0.3 * total))
     if step < warm:
         return peak * (0.04 + 0.96 * step / warm)
@@ -133,15 +137,16 @@ def train_classifier(
     model.to(device=device, memory_format=torch.channels_last)
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norm scales
     decay = [p for p in model.parameters() if p.ndim > 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": train.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=train.lr,
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+        if train.optimizer == "sgd"
+        else torch.optim.AdamW(groups, lr=train.lr)
     )
     steps_per_epoch = math.ceil(len(images) / train.batch_size)
-    total_steps = train.epochs * steps_per_epoch
     result = TrainResult()
     step = 0
     for epoch in range(1, train.epochs + 1):
@@ -165,10 +170,13 @@ def train_classifier(
                 if view_pool is None
                 else choose_views(view_seed, sample_ids, epoch, view_pool)
             )
-            raw = augment(images[rows].to(device), train.augment, view_seed, sample_ids, views)
-            batch = normalize(raw, dataset.info)
-            targets = labels[rows].to(device)
-            lr = _lr_at(step, total_steps, train.lr, train.schedule)
+            rendered = render_views(
+                lambda r: images[r].to(device), rows, train_indices, views, train.augment, view_seed
+            )
+            batch = normalize(rendered.images, dataset.info)
+            hard = labels[rows].to(device)
+            targets = view_targets(rendered, hard, labels, dataset.info.num_classes)
+            lr = _lr_at(step, steps_per_epoch, train)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -176,7 +184,10 @@ def train_classifier(
             loss: LossOutput
             if teacher_cache is not None and distill is not None:
                 soft = teacher_cache.logits(rows, views).to(device)
-                loss = hinton_kd_loss(logits, soft, targets, distill, train.label_smoothing)
+                progress = epoch - 1 + b / steps_per_epoch
+                loss = distillation_loss(
+                    logits, soft, targets, distill, progress, train.label_smoothing
+                )
             else:
                 loss = label_loss(logits, targets, train.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -186,7 +197,7 @@ def train_classifier(
 
             # .item() syncs with the device; once per batch is cheap at these sizes.
             sums["loss"] += loss.total.item() * len(rows)
-            sums["correct"] += (logits.argmax(1) == targets).sum().item()
+            sums["correct"] += (logits.argmax(1) == hard).sum().item()
             for name, value in loss.parts.items():
                 part_sums[name] = part_sums.get(name, 0.0) + value.item() * len(rows)
             batches.set_postfix(loss=f"{loss.total.item():.3f}")

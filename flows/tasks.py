@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from components.augment import stream_seed
 from components.benchmark import (
     Latency,
     benchmark_onnx,
@@ -98,11 +99,6 @@ def prepare_data(config: PipelineConfig, ctx: RunContext) -> DatasetInfo:
 # --- training ---------------------------------------------------------------------------------
 
 
-def teacher_view_seed(config: PipelineConfig) -> int:
-    """The teacher's augmentation stream, kept apart from the students' cached views."""
-    return int(sha256_json({"seed": config.seed, "stream": "teacher-views"})[:12], 16)
-
-
 def _train(
     role: str,
     model_config: ModelConfig,
@@ -165,7 +161,7 @@ def _train(
             device=device,
             # The teacher sees a fresh view every epoch; both students pick from the K views
             # the cache holds, so the control sees exactly the distilled student's inputs.
-            view_seed=teacher_view_seed(config) if is_teacher else config.seed,
+            view_seed=stream_seed(config.seed, "teacher-views") if is_teacher else config.seed,
             view_pool=None if is_teacher else config.cache.views,
             teacher_cache=teacher_cache,
             distill=distill,

@@ -1,7 +1,15 @@
 import numpy as np
 import torch
 
-from components.augment import apply_views, augment, choose_views, view_hash, view_params
+from components.augment import (
+    apply_views,
+    augment,
+    choose_views,
+    render_views,
+    view_hash,
+    view_params,
+    view_targets,
+)
 from components.config import AugmentConfig
 
 CROP_FLIP = AugmentConfig(enabled=True, crop_padding=2, horizontal_flip=True)
@@ -68,3 +76,28 @@ def test_choose_views_is_deterministic_and_covers_the_pool() -> None:
     assert not np.array_equal(first, choose_views(0, ids, epoch=2, views=4))
     assert set(first.tolist()) == {0, 1, 2, 3}
     assert choose_views(0, ids, epoch=5, views=1).tolist() == [0] * 1000
+
+
+def test_mixup_views_replay_and_mix_two_samples() -> None:
+    images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(50) % 10
+    train = np.arange(1000, 1050)  # dataset indices of the 50 training rows
+    config = AugmentConfig(enabled=True, crop_padding=1, mixup_alpha=0.4)
+    rows = np.array([3, 7, 11])
+    a = render_views(lambda r: images[r], rows, train, 2, config, seed=5)
+    b = render_views(lambda r: images[r], rows, train, 2, config, seed=5)
+    assert torch.equal(a.images, b.images) and a.images.dtype == torch.float32
+    assert np.array_equal(a.partner_rows, b.partner_rows) and np.array_equal(a.weight, b.weight)
+    assert ((a.weight >= 0) & (a.weight <= 1)).all()
+    # the mixed image is exactly lambda * own view + (1 - lambda) * partner's view
+    own = augment(images[rows], config, 5, train[rows], 2).float()
+    partner = augment(images[a.partner_rows], config, 5, train[a.partner_rows], 2).float()
+    w = torch.as_tensor(a.weight)[:, None, None, None]
+    assert torch.allclose(a.images, w * own + (1 - w) * partner)
+    targets = view_targets(a, labels[rows], labels, 10)
+    assert torch.allclose(targets.sum(1), torch.ones(3))
+    assert targets[0, labels[3]] >= a.weight[0] - 1e-6
+    # without mixup: plain uint8 views and class-index targets
+    plain = render_views(lambda r: images[r], rows, train, 2, AugmentConfig(enabled=True), 5)
+    assert plain.partner_rows is None and plain.images.dtype == torch.uint8
+    assert torch.equal(view_targets(plain, labels[rows], labels, 10), labels[rows])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.augment import augment
+from components.augment import augment, render_views
 from components.checkpoint import save_checkpoint
 from components.config import AugmentConfig, CacheConfig
 from components.data import Dataset, normalize
@@ -226,3 +226,24 @@ def test_two_concurrent_builders_leave_one_valid_cache(
     assert len(caches) == 1
     open_logit_cache(caches[0])  # verifies every chunk
     assert not list(root.glob(".*.partial"))
+
+
+def test_mixup_views_are_cached_as_rendered(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    policy = AugmentConfig(enabled=True, mixup_alpha=1.0)
+    spec = CacheSpec.create(
+        "m" * 64, mnist_dataset.info.fingerprint, policy, 3, CacheConfig(views=2)
+    )
+    info = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 1000, CPU)
+    cache = open_logit_cache(Path(info.path))
+    rows, views = np.array([5, 2500]), np.array([1, 0])
+    train = mnist_dataset.splits["train"]
+
+    def fetch(r: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(mnist_dataset.images[train[r]])
+
+    rendered = render_views(fetch, rows, train, views, policy, 3)
+    with torch.no_grad():
+        expected = teacher(normalize(rendered.images, mnist_dataset.info))
+    assert torch.allclose(cache.logits(rows, views), expected, atol=1e-2, rtol=1e-3)

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from components.config import DistillConfig
-from components.losses import hinton_kd_loss, label_loss
+from components.config import DKDDistill, HintonDistill
+from components.losses import distillation_loss, dkd_loss, hinton_kd_loss, label_loss, standardize
 
 A_SOFT, A_CE, B_CE = 1.2806266713, 2.4076059644, math.log(3)
 
@@ -23,7 +23,7 @@ def test_hinton_single_sample_golden_values() -> None:
         torch.tensor([[1.0, 2.0, 3.0]]),
         torch.tensor([[3.0, 2.0, 1.0]]),
         torch.tensor([0]),
-        DistillConfig(temperature=2.0, alpha=0.5),
+        HintonDistill(temperature=2.0, alpha=0.5),
     )
     assert out.parts["kd"].item() == pytest.approx(A_SOFT, abs=1e-6)
     assert out.parts["ce"].item() == pytest.approx(A_CE, abs=1e-6)
@@ -36,7 +36,7 @@ def test_hinton_batch_mean_and_float16_cached_teacher() -> None:
         torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]]),
         teacher,
         torch.tensor([0, 0]),
-        DistillConfig(temperature=2.0, alpha=0.25),
+        HintonDistill(temperature=2.0, alpha=0.25),
     )
     soft, ce = A_SOFT / 2, (A_CE + B_CE) / 2
     assert out.parts["kd"].item() == pytest.approx(soft, abs=1e-5)
@@ -48,7 +48,7 @@ def test_temperature_squared_scaling() -> None:
     zs, zt = torch.tensor([[0.1, 0.0, -0.1]]), torch.tensor([[-0.1, 0.0, 0.1]])
     y = torch.tensor([1])
     values = [
-        hinton_kd_loss(zs, zt, y, DistillConfig(temperature=t, alpha=1)).total.item()
+        hinton_kd_loss(zs, zt, y, HintonDistill(temperature=t, alpha=1)).total.item()
         for t in (10, 100)
     ]
     expected = ((0.2**2) * 2 / 3 - 0) / 2  # variance of (z_s - z_t) over classes, halved
@@ -59,11 +59,55 @@ def test_temperature_squared_scaling() -> None:
 def test_alpha_extremes_and_gradients() -> None:
     zs = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     zt, y = torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([0])
-    only_labels = hinton_kd_loss(zs, zt, y, DistillConfig(temperature=2, alpha=0))
+    only_labels = hinton_kd_loss(zs, zt, y, HintonDistill(temperature=2, alpha=0))
     assert only_labels.total.item() == pytest.approx(A_CE, abs=1e-6)
     assert label_loss(zs, y).total.item() == pytest.approx(A_CE, abs=1e-6)
-    only_teacher = hinton_kd_loss(zs, zt, y, DistillConfig(temperature=2, alpha=1))
+    only_teacher = hinton_kd_loss(zs, zt, y, HintonDistill(temperature=2, alpha=1))
     only_teacher.total.backward()
     # gradient of T^2 KL w.r.t. z_s is T (p_s - p_t): pushes the student towards the teacher
     p = torch.softmax(torch.tensor([3.0, 2.0, 1.0]) / 2, 0)
     assert torch.allclose(zs.grad[0], 2 * (p.flip(0) - p), atol=1e-6)
+
+
+# DKD on sample A (label 0, T = 2), by hand:
+#   b_s = [p_s0, 1 - p_s0] = [0.186324, 0.813676], b_t = [0.506480, 0.493520]
+#   TCKD = 0.506480 * log(0.506480 / 0.186324) + 0.493520 * log(0.493520 / 0.813676)
+#        = 0.506480 * 1 + 0.493520 * (-0.5) = 0.259720
+#   non-target classes {1, 2}: q_s = softmax([1, 1.5]) = [0.377541, 0.622459], q_t reversed
+#   NCKD = (0.622459 - 0.377541) * 0.5 = 0.122459
+#   DKD (alpha 1, beta 8) = 4 * (0.259720 + 8 * 0.122459) = 4.957573;  + CE 2.407606
+TCKD, NCKD = 0.2597198, 0.1224593
+
+
+def test_dkd_golden_values_and_warmup() -> None:
+    zs, zt, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([0])
+    config = DKDDistill(temperature=2.0, alpha=1.0, beta=8.0, warmup_epochs=5)
+    full = dkd_loss(zs, zt, y, config, progress_epochs=10)
+    assert full.parts["tckd"].item() == pytest.approx(4 * TCKD, abs=1e-5)
+    assert full.parts["nckd"].item() == pytest.approx(4 * NCKD, abs=1e-5)
+    assert full.total.item() == pytest.approx(A_CE + 4 * (TCKD + 8 * NCKD), abs=1e-5)
+    half = dkd_loss(zs, zt, y, config, progress_epochs=2.5)
+    assert half.total.item() == pytest.approx(A_CE + 0.5 * 4 * (TCKD + 8 * NCKD), abs=1e-5)
+    # mixed (probability) targets use the most probable class as DKD's target
+    soft_targets = torch.tensor([[0.7, 0.3, 0.0]])
+    mixed = dkd_loss(zs, zt, soft_targets, config, progress_epochs=10)
+    assert mixed.parts["tckd"].item() == pytest.approx(4 * TCKD, abs=1e-5)
+
+
+def test_standardize_makes_the_loss_scale_free() -> None:
+    # [2, 4, 6] z-scores to [-1, 0, 1], like [1, 2, 3]: the same loss as sample A's [1, 2, 3]
+    assert standardize(torch.tensor([[2.0, 4.0, 6.0]])).tolist() == [[-1.0, 0.0, 1.0]]
+    config = HintonDistill(temperature=2.0, alpha=1.0, standardize=True)
+    out = hinton_kd_loss(
+        torch.tensor([[2.0, 4.0, 6.0]]),
+        torch.tensor([[30.0, 20.0, 10.0]]),
+        torch.tensor([0]),
+        config,
+    )
+    assert out.parts["kd"].item() == pytest.approx(A_SOFT, abs=1e-5)
+
+
+def test_dispatch_by_kind() -> None:
+    zs, zt, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([0])
+    assert "tckd" in distillation_loss(zs, zt, y, DKDDistill(), 1.0).parts
+    assert "tckd" not in distillation_loss(zs, zt, y, HintonDistill(), 1.0).parts

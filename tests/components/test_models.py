@@ -1,8 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from components.config import ArchName, PipelineConfig
+from components.config import ArchName, PipelineConfig, load_config
+from components.losses import distillation_loss
 from components.models import ARCHITECTURES, build_model, count_parameters
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_registry_matches_the_config_names() -> None:
@@ -31,3 +36,47 @@ def test_default_student_is_at_least_20x_smaller_than_teacher() -> None:
 def test_unknown_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", 1, 10)  # type: ignore[arg-type]
+
+
+# Published parameter counts for CIFAR-100 (CRD, Tian et al. 2020; DKD, Zhao et al. 2022).
+PUBLISHED_MILLIONS = {
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "wrn_16_2": 0.70,
+    "wrn_40_2": 2.26,
+    "resnet20": 0.28,
+    "resnet56": 0.86,
+}
+
+
+@pytest.mark.parametrize(("name", "millions"), sorted(PUBLISHED_MILLIONS.items()))
+def test_literature_architectures_match_published_sizes(name: str, millions: float) -> None:
+    count = count_parameters(build_model(name, 3, 100)) / 1e6
+    assert count == pytest.approx(millions, abs=0.01)
+
+
+LITERATURE = sorted((REPO / "configs" / "literature").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LITERATURE, ids=lambda p: p.stem)
+def test_literature_config_takes_one_step(path: Path) -> None:
+    # given the literature recipe (models, optimizer, loss) on random CIFAR-sized tensors
+    config = load_config(path)
+    classes = 100 if config.data.name == "CIFAR100" else 10
+    teacher = build_model(config.teacher.model.name, 3, classes).eval()
+    student = build_model(config.student.model.name, 3, classes)
+    train = config.student.train
+    assert (train.optimizer, train.epochs, train.milestones) == ("sgd", 240, (150, 180, 210))
+    optimizer = torch.optim.SGD(student.parameters(), lr=train.lr, momentum=train.momentum)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, classes, (4,))
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    before = [p.detach().clone() for p in student.parameters()]
+    # when one distillation step is taken
+    loss = distillation_loss(student(images), teacher_logits, labels, config.distill, 30.0)
+    optimizer.zero_grad()
+    loss.total.backward()
+    optimizer.step()
+    # then the loss is finite and the student moved
+    assert torch.isfinite(loss.total) and loss.parts["kd"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.config import AugmentConfig, CacheConfig, DistillConfig, TrainConfig
+from components.config import AugmentConfig, CacheConfig, HintonDistill, TrainConfig
 from components.data import Dataset
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model
@@ -88,7 +88,7 @@ def test_distillation_follows_the_cached_teacher(mnist_dataset: Dataset, tmp_pat
         view_seed=0,
         view_pool=2,
         teacher_cache=cache,
-        distill=DistillConfig(temperature=1.0, alpha=1.0),
+        distill=HintonDistill(temperature=1.0, alpha=1.0),
     )
     images, _ = mnist_dataset.split("test")
     predictions = predict_logits(model, images, mnist_dataset, CPU).argmax(1)
@@ -124,7 +124,7 @@ def test_student_must_see_the_cached_views(
             view_seed=view_seed,
             view_pool=view_pool,
             teacher_cache=cache,
-            distill=DistillConfig(),
+            distill=HintonDistill(),
         )
 
 
@@ -134,3 +134,41 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_learning_rate_schedules() -> None:
+    from components.training import _lr_at
+
+    multistep = TrainConfig(epochs=10, lr=0.05, schedule="multistep", milestones=(3, 6), gamma=0.1)
+    # 10 steps per epoch: epochs 0-2 at lr, 3-5 at lr/10, 6+ at lr/100
+    assert [_lr_at(s, 10, multistep) for s in (0, 29, 30, 59, 60, 99)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005]
+    )
+    onecycle = TrainConfig(epochs=10, lr=1.0)
+    rates = [_lr_at(s, 10, onecycle) for s in range(100)]
+    assert max(rates) == pytest.approx(1.0, abs=0.02) and rates.index(max(rates)) == 30
+    assert rates[0] < 0.1 and rates[-1] < 0.01
+    assert _lr_at(55, 10, TrainConfig(epochs=10, lr=0.3, schedule="constant")) == 0.3
+
+
+def test_sgd_with_dkd_from_cache_trains(mnist_dataset: Dataset, tmp_path) -> None:
+    from components.config import DKDDistill
+
+    augment = AugmentConfig(enabled=True, mixup_alpha=0.5)
+    cache = cache_of(ConstantTeacher(), mnist_dataset, tmp_path, augment, views=2)
+    seed_everything(0)
+    model = build_model("cnn_tiny", 1, 10)
+    result = train_classifier(
+        model,
+        mnist_dataset,
+        TrainConfig(epochs=2, batch_size=256, optimizer="sgd", lr=0.1, augment=augment),
+        seed=0,
+        device=CPU,
+        view_seed=0,
+        view_pool=2,
+        teacher_cache=cache,
+        distill=DKDDistill(warmup_epochs=1),
+    )
+    parts = result.history[-1]
+    assert {"train_tckd_loss", "train_nckd_loss", "train_ce_loss"} <= set(parts)
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())

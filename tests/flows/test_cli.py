@@ -58,6 +58,6 @@ def test_console_script_help_documents_config() -> None:
     assert "--config" in out and "--set" in out and "kd schema" in out
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
     load_config(path)

@@ -1,0 +1,30 @@
+"""The distillation-quality benchmark runs as users run it (tiny settings here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_distill_quality_writes_json_and_markdown(tmp_path: Path) -> None:
+    args = [sys.executable, str(REPO / "benchmarks" / "distill_quality.py"), "--out", str(tmp_path)]
+    for override in (
+        "teacher.model.name=cnn_small",
+        "teacher.train.epochs=1",
+        "student.train.epochs=1",
+    ):
+        args += ["--set", override]
+    args += ["--seeds", "2", "--methods", "config,dkd+ls,hinton+mixup"]
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=600)
+    report = json.loads((tmp_path / "distill_quality.json").read_text())
+    assert set(report["methods"]) == {"config", "dkd+ls", "hinton+mixup"}
+    config = report["methods"]["config"]
+    assert len(config["runs"]) == 2 and len(report["baseline"]["runs"]) == 2
+    expected = 1 - config["error_mean"] / report["baseline"]["error_mean"]
+    assert abs(report["kd_error_reduction"] - expected) < 1e-12
+    # mixup changes the views, so it is compared with its own baseline on those views
+    assert report["methods"]["hinton+mixup"]["baseline"]["runs"] != report["baseline"]["runs"]
+    assert report["methods"]["dkd+ls"]["distill"]["kind"] == "dkd"
+    assert "kd_error_reduction" in (tmp_path / "distill_quality.md").read_text()
