@@ -142,7 +142,8 @@ class StudentConfig(Strict):
     """
 
     model: ModelConfig = ModelConfig(name="cnn_small")
-    train: TrainConfig = TrainConfig(epochs=12)
+    # Chosen by benchmarks/distill_quality.py (README: "Choosing the defaults").
+    train: TrainConfig = TrainConfig(epochs=24, augment=AugmentConfig(enabled=True))
 
 
 class HintonDistill(Strict):
@@ -177,7 +178,7 @@ class CacheConfig(Strict):
     the leftover probability mass evenly over the other classes when read back.
     """
 
-    views: int = Field(1, ge=1, le=64)
+    views: int = Field(8, ge=1, le=64)
     storage: Literal["full", "topk"] = "full"
     top_k: int = Field(5, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
@@ -213,7 +214,7 @@ class PipelineConfig(Strict):
     split: SplitConfig = SplitConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
-    distill: DistillConfig = HintonDistill()
+    distill: DistillConfig = DKDDistill()
     cache: CacheConfig = CacheConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()

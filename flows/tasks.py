@@ -133,6 +133,8 @@ def _train(
             "dataset.fingerprint": data.fingerprint,
             **flatten(train_config.model_dump(mode="json"), "train."),
         }
+        if not is_teacher:
+            params["cache.views"] = config.cache.views  # the view pool both students share
         if cache is not None and distill is not None:
             params |= {
                 "cache.key": cache.key,

@@ -21,6 +21,7 @@ TINY_OVERRIDES = (
     "student.model.name=cnn_tiny",
     "student.train.epochs=1",
     "student.train.batch_size=128",
+    "cache.views=2",
     "benchmark.warmup=1",
     "benchmark.iterations=5",
 )

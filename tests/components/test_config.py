@@ -63,21 +63,23 @@ def test_config_is_frozen() -> None:
         ("student.train.batch_size=-4", "student.train.batch_size"),
         ("distill.temperature=0", "distill.temperature"),
         ("distill.temperature=-1", "distill.temperature"),
-        ("distill.alpha=1.5", "distill.alpha"),
+        ("distill.kind=hinton distill.alpha=1.5", "distill.alpha"),
         ("distill.alpha=-0.1", "distill.alpha"),
+        ("distill.kind=dkd distill.beta=-1", "distill.beta"),
+        ("distill.kind=distil", "distill"),
         ("teacher.model.name=vgg99", "teacher.model.name"),
         ("student.model.name=[1, 2]", "student.model.name"),
         ("data.kind=imagenet", "data"),
         ("data.name=SVHN", "data"),
         ("device=tpu", "device"),
         ("split.val_fraction=0.9", "split.val_fraction"),
-        ("cache.views=4", "cache.views"),
+        ("student.train.augment.enabled=false", "cache.views"),
         ("cache.storage=sparse", "cache.storage"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_name(override: str, field: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(None, [override])
+        load_config(None, override.split(" "))
     assert field in str(caught.value)
 
 

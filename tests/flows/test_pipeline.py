@@ -77,8 +77,9 @@ def test_kd_run_end_to_end(
         assert [m.step for m in history] == [1]  # per-epoch metrics, step = epoch
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
         assert "checkpoint/model.pt" in artifact_paths(client, run.info.run_id)
-    assert children["student-kd"].data.params["distill.alpha"] == "0.7"
-    assert "distill.alpha" not in children["student-baseline"].data.params
+    assert children["student-kd"].data.params["distill.kind"] == "dkd"
+    assert "distill.kind" not in children["student-baseline"].data.params
+    assert children["student-baseline"].data.params["cache.views"] == "2"
 
     # a valid cache manifest that belongs to this teacher and data
     cache = children["logit-cache"]
@@ -88,7 +89,7 @@ def test_kd_run_end_to_end(
     spec = cache_files.manifest["spec"]
     assert spec["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
     assert spec["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
-    assert cache_files.arrays["logits"].shape == (4000, 1, 10)
+    assert cache_files.arrays["logits"].shape == (4000, 2, 10)
     assert cache_files.arrays["logits"].dtype == np.float16
     assert cache.data.metrics["bytes_per_sample_view"] == 20
     assert children["student-kd"].data.params["cache.key"] == cache.data.tags["cache_key"]
