@@ -186,9 +186,31 @@ class CacheConfig(Strict):
 
 
 class ExportConfig(Strict):
+    """ONNX export and its gates: an exported model is handed off only if it passes them.
+
+    Parity, on the whole test split: every logit within ``max_abs_diff + rtol * |torch|`` of
+    PyTorch's, top-1 agreement at least ``min_top1_agreement``, accuracy change at most
+    ``max_accuracy_change``. INT8: static QDQ quantization calibrated on
+    ``calibration_images`` training images, kept only within ``int8_max_accuracy_drop`` and
+    when measured faster than float32.
+    """
+
     opset_version: int = Field(18, ge=13, le=23)
     max_abs_diff: float = Field(1e-4, gt=0, description="Parity gate on logits vs PyTorch.")
+    rtol: float = Field(1e-3, ge=0)
     min_top1_agreement: float = Field(0.999, gt=0, le=1)
+    max_accuracy_change: float = Field(0.001, ge=0, description="0.001 = 0.1 point.")
+    check_batch_sizes: tuple[int, ...] = Field((1, 3, 64), min_length=1)
+    int8: bool = True
+    calibration_images: int = Field(256, gt=0)
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, description="0.01 = 1 point.")
+
+
+class RegistryConfig(Strict):
+    """Where the handed-off model is registered in MLflow."""
+
+    model_name: str = Field("kd-student", min_length=1)
+    alias: str = Field("challenger", min_length=1)
 
 
 class BenchmarkConfig(Strict):
@@ -217,6 +239,7 @@ class PipelineConfig(Strict):
     distill: DistillConfig = DKDDistill()
     cache: CacheConfig = CacheConfig()
     export: ExportConfig = ExportConfig()
+    registry: RegistryConfig = RegistryConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")

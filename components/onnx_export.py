@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,7 +29,11 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 class ParityError(RuntimeError):
-    """The exported model's outputs differ from PyTorch's beyond the configured tolerance."""
+    """No exported model passed the gates; ``reports`` holds each exporter's parity figures."""
+
+    def __init__(self, message: str, reports: dict[str, dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.reports = reports or {}
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class ExportResult:
     torch_test_accuracy: float
     onnx_test_accuracy: float
     attempts: dict[str, str]  # exporter -> "ok" or why it was rejected
+    parity: dict[str, Any]  # the full parity report of the accepted model
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
@@ -75,16 +81,28 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dyn
             )
 
 
-def _check_structure(path: Path) -> None:
+def check_structure(path: Path, batch_sizes: tuple[int, ...], sample: np.ndarray) -> None:
+    """The structural gate: checker, strict shape inference, symbolic batch, runs at sizes."""
     onnx.checker.check_model(str(path), full_check=True)
-    graph = onnx.load(str(path)).graph
-    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+    proto = onnx.load(str(path))
+    onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch_dim.dim_param:
         raise ValueError(f"batch dimension is fixed at {batch_dim.dim_value}, expected symbolic")
+    session = onnx_session(path)
+    for size in batch_sizes:
+        batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        if out.shape[0] != size:
+            raise ValueError(f"batch of {size} gave {out.shape[0]} outputs")
 
 
-def onnx_session(path: Path | str) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def onnx_session(path: Path | str, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: ort.InferenceSession, batch: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -95,6 +113,46 @@ def run_onnx(session: ort.InferenceSession, batch: np.ndarray, batch_size: int =
     return np.concatenate(outputs)
 
 
+def parity_report(
+    produced: np.ndarray, reference: np.ndarray, labels: np.ndarray, config: ExportConfig
+) -> dict[str, Any]:
+    """How far the exported model's logits are from PyTorch's, and whether that passes."""
+    diff = np.abs(produced - reference)
+    allowed = config.max_abs_diff + config.rtol * np.abs(reference)
+    failing = np.flatnonzero((diff > allowed).any(axis=1))
+    agreement = float((produced.argmax(1) == reference.argmax(1)).mean())
+    torch_accuracy = float((reference.argmax(1) == labels).mean())
+    onnx_accuracy = float((produced.argmax(1) == labels).mean())
+    problems = []
+    if len(failing):
+        problems.append(
+            f"{len(failing)} test inputs exceed |diff| <= {config.max_abs_diff} + "
+            f"{config.rtol} * |logit| (e.g. #{failing[:10].tolist()})"
+        )
+    if agreement < config.min_top1_agreement:
+        problems.append(f"top-1 agreement {agreement:.4f} < {config.min_top1_agreement}")
+    if abs(onnx_accuracy - torch_accuracy) > config.max_accuracy_change:
+        problems.append(f"accuracy {torch_accuracy:.4f} -> {onnx_accuracy:.4f}")
+    return {
+        "passed": not problems,
+        "problems": problems,
+        "inputs": len(reference),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "worst_input": int(diff.max(axis=1).argmax()),
+        "failing_inputs": failing[:100].tolist(),
+        "top1_agreement": agreement,
+        "torch_test_accuracy": torch_accuracy,
+        "onnx_test_accuracy": onnx_accuracy,
+        "limits": {
+            "max_abs_diff": config.max_abs_diff,
+            "rtol": config.rtol,
+            "min_top1_agreement": config.min_top1_agreement,
+            "max_accuracy_change": config.max_accuracy_change,
+        },
+    }
+
+
 def export_onnx(
     model: nn.Module,
     dataset: Dataset,
@@ -102,7 +160,7 @@ def export_onnx(
     config: ExportConfig,
     metadata: dict[str, str],
 ) -> ExportResult:
-    """Export, check structure and parity on the test split, write ``path`` atomically."""
+    """Export, pass the structural and parity gates on the test split, write ``path``."""
     test_images, test_labels = dataset.split("test")
     reference = predict_logits(model.cpu(), test_images, dataset, torch.device("cpu")).numpy()
     # The exporter traces plain NCHW-contiguous weights and inputs (the ONNX layout).
@@ -111,29 +169,32 @@ def export_onnx(
     # A batch of 2: with 1, the exporter may specialise the batch dimension to a constant.
     example = inputs[:2] if len(inputs) >= 2 else inputs.repeat(2, 1, 1, 1)
     attempts: dict[str, str] = {}
+    reports: dict[str, dict[str, Any]] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as scratch:
         for exporter in ("dynamo", "torchscript"):
             candidate = Path(scratch) / f"{exporter}.onnx"
             try:
                 _export(model, example, candidate, config.opset_version, exporter == "dynamo")
-                _check_structure(candidate)
+                check_structure(candidate, config.check_batch_sizes, inputs[:64].numpy())
                 produced = run_onnx(onnx_session(candidate), inputs.numpy())
             except Exception as err:
                 attempts[exporter] = f"failed: {type(err).__name__}: {err}"[:500]
                 continue
-            diff = np.abs(produced - reference)
-            agreement = float((produced.argmax(1) == reference.argmax(1)).mean())
-            if diff.max() > config.max_abs_diff or agreement < config.min_top1_agreement:
-                attempts[exporter] = (
-                    f"parity: max |diff| {diff.max():.3g} (limit {config.max_abs_diff}), "
-                    f"top-1 agreement {agreement:.4f} (min {config.min_top1_agreement}), "
-                    f"worst test sample #{int(diff.max(axis=1).argmax())}"
-                )
+            report = parity_report(produced, reference, test_labels, config)
+            reports[exporter] = report
+            if not report["passed"]:
+                attempts[exporter] = "parity: " + "; ".join(report["problems"])
                 continue
             attempts[exporter] = "ok"
             proto = onnx.load(str(candidate))
-            for key, value in {**metadata, "exporter": exporter}.items():
+            parity_meta = {
+                "exporter": exporter,
+                "parity_max_abs_diff": f"{report['max_abs_diff']:.3g}",
+                "parity_top1_agreement": f"{report['top1_agreement']:.6f}",
+                "onnx_test_accuracy": f"{report['onnx_test_accuracy']:.6f}",
+            }
+            for key, value in {**metadata, **parity_meta}.items():
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, str(value)
             with atomic_path(path) as tmp:
@@ -145,10 +206,13 @@ def export_onnx(
                 size_bytes=path.stat().st_size,
                 exporter=exporter,
                 opset=int(opset),
-                max_abs_diff=float(diff.max()),
-                top1_agreement=agreement,
-                torch_test_accuracy=float((reference.argmax(1) == test_labels).mean()),
-                onnx_test_accuracy=float((produced.argmax(1) == test_labels).mean()),
+                max_abs_diff=report["max_abs_diff"],
+                top1_agreement=report["top1_agreement"],
+                torch_test_accuracy=report["torch_test_accuracy"],
+                onnx_test_accuracy=report["onnx_test_accuracy"],
                 attempts=attempts,
+                parity=report,
             )
-    raise ParityError(f"no exporter produced an ONNX model that passes the gates: {attempts}")
+    raise ParityError(
+        f"no exporter produced an ONNX model that passes the gates: {attempts}", reports
+    )

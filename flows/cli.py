@@ -83,7 +83,12 @@ def _run(config: PipelineConfig) -> int:
     print()
     print(result.summary_markdown)
     print(f"Wall time: {int(minutes)} min {seconds:.1f} s")
-    print(f"ONNX model: {result.onnx.path}")
+    print(f"ONNX model: {result.onnx.export.path}")
+    print(f"Handoff bundle: {result.handoff.bundle} (INT8 {result.handoff.int8_reason})")
+    print(
+        f"Registered: models:/{result.handoff.model_name}@{result.handoff.alias} "
+        f"(version {result.handoff.version})"
+    )
     print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     print(f"Open the MLflow UI: {result.ui_command}")
     return 0

@@ -16,15 +16,17 @@ from pydantic import BaseModel
 
 from components.config import PipelineConfig, config_to_yaml, flatten
 from components.logit_cache import CacheInfo
-from components.onnx_export import ExportResult
 from flows.tasks import (
     BenchmarkRef,
+    HandoffRef,
     ModelRef,
+    OnnxRef,
     RunContext,
     benchmark,
     cache_teacher_logits,
     export_student_onnx,
     prepare_data,
+    register_and_handoff,
     train_student,
     train_teacher,
 )
@@ -40,8 +42,9 @@ class PipelineResult(BaseModel):
     cache: CacheInfo
     baseline: ModelRef
     student: ModelRef
-    onnx: ExportResult
+    onnx: OnnxRef
     benchmark: BenchmarkRef
+    handoff: HandoffRef
     summary_markdown: str
 
 
@@ -59,7 +62,7 @@ def ensure_writable(directory: Path) -> Path:
 
 
 def summary_table(
-    models: list[ModelRef], onnx: ExportResult, onnx_variant: str, bench: BenchmarkRef
+    models: list[ModelRef], onnx: OnnxRef, onnx_variant: str, bench: BenchmarkRef
 ) -> str:
     def p50(variant: str, runtime: str, batch: int) -> str:
         for r in bench.results:
@@ -71,18 +74,35 @@ def summary_table(
     head = "| model | runtime | test accuracy | parameters | size (KiB) | "
     head += " | ".join(f"p50 ms @ batch {b}" for b in batches) + " |"
     lines = [head, "|" + "---|" * (5 + len(batches))]
-    for ref in models:
-        lat = " | ".join(p50(ref.role, "pytorch", b) for b in batches)
+
+    def row(name: str, runtime: str, variant: str, accuracy: float, params: int, size: int) -> None:
+        lat = " | ".join(p50(variant, runtime, b) for b in batches)
         lines.append(
-            f"| {ref.role} | pytorch | {ref.test_accuracy:.4f} | {ref.parameters:,} "
-            f"| {ref.size_bytes / 1024:.1f} | {lat} |"
+            f"| {name} | {runtime} | {accuracy:.4f} | {params:,} | {size / 1024:.1f} | {lat} |"
         )
+
+    for ref in models:
+        row(ref.role, "pytorch", ref.role, ref.test_accuracy, ref.parameters, ref.size_bytes)
     student = next(m for m in models if m.role == "student-kd")
-    lat = " | ".join(p50(onnx_variant, "onnxruntime", b) for b in batches)
-    lines.append(
-        f"| {onnx_variant} | onnxruntime | {onnx.onnx_test_accuracy:.4f} | {student.parameters:,} "
-        f"| {onnx.size_bytes / 1024:.1f} | {lat} |"
+    fp32 = onnx.export
+    row(
+        onnx_variant,
+        "onnxruntime",
+        onnx_variant,
+        fp32.onnx_test_accuracy,
+        student.parameters,
+        fp32.size_bytes,
     )
+    if onnx.int8_path is not None and onnx.int8_test_accuracy is not None:
+        size = Path(onnx.int8_path).stat().st_size
+        row(
+            f"{onnx_variant}-int8",
+            "onnxruntime",
+            f"{onnx_variant}-int8",
+            onnx.int8_test_accuracy,
+            student.parameters,
+            size,
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +138,7 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
         exported = export_student_onnx(config, ctx, data, student, teacher)
         models = [teacher, baseline, student]
         bench = benchmark(config, ctx, data, models, exported, onnx_variant)
+        handoff = register_and_handoff(config, ctx, data, models, exported, bench, onnx_variant)
 
         summary = summary_table(models, exported, onnx_variant, bench)
         tracker.log_text(parent_run_id, summary, "summary.md")
@@ -127,7 +148,7 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
                 "teacher_test_accuracy": teacher.test_accuracy,
                 "baseline_test_accuracy": baseline.test_accuracy,
                 "kd_test_accuracy": student.test_accuracy,
-                "onnx_test_accuracy": exported.onnx_test_accuracy,
+                "onnx_test_accuracy": exported.export.onnx_test_accuracy,
                 "compression_ratio": teacher.parameters / student.parameters,
             },
         )
@@ -142,5 +163,6 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
         student=student,
         onnx=exported,
         benchmark=bench,
+        handoff=handoff,
         summary_markdown=summary,
     )

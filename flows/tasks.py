@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import mlflow.onnx
+import numpy as np
 import onnx
 import onnxruntime
 import torch
+from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
@@ -30,11 +34,13 @@ from components.benchmark import (
 )
 from components.checkpoint import load_checkpoint, save_checkpoint
 from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
-from components.data import DatasetInfo, load_dataset, prepare_dataset
+from components.data import DatasetInfo, load_dataset, normalize, prepare_dataset
+from components.handoff import model_card, write_bundle
 from components.io import sha256_json, write_json, write_text
 from components.logit_cache import CacheInfo, CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
-from components.onnx_export import ExportResult, export_onnx
+from components.onnx_export import ExportResult, ParityError, export_onnx, onnx_session, run_onnx
+from components.quantize import int8_decision, onnx_accuracy, quantize_int8
 from components.training import resolve_device, seed_everything, train_classifier
 from flows.tracking import Tracker
 
@@ -60,6 +66,15 @@ class ModelRef(Ref):
     parameters: int
     size_bytes: int
     test_accuracy: float
+    run_id: str
+
+
+class OnnxRef(Ref):
+    """The exported student (float32) and, when configured, its INT8 twin."""
+
+    export: ExportResult
+    int8_path: str | None
+    int8_test_accuracy: float | None
     run_id: str
 
 
@@ -315,7 +330,7 @@ def _git_commit() -> str:
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_student_onnx(
     config: PipelineConfig, ctx: RunContext, data: DatasetInfo, student: ModelRef, teacher: ModelRef
-) -> ExportResult:
+) -> OnnxRef:
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "onnx-export") as run_id:
         tracker.log_params(
@@ -347,7 +362,25 @@ def export_student_onnx(
             "git_commit": _git_commit(),
         }
         path = Path(ctx.work_dir) / "onnx" / student.sha256[:16] / "model.onnx"
-        result = export_onnx(model, load_dataset(data.path), path, config.export, metadata)
+        dataset = load_dataset(data.path)
+        try:
+            result = export_onnx(model, dataset, path, config.export, metadata)
+        except ParityError as err:
+            # What failed and how far, for whoever investigates: then fail loudly.
+            tracker.log_dict(run_id, {"error": str(err), "reports": err.reports}, "parity.json")
+            raise
+        int8_path, int8_accuracy = None, None
+        if config.export.int8:
+            int8_path = quantize_int8(
+                path,
+                path.with_name("model.int8.onnx"),
+                dataset,
+                config.export.calibration_images,
+                config.seed,
+            )
+            int8_accuracy = onnx_accuracy(int8_path, dataset)
+            tracker.log_metrics(run_id, {"int8_test_accuracy": int8_accuracy})
+            tracker.log_artifact(run_id, int8_path, "onnx")
         tracker.log_metrics(
             run_id,
             {
@@ -371,7 +404,12 @@ def export_student_onnx(
             result.max_abs_diff,
             result.top1_agreement,
         )
-        return result
+        return OnnxRef(
+            export=result,
+            int8_path=str(int8_path) if int8_path else None,
+            int8_test_accuracy=int8_accuracy,
+            run_id=run_id,
+        )
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
@@ -380,7 +418,7 @@ def benchmark(
     ctx: RunContext,
     data: DatasetInfo,
     models: list[ModelRef],
-    exported: ExportResult,
+    exported: OnnxRef,
     onnx_variant: str,
 ) -> BenchmarkRef:
     tracker = Tracker(ctx.tracking_uri)
@@ -391,7 +429,11 @@ def benchmark(
         for ref in models:
             model, _ = load_checkpoint(Path(ref.checkpoint), "cpu", expected_sha256=ref.sha256)
             rows += benchmark_torch(ref.role, model, shape, config.benchmark)
-        rows += benchmark_onnx(onnx_variant, Path(exported.path), shape, config.benchmark)
+        rows += benchmark_onnx(onnx_variant, Path(exported.export.path), shape, config.benchmark)
+        if exported.int8_path is not None:
+            rows += benchmark_onnx(
+                f"{onnx_variant}-int8", Path(exported.int8_path), shape, config.benchmark
+            )
         env = environment()
         out_dir = Path(ctx.work_dir) / "benchmarks" / ctx.parent_run_id
         json_path = write_json(out_dir / "benchmark.json", report_json(rows, env, config.benchmark))
@@ -414,5 +456,173 @@ def benchmark(
             json_path=str(json_path),
             markdown_path=str(md_path),
             results=[asdict(r) for r in rows],
+            run_id=run_id,
+        )
+
+
+# --- registry and handoff ---------------------------------------------------------------------
+
+
+class HandoffRef(Ref):
+    bundle: str
+    model_name: str
+    version: str
+    alias: str
+    int8_kept: bool
+    int8_reason: str
+    run_id: str
+
+
+def _p50(results: list[dict], variant: str, batch: int) -> float | None:
+    for r in results:
+        if (r["variant"], r["batch_size"]) == (variant, batch):
+            return r["p50_ms"]
+    return None
+
+
+@task(name="register-and-handoff", cache_policy=NO_CACHE)
+def register_and_handoff(
+    config: PipelineConfig,
+    ctx: RunContext,
+    data: DatasetInfo,
+    models: list[ModelRef],
+    exported: OnnxRef,
+    bench: BenchmarkRef,
+    onnx_variant: str,
+) -> HandoffRef:
+    """Decide on INT8, write the bundle, log the ONNX model and register it under an alias."""
+    tracker = Tracker(ctx.tracking_uri)
+    with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "handoff") as run_id:
+        fp32 = exported.export
+        tracker.log_params(run_id, flatten(config.registry.model_dump(mode="json"), "registry."))
+        # INT8 earns its place only by the figures measured in this run.
+        int8_kept, int8_reason = False, "not built (export.int8 is off)"
+        if exported.int8_path is not None and exported.int8_test_accuracy is not None:
+            batch = min(config.benchmark.batch_sizes)
+            decision = int8_decision(
+                fp32.onnx_test_accuracy,
+                exported.int8_test_accuracy,
+                _p50(bench.results, onnx_variant, batch) or float("inf"),
+                _p50(bench.results, f"{onnx_variant}-int8", batch) or float("inf"),
+                config.export.int8_max_accuracy_drop,
+            )
+            int8_kept, int8_reason = decision.keep, decision.reason
+            tracker.log_metrics(
+                run_id,
+                {
+                    "int8_accuracy_drop": decision.accuracy_drop,
+                    "int8_latency_ratio": decision.latency_ratio,
+                },
+            )
+        by_role = {m.role: m for m in models}
+        student = by_role["student-kd"]
+        accuracy_rows = [(m.role, "pytorch", m.test_accuracy, m.parameters) for m in models]
+        accuracy_rows.append(
+            ("model.onnx", "onnxruntime float32", fp32.onnx_test_accuracy, student.parameters)
+        )
+        if exported.int8_test_accuracy is not None:
+            accuracy_rows.append(
+                (
+                    "model.int8.onnx",
+                    "onnxruntime int8",
+                    exported.int8_test_accuracy,
+                    student.parameters,
+                )
+            )
+        latency_rows = [
+            (r["variant"], r["batch_size"], r["p50_ms"], r["throughput_per_s"])
+            for r in bench.results
+            if r["runtime"] == "onnxruntime"
+        ]
+        card = model_card(
+            title=f"{config.registry.model_name}: distilled {student.arch} student",
+            description=(
+                f"A {student.arch} ({student.parameters:,} parameters) distilled with "
+                f"{config.distill.kind} from a {by_role['teacher'].arch} teacher "
+                f"({by_role['teacher'].parameters:,} parameters) by kd-pipeline, exported to ONNX "
+                f"(opset {fp32.opset}, {fp32.exporter} exporter)."
+            ),
+            data=data,
+            data_source=config.data.kind,
+            accuracy_rows=accuracy_rows,
+            latency_rows=latency_rows,
+            int8_reason=int8_reason,
+            parity=fp32.parity,
+            run_ids={
+                "pipeline run": ctx.parent_run_id,
+                "teacher run": by_role["teacher"].run_id,
+                "student run": student.run_id,
+                "ONNX sha256": fp32.sha256,
+            },
+        )
+        bundle = write_bundle(
+            Path(ctx.work_dir) / "handoff" / ctx.parent_run_id,
+            Path(fp32.path),
+            Path(exported.int8_path) if int8_kept and exported.int8_path else None,
+            data,
+            fp32.parity,
+            json.loads(Path(bench.json_path).read_text()),
+            card,
+        )
+        tracker.log_artifacts(run_id, bundle, "handoff")
+
+        # The MLflow model (onnx flavor, signature and input example), saved locally and
+        # logged by run id, then registered as a new version under the alias.
+        dataset = load_dataset(data.path)
+        example = (
+            normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info).contiguous().numpy()
+        )
+        proto = onnx.load(fp32.path)
+        signature = infer_signature(example, run_onnx(onnx_session(fp32.path), example))
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / "model"
+            mlflow.onnx.save_model(
+                proto,
+                str(local),
+                signature=signature,
+                input_example=example,
+                save_as_external_data=False,
+            )
+            tracker.log_artifacts(run_id, local, "model")
+        version = tracker.register(
+            config.registry.model_name,
+            run_id,
+            "model",
+            config.registry.alias,
+            tags={
+                "opset": fp32.opset,
+                "exporter": fp32.exporter,
+                "onnx_sha256": fp32.sha256,
+                "parity_max_abs_diff": f"{fp32.max_abs_diff:.3g}",
+                "parity_top1_agreement": f"{fp32.top1_agreement:.6f}",
+                "test_accuracy": f"{fp32.onnx_test_accuracy:.6f}",
+                "dataset_fingerprint": data.fingerprint,
+                "pipeline_run_id": ctx.parent_run_id,
+                "int8": int8_reason,
+            },
+        )
+        tracker.set_tags(
+            run_id,
+            {
+                "model_name": config.registry.model_name,
+                "model_version": version,
+                "int8": int8_reason,
+            },
+        )
+        get_run_logger().info(
+            "handoff bundle %s; registered %s version %s as @%s; INT8 %s",
+            bundle,
+            config.registry.model_name,
+            version,
+            config.registry.alias,
+            int8_reason,
+        )
+        return HandoffRef(
+            bundle=str(bundle),
+            model_name=config.registry.model_name,
+            version=version,
+            alias=config.registry.alias,
+            int8_kept=int8_kept,
+            int8_reason=int8_reason,
             run_id=run_id,
         )

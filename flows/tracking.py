@@ -104,6 +104,28 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifacts(
+        self, run_id: str, directory: Path | str, artifact_path: str | None = None
+    ) -> None:
+        self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def register(
+        self, name: str, run_id: str, artifact_path: str, alias: str, tags: dict[str, Any]
+    ) -> str:
+        """A new version of registered model ``name`` from the run's artifact; alias moved to it."""
+        try:
+            self.client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            self.client.create_registered_model(name)
+        version = self.client.create_model_version(
+            name,
+            f"runs:/{run_id}/{artifact_path}",
+            run_id=run_id,
+            tags={k: str(v) for k, v in tags.items()},
+        )
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 

@@ -14,7 +14,15 @@ from components.logit_cache import open_logit_cache
 from flows.cli import main
 from tests.conftest import TINY_OVERRIDES
 
-STAGES = ["teacher", "logit-cache", "student-baseline", "student-kd", "onnx-export", "benchmark"]
+STAGES = [
+    "teacher",
+    "logit-cache",
+    "student-baseline",
+    "student-kd",
+    "onnx-export",
+    "benchmark",
+    "handoff",
+]
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -111,6 +119,35 @@ def test_kd_run_end_to_end(
     assert {"benchmark.json", "benchmark.md"} <= artifact_paths(client, bench.info.run_id)
     for key in ("student-kd.pytorch.batch1.p50_ms", "student-kd-onnx.onnxruntime.batch32.p99_ms"):
         assert bench.data.metrics[key] > 0
+
+    # the handoff bundle, and the registered model behind the alias gives the bundle's answers
+    handoff = children["handoff"]
+    bundle = work / "handoff" / parent.info.run_id
+    names = {p.name for p in bundle.iterdir()}
+    required = {"model.onnx", "labels.json", "preprocessing.json", "parity.json", "benchmark.json"}
+    assert required | {"MODEL_CARD.md"} <= names
+    assert ("model.int8.onnx" in names) == handoff.data.tags["int8"].startswith("kept")
+    card = (bundle / "MODEL_CARD.md").read_text()
+    for heading in ("## Data", "## Accuracy", "## Latency", "## Intended input", "## Limits"):
+        assert heading in card
+    assert {f"handoff/{n}" for n in names} <= artifact_paths(client, handoff.info.run_id)
+    version = client.get_model_version_by_alias("kd-student", "challenger")
+    assert version.run_id == handoff.info.run_id
+    assert str(version.version) == handoff.data.tags["model_version"]
+    assert version.tags["onnx_sha256"] == export.data.tags["onnx_sha256"]
+    assert {"opset", "parity_max_abs_diff", "test_accuracy"} <= set(version.tags)
+    import mlflow.pyfunc
+    import onnxruntime
+
+    pyfunc = mlflow.pyfunc.load_model("models:/kd-student@challenger")
+    test_input = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    via_registry = pyfunc.predict(test_input)
+    via_registry = np.asarray(
+        via_registry["logits"] if isinstance(via_registry, dict) else via_registry
+    )
+    session = onnxruntime.InferenceSession(str(bundle / "model.onnx"))
+    via_bundle = session.run(["logits"], {"input": test_input})[0]
+    assert np.allclose(via_registry, via_bundle, atol=1e-6)
 
     # nothing half-written anywhere under the work directory
     assert not [p for p in work.rglob(".*tmp-*")]
