@@ -3,6 +3,7 @@
 kd run [--config FILE] [--set dotted.key=value ...]   run the pipeline
 kd config [--config FILE] [--set ...]                 print the resolved, validated config
 kd schema                                             print the config's JSON schema
+kd predict BUNDLE IMAGE... [--top-k K]                classify images with a handoff bundle
 """
 
 from __future__ import annotations
@@ -67,7 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
     _config_args(show)
     commands.add_parser("schema", help="print the config's JSON schema")
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files with a handoff bundle (ONNX Runtime only)",
+        description="Classify PNG/JPEG files with a handoff bundle, using ONNX Runtime alone.",
+    )
+    predict.add_argument("bundle", type=Path, help="handoff bundle directory")
+    predict.add_argument("images", type=Path, nargs="+", help="image files")
+    predict.add_argument("--top-k", type=int, default=3)
     return parser
+
+
+def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
+    # No torch here: the bundle is all a deployment has.
+    from components.predict import Bundle
+
+    try:
+        bundle = Bundle(bundle_dir)
+    except ValueError as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = False
+    for result in bundle.classify(images, top_k):
+        if result.error is not None:
+            failed = True
+            print(f"kd: {result.error}", file=sys.stderr)
+            continue
+        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
+        print(f"{result.path}: {ranked}")
+    return EXIT_USAGE if failed else 0
 
 
 def _run(config: PipelineConfig) -> int:
@@ -96,6 +125,8 @@ def _run(config: PipelineConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        return _predict(args.bundle, args.images, args.top_k)
     if args.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0

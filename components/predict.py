@@ -1,0 +1,73 @@
+"""Classify image files with a handoff bundle, using ONNX Runtime alone.
+
+Deliberately free of torch and of the rest of the pipeline: this is what the person who
+deploys the model runs, with nothing but the bundle, numpy, Pillow and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (label, probability), best first
+    error: str | None = None
+
+
+class Bundle:
+    def __init__(self, directory: Path) -> None:
+        try:
+            self.prep = json.loads((directory / "preprocessing.json").read_text())
+            labels = json.loads((directory / "labels.json").read_text())
+            self.labels = [labels[str(i)] for i in range(len(labels))]
+            self.session = ort.InferenceSession(
+                str(directory / "model.onnx"), providers=["CPUExecutionProvider"]
+            )
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{directory}: not a readable handoff bundle ({err})") from err
+
+    def preprocess(self, path: Path) -> np.ndarray:
+        """One image file -> (C, H, W) float32, exactly as preprocessing.json says."""
+        size = self.prep["resize"]
+        with Image.open(path) as image:
+            image = image.convert(self.prep["color_mode"]).resize(
+                (size["width"], size["height"]), Image.Resampling.BILINEAR
+            )
+            pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        mean = np.asarray(self.prep["mean"], np.float32)[:, None, None]
+        std = np.asarray(self.prep["std"], np.float32)[:, None, None]
+        return (pixels * np.float32(self.prep["scale"]) - mean) / std
+
+    def classify(self, paths: list[Path], top_k: int = 3) -> list[Prediction]:
+        """Top-k classes per file; an unreadable file gets its error, the others still run."""
+        results: list[Prediction | None] = [None] * len(paths)
+        batch, where = [], []
+        for i, path in enumerate(paths):
+            try:
+                batch.append(self.preprocess(path))
+                where.append(i)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                reason = (
+                    "not an image Pillow can read"
+                    if isinstance(err, UnidentifiedImageError)
+                    else str(err)
+                )
+                results[i] = Prediction(str(path), [], f"{path}: {reason}")
+        if batch:
+            logits = self.session.run(["logits"], {"input": np.stack(batch)})[0]
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+            for row, i in enumerate(where):
+                best = np.argsort(-probs[row])[:top_k]
+                top = [(self.labels[c], float(probs[row, c])) for c in best]
+                results[i] = Prediction(str(paths[i]), top)
+        return [r for r in results if r is not None]
