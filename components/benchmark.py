@@ -1,21 +1,39 @@
-"""Latency and throughput of PyTorch eager and ONNX Runtime, warm-up excluded."""
+"""Latency and throughput of PyTorch eager and ONNX Runtime on this CPU, warm-up excluded,
+with the context that makes the figures readable: FLOPs per image, a measured matrix-multiply
+peak on the same threads, CPU model and ISA flags, package versions.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from components.config import BenchmarkConfig
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session
+
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 @dataclass(frozen=True)
@@ -23,11 +41,30 @@ class Latency:
     variant: str  # e.g. "student-kd"
     runtime: str  # "pytorch" or "onnxruntime"
     batch_size: int
+    threads: int
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
-    throughput_per_s: float  # samples per second at the mean latency
+    throughput_per_s: float  # images per second at the mean latency
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_threads(threads: int) -> int:
+    return threads or cores()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_calls(run: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
@@ -42,76 +79,236 @@ def time_calls(run: Callable[[], object], warmup: int, iterations: int) -> np.nd
     return times
 
 
-def _summarise(variant: str, runtime: str, batch: int, times_ms: np.ndarray) -> Latency:
+def _summarise(
+    variant: str, runtime: str, batch: int, threads: int, times_ms: np.ndarray
+) -> Latency:
     p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
     mean = float(times_ms.mean())
     return Latency(
-        variant, runtime, batch, float(p50), float(p90), float(p99), mean, batch / mean * 1e3
+        variant,
+        runtime,
+        batch,
+        threads,
+        float(p50),
+        float(p90),
+        float(p99),
+        mean,
+        batch / mean * 1e3,
     )
 
 
 def benchmark_torch(
-    variant: str, model: nn.Module, input_shape: tuple[int, int, int], config: BenchmarkConfig
+    variant: str,
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    config: BenchmarkConfig,
+    threads: tuple[int, ...] | None = None,
 ) -> list[Latency]:
     # Channels-last, as the pipeline runs its models: PyTorch's fastest CPU layout here.
     model = model.cpu().to(memory_format=torch.channels_last).eval()
     rows = []
-    for batch in config.batch_sizes:
-        inputs = torch.randn(batch, *input_shape).contiguous(memory_format=torch.channels_last)
+    for n in threads if threads is not None else config.threads:
+        with torch_threads(resolve_threads(n)):
+            for batch in config.batch_sizes:
+                inputs = torch.randn(batch, *input_shape).contiguous(
+                    memory_format=torch.channels_last
+                )
 
-        def run(inputs: torch.Tensor = inputs) -> object:
-            with torch.inference_mode():
-                return model(inputs)
+                def run(inputs: torch.Tensor = inputs) -> object:
+                    with torch.inference_mode():
+                        return model(inputs)
 
-        times = time_calls(run, config.warmup, config.iterations)
-        rows.append(_summarise(variant, "pytorch", batch, times))
+                times = time_calls(run, config.warmup, config.iterations)
+                rows.append(_summarise(variant, "pytorch", batch, resolve_threads(n), times))
     return rows
 
 
 def benchmark_onnx(
-    variant: str, path: Path, input_shape: tuple[int, int, int], config: BenchmarkConfig
+    variant: str,
+    path: Path,
+    input_shape: tuple[int, int, int],
+    config: BenchmarkConfig,
+    threads: tuple[int, ...] | None = None,
 ) -> list[Latency]:
-    session = onnx_session(path)
     rows = []
-    for batch in config.batch_sizes:
-        feed = {
-            INPUT_NAME: np.random.default_rng(0).standard_normal((batch, *input_shape), np.float32)
-        }
-        times = time_calls(
-            lambda feed=feed: session.run([OUTPUT_NAME], feed), config.warmup, config.iterations
-        )
-        rows.append(_summarise(variant, "onnxruntime", batch, times))
+    for n in threads if threads is not None else config.threads:
+        session = onnx_session(path, threads=resolve_threads(n))
+        for batch in config.batch_sizes:
+            rng = np.random.default_rng(0)
+            feed = {INPUT_NAME: rng.standard_normal((batch, *input_shape), np.float32)}
+            times = time_calls(
+                lambda feed=feed, session=session: session.run([OUTPUT_NAME], feed),
+                config.warmup,
+                config.iterations,
+            )
+            rows.append(_summarise(variant, "onnxruntime", batch, resolve_threads(n), times))
     return rows
 
 
-def environment() -> dict[str, str]:
+def flops_per_image(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Floating-point operations of one forward pass, by torch's FlopCounterMode (which
+    counts a multiply-add as 2 FLOPs, for convolutions and matrix products only)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.cpu().eval()(torch.randn(1, *input_shape))
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_flops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Best float32 FLOP/s of a large square matrix product on ``threads`` threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    with torch_threads(threads):
+        torch.mm(a, b)
+        best = min(time_calls(lambda: torch.mm(a, b), 1, repeats)) / 1e3
+    return 2 * size**3 / best
+
+
+def cpu_info() -> dict[str, Any]:
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    return {"model": model, "cores": cores(), "isa": {f: f in flags for f in ISA_FLAGS}}
+
+
+def environment() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "torch_threads": str(torch.get_num_threads()),
-        "onnxruntime": ort.__version__,
+        "cpu": cpu_info(),
         "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
     }
 
 
-def report_markdown(rows: list[Latency], env: dict[str, str]) -> str:
-    lines = [
-        "| variant | runtime | batch | p50 ms | p90 ms | p99 ms | throughput /s |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+def p50_of(rows: list[Latency], variant: str, batch: int, threads: int) -> float | None:
     for r in rows:
-        lines.append(
-            f"| {r.variant} | {r.runtime} | {r.batch_size} | {r.p50_ms:.3f} | {r.p90_ms:.3f} "
-            f"| {r.p99_ms:.3f} | {r.throughput_per_s:,.0f} |"
-        )
-    setting = ", ".join(f"{k}={v}" for k, v in env.items())
-    return "# Inference benchmark\n\n" + "\n".join(lines) + f"\n\nEnvironment: {setting}\n"
+        if (r.variant, r.batch_size, r.threads) == (variant, batch, threads):
+            return r.p50_ms
+    return None
 
 
-def report_json(rows: list[Latency], env: dict[str, str], config: BenchmarkConfig) -> dict:
+def report_json(
+    rows: list[Latency],
+    env: dict[str, Any],
+    config: BenchmarkConfig,
+    *,
+    torch_variant: str,
+    onnx_variant: str,
+    flops: int,
+    peak_flops: float,
+) -> dict[str, Any]:
+    """The full report; the headline ratios sit at the top level."""
+    all_cores = resolve_threads(0)
+    small, large = min(config.batch_sizes), max(config.batch_sizes)
+    torch_b1 = p50_of(rows, torch_variant, small, all_cores)
+    ort_b1 = p50_of(rows, onnx_variant, small, all_cores)
+    ort_large = p50_of(rows, onnx_variant, large, all_cores)
+    achieved = flops * large / (ort_large / 1e3) if ort_large else 0.0
     return {
+        "speedup_ort_fp32_vs_torch_b1": torch_b1 / ort_b1 if torch_b1 and ort_b1 else None,
+        "fraction_of_matmul_peak": achieved / peak_flops if peak_flops else None,
+        "flops_per_image": flops,
+        "flops_convention": "torch FlopCounterMode: 2 FLOPs per multiply-add, conv and matmul only",
+        "matmul_peak_flops_per_s": peak_flops,
+        "achieved_flops_per_s_ort_fp32_largest_batch": achieved,
+        "threads_for_headline": all_cores,
         "environment": env,
         "settings": config.model_dump(mode="json"),
         "results": [asdict(r) for r in rows],
     }
+
+
+def report_markdown(rows: list[Latency], report: dict[str, Any]) -> str:
+    lines = [
+        "| variant | runtime | threads | batch | p50 ms | p90 ms | p99 ms | mean ms | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.variant} | {r.runtime} | {r.threads} | {r.batch_size} | {r.p50_ms:.3f} "
+            f"| {r.p90_ms:.3f} | {r.p99_ms:.3f} | {r.mean_ms:.3f} | {r.throughput_per_s:,.0f} |"
+        )
+    cpu = report["environment"]["cpu"]
+    isa = ", ".join(f for f, on in cpu["isa"].items() if on) or "none of " + ", ".join(ISA_FLAGS)
+    speedup = report["speedup_ort_fp32_vs_torch_b1"]
+    fraction = report["fraction_of_matmul_peak"]
+    achieved = report["achieved_flops_per_s_ort_fp32_largest_batch"]
+    return "\n".join(
+        [
+            "# Inference benchmark",
+            "",
+            *lines,
+            "",
+            f"- ONNX Runtime float32 vs PyTorch eager, p50 at the smallest batch, "
+            f"{report['threads_for_headline']} threads: "
+            + (f"{speedup:.2f}x faster" if speedup else "n/a"),
+            f"- FLOPs per image: {report['flops_per_image']:,} ({report['flops_convention']})",
+            f"- float32 matmul peak on {report['threads_for_headline']} threads: "
+            f"{report['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s; ONNX Runtime float32 at the "
+            f"largest batch reaches {achieved / 1e9:.2f} GFLOP/s = "
+            + (f"{fraction:.1%} of it" if fraction is not None else "n/a"),
+            f"- CPU: {cpu['model']}, {cpu['cores']} cores; ISA: {isa}",
+            f"- Versions: torch {report['environment']['torch']}, onnxruntime "
+            f"{report['environment']['onnxruntime']}, onnx {report['environment']['onnx']}",
+            "",
+        ]
+    )
+
+
+def latency_chart(rows: list[Latency], path: Path) -> Path:
+    """PNG: p50 latency by batch size, one line per variant/runtime/thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[Latency]] = {}
+    for r in rows:
+        series.setdefault(f"{r.variant} ({r.runtime}, {r.threads} thr)", []).append(r)
+    for label, points in series.items():
+        points.sort(key=lambda r: r.batch_size)
+        axis.plot(
+            [p.batch_size for p in points], [p.p50_ms for p in points], marker="o", label=label
+        )
+    axis.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)")
+    axis.set_title("Inference latency by batch size")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def measure_inference(
+    student: tuple[str, nn.Module],
+    onnx_models: list[tuple[str, Path]],
+    others: list[tuple[str, nn.Module]],
+    input_shape: tuple[int, int, int],
+    config: BenchmarkConfig,
+) -> tuple[list[Latency], dict[str, Any]]:
+    """The student in PyTorch and each ONNX model at every batch size and thread count; the
+    other models (teacher, baseline) on all cores only, for comparison. The first ONNX model
+    is the float32 export the headline ratios are about."""
+    name, model = student
+    rows = benchmark_torch(name, model, input_shape, config)
+    for variant, path in onnx_models:
+        rows += benchmark_onnx(variant, path, input_shape, config)
+    for variant, other in others:
+        rows += benchmark_torch(variant, other, input_shape, config, threads=(0,))
+    report = report_json(
+        rows,
+        environment(),
+        config,
+        torch_variant=name,
+        onnx_variant=onnx_models[0][0],
+        flops=flops_per_image(model, input_shape),
+        peak_flops=matmul_peak_flops(resolve_threads(0)),
+    )
+    return rows, report

@@ -214,14 +214,20 @@ class RegistryConfig(Strict):
 
 
 class BenchmarkConfig(Strict):
-    batch_sizes: tuple[int, ...] = Field((1, 32), min_length=1)
+    """Latency measurement: every batch size at every thread count (0 = all cores), the
+    same thread count given to PyTorch and ONNX Runtime; warm-up calls are not timed."""
+
+    batch_sizes: tuple[int, ...] = Field((1, 8, 32, 64), min_length=1)
+    threads: tuple[int, ...] = Field((1, 0), min_length=1)
     warmup: int = Field(10, ge=1)
-    iterations: int = Field(100, ge=5)
+    iterations: int = Field(200, ge=5)
 
     @model_validator(mode="after")
     def _positive_batches(self) -> BenchmarkConfig:
         if any(b <= 0 for b in self.batch_sizes):
             raise ValueError("batch_sizes must all be positive")
+        if any(t < 0 for t in self.threads):
+            raise ValueError("threads must be 0 (all cores) or positive")
         return self
 
 

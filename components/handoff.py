@@ -67,13 +67,13 @@ def model_card(
     data: DatasetInfo,
     data_source: str,
     accuracy_rows: list[tuple[str, str, float, int]],
-    latency_rows: list[tuple[str, int, float, float]],
+    latency_rows: list[tuple[str, int, int, float, float]],
     int8_reason: str,
     parity: dict[str, Any],
     run_ids: dict[str, str],
 ) -> str:
     """Markdown model card. Rows: (model, runtime, test accuracy, parameters) and
-    (variant, batch, p50 ms, throughput /s)."""
+    (variant, threads, batch, p50 ms, images /s)."""
     prep = preprocessing_spec(data)
     lines = [
         f"# {title}",
@@ -94,9 +94,9 @@ def model_card(
         f"INT8: {int8_reason}.",
         "",
         "## Latency (ONNX Runtime, CPU of the exporting machine)",
-        "| variant | batch | p50 ms | throughput /s |",
-        "|---|---:|---:|---:|",
-        *(f"| {v} | {b} | {p:.3f} | {t:,.0f} |" for v, b, p, t in latency_rows),
+        "| variant | threads | batch | p50 ms | images/s |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {v} | {n} | {b} | {p:.3f} | {t:,.0f} |" for v, n, b, p, t in latency_rows),
         "",
         "## Intended input",
         f"- One or more {prep['color_mode']} images resized to {data.image_size[0]}x"

@@ -64,9 +64,12 @@ def ensure_writable(directory: Path) -> Path:
 def summary_table(
     models: list[ModelRef], onnx: OnnxRef, onnx_variant: str, bench: BenchmarkRef
 ) -> str:
+    threads = max(r["threads"] for r in bench.results)  # all cores
+
     def p50(variant: str, runtime: str, batch: int) -> str:
         for r in bench.results:
-            if (r["variant"], r["runtime"], r["batch_size"]) == (variant, runtime, batch):
+            key = (r["variant"], r["runtime"], r["batch_size"], r["threads"])
+            if key == (variant, runtime, batch, threads):
                 return f"{r['p50_ms']:.3f}"
         return "-"
 

@@ -24,14 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from components.augment import stream_seed
-from components.benchmark import (
-    Latency,
-    benchmark_onnx,
-    benchmark_torch,
-    environment,
-    report_json,
-    report_markdown,
-)
+from components.benchmark import latency_chart, measure_inference, report_markdown
 from components.checkpoint import load_checkpoint, save_checkpoint
 from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, normalize, prepare_dataset
@@ -351,6 +344,7 @@ def export_student_onnx(
             "dataset_fingerprint": data.fingerprint,
             "teacher_run_id": teacher.run_id,
             "student_run_id": student.run_id,
+            "student_checkpoint_sha256": student.sha256,
             "student_test_accuracy": f"{student.test_accuracy:.6f}",
             "versions": json.dumps(
                 {
@@ -425,33 +419,60 @@ def benchmark(
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "benchmark") as run_id:
         tracker.log_params(run_id, flatten(config.benchmark.model_dump(mode="json"), "benchmark."))
         shape = (data.in_channels, *data.image_size)
-        rows: list[Latency] = []
-        for ref in models:
-            model, _ = load_checkpoint(Path(ref.checkpoint), "cpu", expected_sha256=ref.sha256)
-            rows += benchmark_torch(ref.role, model, shape, config.benchmark)
-        rows += benchmark_onnx(onnx_variant, Path(exported.export.path), shape, config.benchmark)
+        loaded = {
+            ref.role: load_checkpoint(Path(ref.checkpoint), "cpu", expected_sha256=ref.sha256)[0]
+            for ref in models
+        }
+        onnx_models = [(onnx_variant, Path(exported.export.path))]
         if exported.int8_path is not None:
-            rows += benchmark_onnx(
-                f"{onnx_variant}-int8", Path(exported.int8_path), shape, config.benchmark
-            )
-        env = environment()
+            onnx_models.append((f"{onnx_variant}-int8", Path(exported.int8_path)))
+        rows, report = measure_inference(
+            ("student-kd", loaded.pop("student-kd")),
+            onnx_models,
+            list(loaded.items()),
+            shape,
+            config.benchmark,
+        )
         out_dir = Path(ctx.work_dir) / "benchmarks" / ctx.parent_run_id
-        json_path = write_json(out_dir / "benchmark.json", report_json(rows, env, config.benchmark))
-        md_path = write_text(out_dir / "benchmark.md", report_markdown(rows, env))
+        json_path = write_json(out_dir / "benchmark.json", report)
+        md_path = write_text(out_dir / "benchmark.md", report_markdown(rows, report))
+        png_path = latency_chart(rows, out_dir / "latency.png")
         for r in rows:
-            prefix = f"{r.variant}.{r.runtime}.batch{r.batch_size}"
+            prefix = f"{r.variant}.{r.runtime}.threads{r.threads}.batch{r.batch_size}"
             tracker.log_metrics(
                 run_id,
                 {
                     f"{prefix}.p50_ms": r.p50_ms,
                     f"{prefix}.p90_ms": r.p90_ms,
                     f"{prefix}.p99_ms": r.p99_ms,
-                    f"{prefix}.throughput_per_s": r.throughput_per_s,
+                    f"{prefix}.mean_ms": r.mean_ms,
+                    f"{prefix}.images_per_s": r.throughput_per_s,
                 },
             )
-        tracker.set_tags(run_id, env)
-        tracker.log_artifact(run_id, json_path)
-        tracker.log_artifact(run_id, md_path)
+        headline = {
+            k: report[k]
+            for k in ("speedup_ort_fp32_vs_torch_b1", "fraction_of_matmul_peak", "flops_per_image")
+            if report[k] is not None
+        }
+        tracker.log_metrics(run_id, headline)
+        cpu = report["environment"]["cpu"]
+        tracker.set_tags(
+            run_id,
+            {
+                "cpu": cpu["model"],
+                "cores": cpu["cores"],
+                "isa": ",".join(f for f, on in cpu["isa"].items() if on),
+                "torch": torch.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+        )
+        for path in (json_path, md_path, png_path):
+            tracker.log_artifact(run_id, path)
+        get_run_logger().info(
+            "ONNX Runtime float32 is %.2fx faster than PyTorch eager at batch %d",
+            report["speedup_ort_fp32_vs_torch_b1"] or 0.0,
+            min(config.benchmark.batch_sizes),
+        )
         return BenchmarkRef(
             json_path=str(json_path),
             markdown_path=str(md_path),
@@ -474,8 +495,10 @@ class HandoffRef(Ref):
 
 
 def _p50(results: list[dict], variant: str, batch: int) -> float | None:
+    """p50 of ``variant`` at ``batch`` on all cores (the most threads measured)."""
+    threads = max(r["threads"] for r in results)
     for r in results:
-        if (r["variant"], r["batch_size"]) == (variant, batch):
+        if (r["variant"], r["batch_size"], r["threads"]) == (variant, batch, threads):
             return r["p50_ms"]
     return None
 
@@ -530,7 +553,7 @@ def register_and_handoff(
                 )
             )
         latency_rows = [
-            (r["variant"], r["batch_size"], r["p50_ms"], r["throughput_per_s"])
+            (r["variant"], r["threads"], r["batch_size"], r["p50_ms"], r["throughput_per_s"])
             for r in bench.results
             if r["runtime"] == "onnxruntime"
         ]

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.benchmark import cores
 from components.config import PipelineConfig
 from components.logit_cache import open_logit_cache
 from flows.cli import main
@@ -117,8 +118,14 @@ def test_kd_run_end_to_end(
     # benchmark: both runtimes at batch 1 and 32, JSON and markdown
     bench = children["benchmark"]
     assert {"benchmark.json", "benchmark.md"} <= artifact_paths(client, bench.info.run_id)
-    for key in ("student-kd.pytorch.batch1.p50_ms", "student-kd-onnx.onnxruntime.batch32.p99_ms"):
-        assert bench.data.metrics[key] > 0
+    assert "latency.png" in artifact_paths(client, bench.info.run_id)
+    for threads in sorted({1, cores()}):
+        for key in (
+            f"student-kd.pytorch.threads{threads}.batch1.p50_ms",
+            f"student-kd-onnx.onnxruntime.threads{threads}.batch64.p99_ms",
+        ):
+            assert bench.data.metrics[key] > 0
+    assert bench.data.metrics["speedup_ort_fp32_vs_torch_b1"] > 0
 
     # the handoff bundle, and the registered model behind the alias gives the bundle's answers
     handoff = children["handoff"]

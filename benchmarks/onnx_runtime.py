@@ -1,0 +1,81 @@
+"""The pipeline's inference benchmark, run on the latest default-run student outside the flow.
+
+    python benchmarks/onnx_runtime.py --out DIR [--work-dir kd-work] [--iterations 200]
+
+Finds the newest handoff bundle under the work directory, its float32 and INT8 ONNX models
+and the PyTorch checkpoint they were exported from, and measures PyTorch eager, ONNX Runtime
+float32 and INT8 at batch sizes 1, 8, 32, 64 on 1 thread and on all cores. Writes
+DIR/onnx_runtime.json (top level: ``speedup_ort_fp32_vs_torch_b1``,
+``fraction_of_matmul_peak``), DIR/onnx_runtime.md and DIR/latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import onnx
+
+from components.benchmark import latency_chart, measure_inference, report_markdown
+from components.checkpoint import load_checkpoint
+from components.config import BenchmarkConfig
+from components.io import sha256_file, write_json, write_text
+
+
+def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
+    """(checkpoint, float32 ONNX, INT8 ONNX or None) of the newest handoff in ``work_dir``."""
+    bundles = sorted((work_dir / "handoff").glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
+    if not bundles:
+        raise SystemExit(f"no handoff bundle under {work_dir}/handoff: run `kd run` first")
+    fp32 = bundles[-1]
+    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    wanted = meta.get("student_checkpoint_sha256")
+    checkpoints = [
+        p
+        for p in (work_dir / "models" / "student-kd").glob("*/model.pt")
+        if sha256_file(p) == wanted
+    ]
+    if not checkpoints:
+        raise SystemExit(
+            f"{fp32}: the student checkpoint it was exported from is not in {work_dir}"
+        )
+    int8 = work_dir / "onnx" / wanted[:16] / "model.int8.onnx"
+    return checkpoints[0], fp32, int8 if int8.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work-dir", type=Path, default=Path("kd-work"))
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    checkpoint, fp32, int8 = latest_student(args.work_dir)
+    model, _ = load_checkpoint(checkpoint)
+    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    _, channels, height, width = json.loads(meta["input_shape"])
+    shape = (int(channels), int(height), int(width))
+    config = BenchmarkConfig(iterations=args.iterations, warmup=args.warmup)
+    models = [("student-kd-onnx", fp32)] + ([("student-kd-onnx-int8", int8)] if int8 else [])
+    rows, report = measure_inference(("student-kd", model), models, [], shape, config)
+    report["models"] = {
+        "checkpoint": str(checkpoint),
+        "onnx": str(fp32),
+        "int8": str(int8) if int8 else None,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "onnx_runtime.json", report)
+    markdown = report_markdown(rows, report)
+    write_text(args.out / "onnx_runtime.md", markdown)
+    latency_chart(rows, args.out / "latency.png")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
