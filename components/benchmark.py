@@ -6,6 +6,7 @@ peak on the same threads, CPU model and ISA flags, package versions.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import time
@@ -155,12 +156,36 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
 
 def matmul_peak_flops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Best float32 FLOP/s of a large square matrix product on ``threads`` threads."""
+    """Best float32 FLOP/s of a large square matrix product on ``threads`` threads, the
+    better of PyTorch's (MKL/oneDNN) and ONNX Runtime's (MLAS) own kernels."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     with torch_threads(threads):
         torch.mm(a, b)
-        best = min(time_calls(lambda: torch.mm(a, b), 1, repeats)) / 1e3
-    return 2 * size**3 / best
+        torch_best = min(time_calls(lambda: torch.mm(a, b), 1, repeats)) / 1e3
+    session = _ort_matmul_session(threads)
+    feed = {"a": a.numpy(), "b": b.numpy()}
+    ort_best = min(time_calls(lambda: session.run(["c"], feed), 1, repeats)) / 1e3
+    return 2 * size**3 / min(torch_best, ort_best)
+
+
+def _ort_matmul_session(threads: int) -> ort.InferenceSession:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", "k"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["k", "m"]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", "m"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def cpu_info() -> dict[str, Any]:
@@ -174,14 +199,32 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "cores": cores(), "isa": {f: f in flags for f in ISA_FLAGS}}
 
 
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "numpy",
+    "mlflow",
+    "prefect",
+)
+
+
 def environment() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     return {
         "cpu": cpu_info(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
+        "packages": versions,
     }
 
 

@@ -2,6 +2,8 @@
 MLflow SQLite store in a temp dir; nothing mocked."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,28 @@ def test_kd_run_end_to_end(
     session = onnxruntime.InferenceSession(str(bundle / "model.onnx"))
     via_bundle = session.run(["logits"], {"input": test_input})[0]
     assert np.allclose(via_registry, via_bundle, atol=1e-6)
+
+    # the metadata travels inside the model
+    for key in (
+        "input_shape",
+        "normalization_mean",
+        "dataset_fingerprint",
+        "versions",
+        "git_commit",
+    ):
+        assert meta[key]
+    assert float(meta["parity_max_abs_diff"]) <= 1e-4 and meta["exporter"] in {
+        "dynamo",
+        "torchscript",
+    }
+
+    # the standalone inference benchmark finds this run's student and measures it
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_runtime.py"
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(script), "--out", str(out), "--work-dir", str(work)]
+    subprocess.run([*cmd, "--iterations", "5", "--warmup", "1"], check=True, capture_output=True)
+    standalone = json.loads((out / "onnx_runtime.json").read_text())
+    assert standalone["speedup_ort_fp32_vs_torch_b1"] > 0 and (out / "latency.png").is_file()
 
     # nothing half-written anywhere under the work directory
     assert not [p for p in work.rglob(".*tmp-*")]
