@@ -75,6 +75,7 @@ def model_card(
     """Markdown model card. Rows: (model, runtime, test accuracy, parameters) and
     (variant, threads, batch, p50 ms, images /s)."""
     prep = preprocessing_spec(data)
+    colour = "grayscale" if prep["color_mode"] == "L" else "RGB"
     lines = [
         f"# {title}",
         "",
@@ -99,7 +100,7 @@ def model_card(
         *(f"| {v} | {n} | {b} | {p:.3f} | {t:,.0f} |" for v, n, b, p, t in latency_rows),
         "",
         "## Intended input",
-        f"- One or more {prep['color_mode']} images resized to {data.image_size[0]}x"
+        f"- One or more {colour} images resized to {data.image_size[0]}x"
         f"{data.image_size[1]} (bilinear), as float32 `{prep['layout']}` tensors named "
         f"`{prep['input_name']}` with a dynamic batch dimension.",
         f"- `{prep['formula']}` with mean {data.mean} and std {data.std}; output `logits` "
