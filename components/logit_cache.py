@@ -46,7 +46,7 @@ from tqdm import tqdm
 from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig
 from components.data import Dataset, normalize
-from components.io import sha256_json
+from components.io import fsync_path, sha256_json
 from components.training import show_progress
 
 FORMAT_VERSION = 2
@@ -227,14 +227,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _info(cache: LogitCache, cache_hit: bool) -> CacheInfo:
     m = cache.manifest
     return CacheInfo(
@@ -328,10 +320,10 @@ def build_logit_cache(
             "created_unix": time.time(),
         }
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_path(partial / "manifest.json")
+        fsync_path(partial / "manifest.json")
         journal.unlink()
         os.replace(partial, final)
-        _fsync_path(cache_root)
+        fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
 
 
