@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.artifacts
 import numpy as np
 import onnx
 import pytest
@@ -209,13 +210,20 @@ def test_failed_stage_marks_its_run_and_the_parent_failed(
 ) -> None:
     # an unreachable parity tolerance makes the export stage fail loudly
     args = ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)]
-    args += ["--set", f"work_dir={tmp_path / 'work'}", "--set", "export.max_abs_diff=1e-15"]
+    args += ["--set", f"work_dir={tmp_path / 'work'}"]
+    args += ["--set", "export.max_abs_diff=1e-15", "--set", "export.rtol=0"]
     assert main(args) == 1
     assert "ParityError" in capsys.readouterr().err
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([client.get_experiment_by_name("kd-pipeline").experiment_id])
     status = {r.info.run_name: r.info.status for r in runs}
     assert status["onnx-export"] == "FAILED"
+    # the report of which inputs failed and how far is kept for whoever investigates
+    export_run = next(r for r in runs if r.info.run_name == "onnx-export")
+    failure = mlflow.artifacts.load_dict(f"runs:/{export_run.info.run_id}/parity.json")
+    assert failure["reports"]["dynamo"]["failing_inputs"]
+    assert failure["reports"]["dynamo"]["max_abs_diff"] > 0
+    assert not list((tmp_path / "work" / "onnx").rglob("*.onnx"))  # nothing handed on
     assert "benchmark" not in status
     assert "RUNNING" not in status.values()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
