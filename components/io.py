@@ -76,3 +76,20 @@ def write_text(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+class WorkDirError(ValueError):
+    """The work directory cannot be created or written."""
+
+
+def ensure_writable(directory: Path) -> Path:
+    """The resolved directory, created if needed; fails before any work if it is unwritable."""
+    directory = directory.expanduser().resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise WorkDirError(f"work_dir {directory}: not writable ({err.strerror or err})") from err
+    return directory

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from components.config import ConfigError, PipelineConfig, config_to_yaml, load_config
+from components.io import WorkDirError, ensure_writable
 
 EXIT_USAGE = 2  # bad config or input: the user's to fix
 EXIT_FAILED = 1  # the run itself failed
@@ -138,11 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_to_yaml(config), end="")
         return 0
+    # Imported here, not at the top: `kd predict` must run without torch.
+    from components.data import DataError, check_source
+
+    # Bad input is the user's to fix: one line, exit 2, before any run is opened.
+    try:
+        check_source(config.data)
+        ensure_writable(config.work_dir)
+    except (DataError, WorkDirError) as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return _run(config)
     except KeyboardInterrupt:
         print("kd: interrupted", file=sys.stderr)
         return 130
+    except DataError as err:  # found only once the data is read (e.g. no readable image)
+        if args.debug:
+            raise
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
         if args.debug:
             raise

@@ -6,7 +6,6 @@ prepare-data -> teacher -> logit-cache -> student-baseline, student-kd
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from components.config import PipelineConfig, config_to_yaml, flatten
+from components.io import ensure_writable
 from components.logit_cache import CacheInfo
 from flows.tasks import (
     BenchmarkRef,
@@ -46,19 +46,6 @@ class PipelineResult(BaseModel):
     benchmark: BenchmarkRef
     handoff: HandoffRef
     summary_markdown: str
-
-
-def ensure_writable(directory: Path) -> Path:
-    """Fail before any work when the work directory cannot be written."""
-    directory = directory.expanduser().resolve()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"work_dir {directory}: not writable ({err.strerror})") from err
-    return directory
 
 
 def summary_table(

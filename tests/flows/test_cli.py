@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from components.config import PipelineConfig, load_config
 from flows.cli import main
@@ -26,28 +28,120 @@ def test_config_prints_the_resolved_tree(capsys: pytest.CaptureFixture[str]) -> 
     assert "alpha: 0.3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        (["--set", "teacher.train.lr=-1"], "teacher.train.lr"),
-        (["--set", "distill.temperature=0"], "distill.temperature"),
-        (["--set", "student.model.name=vgg"], "student.model.name"),
-        (["--set", "nonsense=1"], "nonsense"),
-        (["--config", "does-not-exist.yaml"], "does-not-exist.yaml"),
-    ],
-)
-def test_invalid_config_stops_before_any_work(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    args: list[str],
-    field: str,
+def _image_folder(root: Path, readable: bool) -> Path:
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        path = root / "cat" / f"{i}.png"
+        if readable:
+            Image.new("RGB", (8, 8)).save(path)
+        else:
+            path.write_bytes(b"this is not a png")
+    return root
+
+
+def _yaml(tmp: Path, text: str) -> Path:
+    path = tmp / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+# Each case: the arguments after `kd run`, built in a temp dir, and what the message names.
+BAD_INPUTS = {
+    "unknown key": (lambda t: ["--set", "nonsense=1"], "nonsense"),
+    "unknown nested key": (lambda t: ["--set", "teacher.train.lrr=0.1"], "teacher.train.lrr"),
+    "wrong type": (lambda t: ["--set", "teacher.train.epochs=ten"], "teacher.train.epochs"),
+    "negative learning rate": (lambda t: ["--set", "teacher.train.lr=-1"], "teacher.train.lr"),
+    "zero learning rate": (lambda t: ["--set", "student.train.lr=0"], "student.train.lr"),
+    "zero epochs": (lambda t: ["--set", "student.train.epochs=0"], "student.train.epochs"),
+    "negative batch size": (lambda t: ["--set", "teacher.train.batch_size=-8"], "batch_size"),
+    "zero temperature": (lambda t: ["--set", "distill.temperature=0"], "distill.temperature"),
+    "negative temperature": (lambda t: ["--set", "distill.temperature=-2"], "distill.temperature"),
+    "alpha above 1": (
+        lambda t: ["--set", "distill.kind=hinton", "--set", "distill.alpha=1.5"],
+        "distill.alpha",
+    ),
+    "alpha below 0": (lambda t: ["--set", "distill.alpha=-0.1"], "distill.alpha"),
+    "unknown model": (lambda t: ["--set", "student.model.name=vgg"], "student.model.name"),
+    "unknown dataset name": (
+        lambda t: [
+            "--set",
+            "data.kind=torchvision",
+            "--set",
+            "data.name=SVHN",
+            "--set",
+            "data.root=x",
+        ],
+        "data.name",
+    ),
+    "unknown data kind": (lambda t: ["--set", "data.kind=imagenet"], "data"),
+    "views without augmentation": (
+        lambda t: ["--set", "student.train.augment.enabled=false"],
+        "cache.views",
+    ),
+    "malformed --set": (lambda t: ["--set", "no-equals-sign"], "no-equals-sign"),
+    "malformed YAML": (lambda t: ["--config", str(_yaml(t, "teacher: [oops"))], "malformed YAML"),
+    "YAML that is not a mapping": (lambda t: ["--config", str(_yaml(t, "- 1\n- 2\n"))], "mapping"),
+    "missing config file": (lambda t: ["--config", str(t / "nope.yaml")], "nope.yaml"),
+    "missing data directory": (
+        lambda t: ["--set", "data.kind=image_folder", "--set", f"data.root={t / 'absent'}"],
+        "absent",
+    ),
+    "empty data directory": (
+        lambda t: ["--set", "data.kind=image_folder", "--set", f"data.root={t}"],
+        "no class sub-directories",
+    ),
+    "torchvision files missing": (
+        lambda t: [
+            "--set",
+            "data.kind=torchvision",
+            "--set",
+            "data.name=MNIST",
+            "--set",
+            f"data.root={t}",
+        ],
+        "download",
+    ),
+    "unwritable work directory": (
+        lambda t: ["--set", f"work_dir={_yaml(t, 'a: 1') / 'under-a-file'}"],
+        "not writable",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_stops_before_any_work_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
+    build, named = BAD_INPUTS[case]
+    data = tmp_path / "inputs"
+    data.mkdir()
+    args = build(data)
     monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.iterdir())
     assert main(["run", *args]) == 2
     err = capsys.readouterr().err
-    assert field in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []  # no work dir, no MLflow store
+    assert named in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3  # one clear message, not a dump
+    assert set(tmp_path.iterdir()) == before  # no work dir, no MLflow store, nothing written
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_unreadable_images_refused_as_configured(
+    tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every image unreadable and on_bad_image=error: found when the data is read, exit 2
+    root = _image_folder(tmp_path / "images", readable=False)
+    args = ["run", "--set", "data.kind=image_folder", "--set", f"data.root={root}"]
+    args += ["--set", "data.on_bad_image=error", "--set", f"work_dir={tmp_path / 'work'}"]
+    assert main(args) == 2
+    # kd's own last word is one line naming the file (Prefect's task log above it may
+    # carry the task's traceback)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("kd: unreadable image") and "0.png" in last
+    runs = MlflowClient(mlflow_store).search_runs(
+        [MlflowClient(mlflow_store).get_experiment_by_name("kd-pipeline").experiment_id]
+    )
+    assert runs and all(r.info.status == "FAILED" for r in runs)  # none left RUNNING
 
 
 def test_console_script_help_documents_config() -> None:
