@@ -32,6 +32,7 @@ from components.io import sha256_json, write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
 from components.training import resolve_device, seed_everything, train_classifier
+from flows.cli import add_config_arguments
 
 # Method name -> overrides laid over the base config. "config" is the base config's own.
 METHODS: dict[str, list[str]] = {
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", type=Path, help="base config (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated names")
     args = parser.parse_args(argv)

@@ -35,6 +35,7 @@ from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
 from components.models import build_model
 from components.training import seed_everything, train_classifier
+from flows.cli import add_config_arguments
 
 CPU = torch.device("cpu")
 
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", type=Path, help="base config (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(parser)
     parser.add_argument(
         "--views", type=int, default=4, help="K for the speed and live-vs-cache runs"
     )

@@ -228,10 +228,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def p50_of(rows: list[Latency], variant: str, batch: int, threads: int) -> float | None:
-    for r in rows:
-        if (r.variant, r.batch_size, r.threads) == (variant, batch, threads):
-            return r.p50_ms
+def p50_of(
+    results: list[dict[str, Any]], variant: str, batch: int, threads: int | None = None
+) -> float | None:
+    """p50 of ``variant`` at ``batch`` from report rows; ``threads=None``: the most measured."""
+    if threads is None:
+        threads = max(r["threads"] for r in results)
+    for r in results:
+        if (r["variant"], r["batch_size"], r["threads"]) == (variant, batch, threads):
+            return r["p50_ms"]
     return None
 
 
@@ -248,9 +253,10 @@ def report_json(
     """The full report; the headline ratios sit at the top level."""
     all_cores = resolve_threads(0)
     small, large = min(config.batch_sizes), max(config.batch_sizes)
-    torch_b1 = p50_of(rows, torch_variant, small, all_cores)
-    ort_b1 = p50_of(rows, onnx_variant, small, all_cores)
-    ort_large = p50_of(rows, onnx_variant, large, all_cores)
+    results = [asdict(r) for r in rows]
+    torch_b1 = p50_of(results, torch_variant, small, all_cores)
+    ort_b1 = p50_of(results, onnx_variant, small, all_cores)
+    ort_large = p50_of(results, onnx_variant, large, all_cores)
     achieved = flops * large / (ort_large / 1e3) if ort_large else 0.0
     return {
         "speedup_ort_fp32_vs_torch_b1": torch_b1 / ort_b1 if torch_b1 and ort_b1 else None,
@@ -262,7 +268,7 @@ def report_json(
         "threads_for_headline": all_cores,
         "environment": env,
         "settings": config.model_dump(mode="json"),
-        "results": [asdict(r) for r in rows],
+        "results": results,
     }
 
 

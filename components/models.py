@@ -37,6 +37,22 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+def residual_stages(
+    block: Callable[[int, int, int], nn.Module],
+    in_ch: int,
+    widths: tuple[int, ...] | list[int],
+    blocks: int,
+) -> nn.Sequential:
+    """``blocks`` blocks per stage at ``widths``; the first block of every stage after the
+    first halves the resolution (stride 2), as in the CIFAR ResNets and Wide ResNets."""
+    layers, prev = [], in_ch
+    for stage, width in enumerate(widths):
+        for i in range(blocks):
+            layers.append(block(prev, width, 2 if stage > 0 and i == 0 else 1))
+            prev = width
+    return nn.Sequential(*layers)
+
+
 class CifarResNet(nn.Module):
     """The CIFAR ResNet of He et al. 2016 (Sec. 4.2), as the KD literature builds it (CRD,
     Tian et al. 2020; DKD, Zhao et al. 2022): a 3x3 stem of ``filters[0]`` channels, three
@@ -52,13 +68,8 @@ class CifarResNet(nn.Module):
             nn.BatchNorm2d(filters[0]),
             nn.ReLU(inplace=True),
         )
-        layers, prev = [], filters[0]
-        for stage, width in enumerate(filters[1:]):
-            for i in range(blocks):
-                layers.append(BasicBlock(prev, width, stride=2 if stage > 0 and i == 0 else 1))
-                prev = width
-        self.blocks = nn.Sequential(*layers)
-        self.head = nn.Linear(prev, num_classes)
+        self.blocks = residual_stages(BasicBlock, filters[0], filters[1:], blocks)
+        self.head = nn.Linear(filters[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.stem(x))
@@ -92,14 +103,9 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        layers, prev = [], widths[0]
-        for stage, width in enumerate(widths[1:]):
-            for i in range(n):
-                layers.append(WideBlock(prev, width, stride=2 if stage > 0 and i == 0 else 1))
-                prev = width
-        self.blocks = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(prev)
-        self.head = nn.Linear(prev, num_classes)
+        self.blocks = residual_stages(WideBlock, widths[0], widths[1:], n)
+        self.bn = nn.BatchNorm2d(widths[-1])
+        self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.bn(self.blocks(self.stem(x))))

@@ -38,7 +38,8 @@ environment:
 """
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set key=value``: shared by kd and the benchmarks."""
     parser.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
     parser.add_argument(
         "--set",
@@ -64,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CONFIG_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _config_args(run)
+    add_config_arguments(run)
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
-    _config_args(show)
+    add_config_arguments(show)
     commands.add_parser("schema", help="print the config's JSON schema")
     predict = commands.add_parser(
         "predict",

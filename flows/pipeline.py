@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from components.benchmark import p50_of
 from components.config import PipelineConfig, config_to_yaml, flatten
 from components.io import ensure_writable
 from components.logit_cache import CacheInfo
@@ -51,14 +52,9 @@ class PipelineResult(BaseModel):
 def summary_table(
     models: list[ModelRef], onnx: OnnxRef, onnx_variant: str, bench: BenchmarkRef
 ) -> str:
-    threads = max(r["threads"] for r in bench.results)  # all cores
-
-    def p50(variant: str, runtime: str, batch: int) -> str:
-        for r in bench.results:
-            key = (r["variant"], r["runtime"], r["batch_size"], r["threads"])
-            if key == (variant, runtime, batch, threads):
-                return f"{r['p50_ms']:.3f}"
-        return "-"
+    def p50(variant: str, batch: int) -> str:
+        value = p50_of(bench.results, variant, batch)  # on all cores
+        return "-" if value is None else f"{value:.3f}"
 
     batches = sorted({r["batch_size"] for r in bench.results})
     head = "| model | runtime | test accuracy | parameters | size (KiB) | "
@@ -66,7 +62,7 @@ def summary_table(
     lines = [head, "|" + "---|" * (5 + len(batches))]
 
     def row(name: str, runtime: str, variant: str, accuracy: float, params: int, size: int) -> None:
-        lat = " | ".join(p50(variant, runtime, b) for b in batches)
+        lat = " | ".join(p50(variant, b) for b in batches)
         lines.append(
             f"| {name} | {runtime} | {accuracy:.4f} | {params:,} | {size / 1024:.1f} | {lat} |"
         )

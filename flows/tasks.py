@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from components.augment import stream_seed
-from components.benchmark import latency_chart, measure_inference, report_markdown
+from components.benchmark import latency_chart, measure_inference, p50_of, report_markdown
 from components.checkpoint import load_checkpoint, save_checkpoint
 from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, normalize, prepare_dataset
@@ -494,15 +494,6 @@ class HandoffRef(Ref):
     run_id: str
 
 
-def _p50(results: list[dict], variant: str, batch: int) -> float | None:
-    """p50 of ``variant`` at ``batch`` on all cores (the most threads measured)."""
-    threads = max(r["threads"] for r in results)
-    for r in results:
-        if (r["variant"], r["batch_size"], r["threads"]) == (variant, batch, threads):
-            return r["p50_ms"]
-    return None
-
-
 @task(name="register-and-handoff", cache_policy=NO_CACHE)
 def register_and_handoff(
     config: PipelineConfig,
@@ -525,8 +516,8 @@ def register_and_handoff(
             decision = int8_decision(
                 fp32.onnx_test_accuracy,
                 exported.int8_test_accuracy,
-                _p50(bench.results, onnx_variant, batch) or float("inf"),
-                _p50(bench.results, f"{onnx_variant}-int8", batch) or float("inf"),
+                p50_of(bench.results, onnx_variant, batch) or float("inf"),
+                p50_of(bench.results, f"{onnx_variant}-int8", batch) or float("inf"),
                 config.export.int8_max_accuracy_drop,
             )
             int8_kept, int8_reason = decision.keep, decision.reason
