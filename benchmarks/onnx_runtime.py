@@ -41,8 +41,11 @@ def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
         raise SystemExit(
             f"{fp32}: the student checkpoint it was exported from is not in {work_dir}"
         )
-    int8 = work_dir / "onnx" / wanted[:16] / "model.int8.onnx"
-    return checkpoints[0], fp32, int8 if int8.is_file() else None
+    # The export directory holding the same float32 model also holds its INT8 twin.
+    fp32_sha = sha256_file(fp32)
+    exports = [p for p in (work_dir / "onnx").glob("*/model.onnx") if sha256_file(p) == fp32_sha]
+    int8 = exports[0].with_name("model.int8.onnx") if exports else None
+    return checkpoints[0], fp32, int8 if int8 is not None and int8.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,6 +213,24 @@ class RegistryConfig(Strict):
     alias: str = Field("challenger", min_length=1)
 
 
+class PromotionConfig(Strict):
+    """When the new model (the challenger) takes the champion alias. Both are scored at
+    promotion time through ONNX Runtime on this run's test split, never from old logs."""
+
+    enabled: bool = True
+    champion_alias: str = Field("champion", min_length=1)
+    max_accuracy_drop: float = Field(
+        0.002, ge=0, le=1, description="Largest accepted accuracy drop; 0.002 = 0.2 point."
+    )
+    max_latency_ratio: float = Field(
+        1.2, gt=0, description="Largest accepted challenger / champion p50 at batch 1."
+    )
+    promote_first: bool = Field(True, description="Promote when there is no champion yet.")
+    threads: int = Field(1, ge=1, description="ONNX Runtime threads for the latency check.")
+    warmup: int = Field(20, ge=1)
+    iterations: int = Field(400, ge=5, description="Timed calls per model, interleaved.")
+
+
 class BenchmarkConfig(Strict):
     """Latency measurement: every batch size at every thread count (0 = all cores), the
     same thread count given to PyTorch and ONNX Runtime; warm-up calls are not timed."""
@@ -246,6 +264,7 @@ class PipelineConfig(Strict):
     cache: CacheConfig = CacheConfig()
     export: ExportConfig = ExportConfig()
     registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionConfig = PromotionConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")

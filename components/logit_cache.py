@@ -250,10 +250,12 @@ def build_logit_cache(
     chunk_rows: int,
     device: torch.device,
     on_chunk: Callable[[int, int], None] | None = None,
+    rebuild: bool = False,
 ) -> CacheInfo:
     """Return the cache for ``spec``: reused when a verified one exists, else built.
 
-    ``on_chunk(done, total)`` is called after each chunk is durably written.
+    ``on_chunk(done, total)`` is called after each chunk is durably written. ``rebuild``
+    discards a finished or interrupted cache of this key and computes every chunk again.
     """
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
@@ -261,13 +263,16 @@ def build_logit_cache(
     if spec.dataset_fingerprint != dataset.info.fingerprint:
         raise CacheError("cache spec names another dataset than the one given")
     final = cache_root / spec.key
+    partial = cache_root / f".{spec.key}.partial"
     with _exclusive(cache_root / ".locks" / f"{spec.key}.lock"):
+        if rebuild:
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
         if final.exists():
             try:
                 return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=True)
             except CacheError:
                 shutil.rmtree(final)  # corrupt: rebuilt below
-        partial = cache_root / f".{spec.key}.partial"
         train_indices = dataset.splits["train"]
         layout = _layout(spec, len(train_indices), classes)
         arrays, done_chunks = _open_partial(partial, spec, layout)

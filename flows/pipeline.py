@@ -1,33 +1,50 @@
 """The distillation pipeline as one Prefect flow and one MLflow parent run.
 
 prepare-data -> teacher -> logit-cache -> student-baseline, student-kd
-             -> onnx-export -> benchmark -> summary
+             -> onnx-export -> benchmark -> handoff -> promotion -> report
+
+The six expensive stages are cached by Prefect on their input fingerprints (see
+``flows.tasks``): a rerun with unchanged inputs reuses them, and each reused stage still
+gets its MLflow child run, tagged ``reused`` with the id of the run that did the work.
+``kd-retrain`` is the same pipeline for schedules: it reads its config file at run time.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from prefect import flow, get_run_logger
+from mlflow.exceptions import MlflowException
+from prefect import Task, flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from components.benchmark import p50_of
-from components.config import PipelineConfig, config_to_yaml, flatten
+from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.io import ensure_writable
-from components.logit_cache import CacheInfo
+from flows.promotion import PromotionRef, promote
+from flows.report import PIPELINE_TAG, ReportRef, report
 from flows.tasks import (
+    CACHED_STAGES,
     BenchmarkRef,
+    CacheRef,
     HandoffRef,
     ModelRef,
     OnnxRef,
+    Ref,
     RunContext,
     benchmark,
+    benchmark_fingerprint,
+    cache_fingerprint,
     cache_teacher_logits,
+    damaged,
+    export_fingerprint,
     export_student_onnx,
     prepare_data,
     register_and_handoff,
+    student_fingerprint,
+    teacher_fingerprint,
     train_student,
     train_teacher,
 )
@@ -40,12 +57,15 @@ class PipelineResult(BaseModel):
     ui_command: str
     work_dir: str
     teacher: ModelRef
-    cache: CacheInfo
+    cache: CacheRef
     baseline: ModelRef
     student: ModelRef
     onnx: OnnxRef
     benchmark: BenchmarkRef
     handoff: HandoffRef
+    promotion: PromotionRef | None
+    report: ReportRef
+    reused: dict[str, str]  # stage -> the MLflow run whose result was reused
     summary_markdown: str
 
 
@@ -92,17 +112,116 @@ def summary_table(
     return "\n".join(lines) + "\n"
 
 
+class StageError(ValueError):
+    """An unknown stage name given to ``force``."""
+
+
+def resolve_force(force: list[str] | None) -> frozenset[str]:
+    """Stage names to recompute regardless of the cache; ``all`` means every cached stage."""
+    names = set(force or [])
+    unknown = names - {*CACHED_STAGES, "all"}
+    if unknown:
+        raise StageError(
+            f"force: unknown stage(s) {', '.join(sorted(unknown))}; "
+            f"choose from all, {', '.join(CACHED_STAGES)}"
+        )
+    return frozenset(CACHED_STAGES) if "all" in names else frozenset(names)
+
+
+class Stages:
+    """Runs the cached stages; a stage Prefect skips still shows in MLflow, as reused."""
+
+    def __init__(self, ctx: RunContext, tracker: Tracker, force: frozenset[str]) -> None:
+        self.ctx = ctx
+        self.tracker = tracker
+        self.force = force
+        # Beside the files the references point at: delete the work dir and both go together.
+        self.storage = Path(ctx.work_dir) / "prefect-results"
+        self.reused: dict[str, str] = {}
+
+    def run(self, stage: str, stage_task: Task, *args: Any, fingerprint: str, **kwargs: Any) -> Any:
+        logger = get_run_logger()
+        if stage in self.force:
+            logger.info("%s: forced, recomputing (fingerprint %s)", stage, fingerprint)
+        state = self._call(stage_task, stage in self.force, args, kwargs, fingerprint)
+        ref = state.result()
+        if state.name != "Cached":
+            return ref
+        problem = damaged(ref)
+        if problem is not None:
+            logger.warning("%s: the cached result cannot be used (%s); recomputing", stage, problem)
+            return self._call(stage_task, True, args, kwargs, fingerprint).result()
+        self._record_reuse(stage, f"{stage_task.name}-{fingerprint}", ref)
+        return ref
+
+    def _call(
+        self,
+        stage_task: Task,
+        refresh: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fingerprint: str,
+    ) -> Any:
+        configured = stage_task.with_options(result_storage=self.storage, refresh_cache=refresh)
+        return configured(*args, fingerprint=fingerprint, return_state=True, **kwargs)
+
+    def _record_reuse(self, stage: str, cache_key: str, ref: Ref) -> None:
+        earlier = ref.run_id  # type: ignore[attr-defined]
+        tracker, ctx = self.tracker, self.ctx
+        run_id = tracker.create_run(
+            ctx.experiment_id,
+            stage,
+            ctx.parent_run_id,
+            tags={"reused": "true", "reused_from_run_id": earlier, "prefect_cache_key": cache_key},
+        )
+        with tracker.running(run_id):
+            try:
+                tracker.copy_outcome(earlier, run_id)
+            except MlflowException:
+                tracker.set_tags(run_id, {"reused_from_run_found": "false"})
+        self.reused[stage] = earlier
+        get_run_logger().info(
+            "%s: inputs unchanged (Prefect cache %s): reused the result of MLflow run %s",
+            stage,
+            cache_key,
+            earlier,
+        )
+
+
 @flow(name="kd-pipeline")
-def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
-    """Train a teacher, cache its logits, distil a student, export, verify and benchmark it."""
+def distillation_pipeline(config: PipelineConfig, force: list[str] | None = None) -> PipelineResult:
+    """Train a teacher, cache its logits, distil a student, export, verify and benchmark it,
+    register it, promote it if it beats the champion, and report.
+
+    ``force`` names stages to recompute even when their inputs are unchanged (``all``: every
+    cached stage).
+    """
+    return run_pipeline(config, force)
+
+
+@flow(name="kd-retrain")
+def retrain(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    force: list[str] | None = None,
+) -> PipelineResult:
+    """The scheduled entry point: the config file is read when the run starts, so an edited
+    config or new data is picked up; unchanged stages are reused from the cache."""
+    config = load_config(Path(config_path) if config_path else None, overrides or [])
+    return run_pipeline(config, force)
+
+
+def run_pipeline(config: PipelineConfig, force: list[str] | None) -> PipelineResult:
+    """The body of both flows: the stages in order, inside one MLflow parent run."""
     logger = get_run_logger()
+    forced = resolve_force(force)
     work_dir = ensure_writable(config.work_dir)
     tracker = Tracker(resolve_tracking_uri())
     experiment_id = tracker.experiment_id(config.experiment_name)
     parent_run_id = tracker.create_run(
         experiment_id,
         f"kd-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"prefect_flow_run_id": str(flow_run.id), "pipeline": "kd-pipeline"},
+        tags={"prefect_flow_run_id": str(flow_run.id), PIPELINE_TAG[0]: PIPELINE_TAG[1]},
     )
     logger.info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
     with tracker.running(parent_run_id):
@@ -114,17 +233,80 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
             parent_run_id=parent_run_id,
             work_dir=str(work_dir),
         )
+        stages = Stages(ctx, tracker, forced)
 
         data = prepare_data(config, ctx)
-        teacher = train_teacher(config, ctx, data)
-        cache = cache_teacher_logits(config, ctx, data, teacher)
-        baseline = train_student(config, ctx, data, None)
-        student = train_student(config, ctx, data, cache)
+        teacher = stages.run(
+            "teacher",
+            train_teacher,
+            config,
+            ctx,
+            data,
+            fingerprint=teacher_fingerprint(config, data),
+        )
+        cache = stages.run(
+            "logit-cache",
+            cache_teacher_logits,
+            config,
+            ctx,
+            data,
+            teacher,
+            fingerprint=cache_fingerprint(config, data, teacher),
+            rebuild="logit-cache" in forced,
+        )
+        baseline = stages.run(
+            "student-baseline",
+            train_student,
+            config,
+            ctx,
+            data,
+            None,
+            fingerprint=student_fingerprint(config, data, None),
+        )
+        student = stages.run(
+            "student-kd",
+            train_student,
+            config,
+            ctx,
+            data,
+            cache,
+            fingerprint=student_fingerprint(config, data, cache),
+        )
         onnx_variant = "student-kd-onnx"
-        exported = export_student_onnx(config, ctx, data, student, teacher)
+        exported = stages.run(
+            "onnx-export",
+            export_student_onnx,
+            config,
+            ctx,
+            data,
+            student,
+            teacher,
+            fingerprint=export_fingerprint(config, student, teacher),
+        )
         models = [teacher, baseline, student]
-        bench = benchmark(config, ctx, data, models, exported, onnx_variant)
+        bench = stages.run(
+            "benchmark",
+            benchmark,
+            config,
+            ctx,
+            data,
+            models,
+            exported,
+            onnx_variant,
+            fingerprint=benchmark_fingerprint(config, models, exported),
+        )
+        tracker.set_tags(
+            parent_run_id,
+            {
+                "reused_stages": ",".join(stages.reused) or "none",
+                "computed_stages": ",".join(s for s in CACHED_STAGES if s not in stages.reused)
+                or "none",
+            },
+        )
         handoff = register_and_handoff(config, ctx, data, models, exported, bench, onnx_variant)
+        promotion = (
+            promote(config, ctx, data, exported, handoff) if config.promotion.enabled else None
+        )
 
         summary = summary_table(models, exported, onnx_variant, bench)
         tracker.log_text(parent_run_id, summary, "summary.md")
@@ -136,8 +318,10 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
                 "kd_test_accuracy": student.test_accuracy,
                 "onnx_test_accuracy": exported.export.onnx_test_accuracy,
                 "compression_ratio": teacher.parameters / student.parameters,
+                "stages_reused": len(stages.reused),
             },
         )
+        reported = report(config, ctx, data, models, exported)
     return PipelineResult(
         parent_run_id=parent_run_id,
         tracking_uri=tracker.tracking_uri,
@@ -150,5 +334,8 @@ def distillation_pipeline(config: PipelineConfig) -> PipelineResult:
         onnx=exported,
         benchmark=bench,
         handoff=handoff,
+        promotion=promotion,
+        report=reported,
+        reused=stages.reused,
         summary_markdown=summary,
     )

@@ -2,16 +2,24 @@
 
 Each task opens its own MLflow child run (by id), calls components, logs what they
 returned, and hands on a small reference: paths, hashes, ids, never a live model.
+
+The expensive stages are cached by Prefect under ``<stage>-<fingerprint>``: the fingerprint
+hashes everything the stage reads (dataset fingerprint, configs, upstream weight hashes),
+never the run id, so a rerun with unchanged inputs gets the earlier reference back without
+running the stage. The same fingerprint addresses the stage's files on disk. References are
+stored as JSON, never pickled.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import mlflow.onnx
 import numpy as np
@@ -21,16 +29,29 @@ import torch
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict
 
 from components.augment import stream_seed
-from components.benchmark import latency_chart, measure_inference, p50_of, report_markdown
+from components.benchmark import (
+    cpu_info,
+    latency_chart,
+    measure_inference,
+    p50_of,
+    report_markdown,
+)
 from components.checkpoint import load_checkpoint, save_checkpoint
 from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, normalize, prepare_dataset
 from components.handoff import model_card, write_bundle
-from components.io import sha256_json, write_json, write_text
-from components.logit_cache import CacheInfo, CacheSpec, build_logit_cache, open_logit_cache
+from components.io import sha256_file, sha256_json, write_json, write_text
+from components.logit_cache import (
+    CacheError,
+    CacheInfo,
+    CacheSpec,
+    build_logit_cache,
+    open_logit_cache,
+)
 from components.models import build_model, count_parameters
 from components.onnx_export import ExportResult, ParityError, export_onnx, onnx_session, run_onnx
 from components.quantize import int8_decision, onnx_accuracy, quantize_int8
@@ -56,9 +77,15 @@ class ModelRef(Ref):
     arch: str
     checkpoint: str
     sha256: str
+    history: str  # history.json beside the checkpoint: metrics per epoch
     parameters: int
     size_bytes: int
     test_accuracy: float
+    run_id: str  # the MLflow run that trained it (an earlier run's when reused)
+
+
+class CacheRef(Ref):
+    info: CacheInfo
     run_id: str
 
 
@@ -67,6 +94,7 @@ class OnnxRef(Ref):
 
     export: ExportResult
     int8_path: str | None
+    int8_sha256: str | None
     int8_test_accuracy: float | None
     run_id: str
 
@@ -76,6 +104,134 @@ class BenchmarkRef(Ref):
     markdown_path: str
     results: list[dict]
     run_id: str
+
+
+# --- fingerprints and caching -----------------------------------------------------------------
+
+# Bump when a stage's output or its reference changes meaning: old cache entries then miss.
+CACHE_FORMAT = 1
+
+CACHED_STAGES = (
+    "teacher",
+    "logit-cache",
+    "student-baseline",
+    "student-kd",
+    "onnx-export",
+    "benchmark",
+)
+
+
+def fingerprint_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of a stage: the task's name and its inputs' fingerprint."""
+    return f"{context.task.name}-{parameters['fingerprint']}"
+
+
+def cached_task(name: str) -> Any:
+    """A stage Prefect skips when its fingerprint is cached: the reference comes back as JSON."""
+    return task(
+        name=name,
+        cache_key_fn=fingerprint_cache_key,
+        persist_result=True,
+        result_serializer="json",
+    )
+
+
+def _fingerprint(stage: str, inputs: dict[str, Any]) -> str:
+    return sha256_json({"stage": stage, "format": CACHE_FORMAT, **inputs})[:16]
+
+
+def teacher_fingerprint(config: PipelineConfig, data: DatasetInfo) -> str:
+    return _fingerprint(
+        "teacher",
+        {
+            "model": config.teacher.model.model_dump(mode="json"),
+            "train": config.teacher.train.model_dump(mode="json"),
+            "dataset": data.fingerprint,
+            "seed": config.seed,
+            "device": config.device,
+        },
+    )
+
+
+def cache_fingerprint(config: PipelineConfig, data: DatasetInfo, teacher: ModelRef) -> str:
+    """The logit cache's own key: teacher weights, dataset, view policy and seed, storage."""
+    return CacheSpec.create(
+        teacher.sha256, data.fingerprint, config.student.train.augment, config.seed, config.cache
+    ).key
+
+
+def student_fingerprint(config: PipelineConfig, data: DatasetInfo, cache: CacheRef | None) -> str:
+    return _fingerprint(
+        "student-kd" if cache is not None else "student-baseline",
+        {
+            "model": config.student.model.model_dump(mode="json"),
+            "train": config.student.train.model_dump(mode="json"),
+            "view_pool": config.cache.views,
+            "distill": config.distill.model_dump(mode="json") if cache is not None else None,
+            "cache": cache.info.key if cache is not None else None,
+            "dataset": data.fingerprint,
+            "seed": config.seed,
+            "device": config.device,
+        },
+    )
+
+
+def export_fingerprint(config: PipelineConfig, student: ModelRef, teacher: ModelRef) -> str:
+    return _fingerprint(
+        "onnx-export",
+        {
+            "student": student.sha256,
+            "teacher": teacher.sha256,
+            "export": config.export.model_dump(mode="json"),
+            "seed": config.seed,
+        },
+    )
+
+
+def benchmark_fingerprint(config: PipelineConfig, models: list[ModelRef], onnx: OnnxRef) -> str:
+    """Latency depends on the models, the settings and the machine, so all three are in it."""
+    cpu = cpu_info()
+    return _fingerprint(
+        "benchmark",
+        {
+            "models": [m.sha256 for m in models],
+            "onnx": [onnx.export.sha256, onnx.int8_sha256],
+            "benchmark": config.benchmark.model_dump(mode="json"),
+            "machine": [platform.node(), cpu["model"], cpu["cores"]],
+            "versions": [torch.__version__, onnxruntime.__version__],
+        },
+    )
+
+
+def damaged(ref: Ref) -> str | None:
+    """Why a cached reference can no longer be used (a file gone or changed), else None."""
+
+    def changed(path: str, sha256: str) -> str | None:
+        if not Path(path).is_file():
+            return f"{path} no longer exists"
+        if sha256_file(Path(path)) != sha256:
+            return f"{path} changed since it was cached (sha256 differs)"
+        return None
+
+    if isinstance(ref, ModelRef):
+        return changed(ref.checkpoint, ref.sha256) or (
+            None if Path(ref.history).is_file() else f"{ref.history} no longer exists"
+        )
+    if isinstance(ref, CacheRef):
+        try:
+            open_logit_cache(Path(ref.info.path), expected_key=ref.info.key)
+        except CacheError as err:
+            return str(err)
+        return None
+    if isinstance(ref, OnnxRef):
+        problem = changed(ref.export.path, ref.export.sha256)
+        if problem is None and ref.int8_path is not None and ref.int8_sha256 is not None:
+            problem = changed(ref.int8_path, ref.int8_sha256)
+        return problem
+    if isinstance(ref, BenchmarkRef):
+        missing = [p for p in (ref.json_path, ref.markdown_path) if not Path(p).is_file()]
+        return f"{missing[0]} no longer exists" if missing else None
+    return None
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -114,7 +270,8 @@ def _train(
     config: PipelineConfig,
     ctx: RunContext,
     data: DatasetInfo,
-    cache: CacheInfo | None,
+    cache: CacheRef | None,
+    fingerprint: str,
 ) -> ModelRef:
     """Shared body of the three training stages; only the teacher's targets differ."""
     logger = get_run_logger()
@@ -126,7 +283,7 @@ def _train(
         model = build_model(model_config.name, data.in_channels, data.num_classes)
         # The teacher itself is never loaded here: its knowledge arrives only as the cache.
         teacher_cache = (
-            open_logit_cache(Path(cache.path), expected_key=cache.key)
+            open_logit_cache(Path(cache.info.path), expected_key=cache.info.key)
             if cache is not None
             else None
         )
@@ -139,13 +296,15 @@ def _train(
             "seed": config.seed,
             "device": str(device),
             "dataset.fingerprint": data.fingerprint,
+            "stage.fingerprint": fingerprint,
             **flatten(train_config.model_dump(mode="json"), "train."),
         }
         if not is_teacher:
             params["cache.views"] = config.cache.views  # the view pool both students share
         if cache is not None and distill is not None:
             params |= {
-                "cache.key": cache.key,
+                "cache.key": cache.info.key,
+                "cache.run_id": cache.run_id,
                 **flatten(distill.model_dump(mode="json"), "distill."),
             }
         tracker.log_params(run_id, params)
@@ -178,18 +337,8 @@ def _train(
             on_epoch=on_epoch,
             desc=role,
         )
-        address = sha256_json(
-            {
-                "role": role,
-                "model": model_config.model_dump(mode="json"),
-                "train": train_config.model_dump(mode="json"),
-                "distill": distill.model_dump(mode="json") if distill else None,
-                "cache": cache.key if cache else None,
-                "dataset": data.fingerprint,
-                "seed": config.seed,
-            }
-        )[:16]
-        checkpoint = Path(ctx.work_dir) / "models" / role / address / "model.pt"
+        checkpoint = Path(ctx.work_dir) / "models" / role / fingerprint / "model.pt"
+        history = write_json(checkpoint.with_name("history.json"), result.history)
         sha256 = save_checkpoint(
             checkpoint,
             model,
@@ -208,12 +357,14 @@ def _train(
         )
         tracker.set_tags(run_id, {"checkpoint_sha256": sha256})
         tracker.log_artifact(run_id, checkpoint, "checkpoint")
+        tracker.log_artifact(run_id, history, "checkpoint")
         logger.info("%s: test accuracy %.4f", role, result.final["test_accuracy"])
         return ModelRef(
             role=role,
             arch=model_config.name,
             checkpoint=str(checkpoint),
             sha256=sha256,
+            history=str(history),
             parameters=count_parameters(model),
             size_bytes=size,
             test_accuracy=result.final["test_accuracy"],
@@ -221,27 +372,43 @@ def _train(
         )
 
 
-@task(name="train-teacher", cache_policy=NO_CACHE)
-def train_teacher(config: PipelineConfig, ctx: RunContext, data: DatasetInfo) -> ModelRef:
-    return _train("teacher", config.teacher.model, config.teacher.train, config, ctx, data, None)
+@cached_task("train-teacher")
+def train_teacher(
+    config: PipelineConfig, ctx: RunContext, data: DatasetInfo, fingerprint: str
+) -> ModelRef:
+    return _train(
+        "teacher", config.teacher.model, config.teacher.train, config, ctx, data, None, fingerprint
+    )
 
 
-@task(name="train-student", cache_policy=NO_CACHE)
+@cached_task("train-student")
 def train_student(
-    config: PipelineConfig, ctx: RunContext, data: DatasetInfo, cache: CacheInfo | None
+    config: PipelineConfig,
+    ctx: RunContext,
+    data: DatasetInfo,
+    cache: CacheRef | None,
+    fingerprint: str,
 ) -> ModelRef:
     """Without a cache: the label-only control (``student-baseline``); with one, ``student-kd``."""
     role = "student-kd" if cache is not None else "student-baseline"
-    return _train(role, config.student.model, config.student.train, config, ctx, data, cache)
+    return _train(
+        role, config.student.model, config.student.train, config, ctx, data, cache, fingerprint
+    )
 
 
 # --- logit cache ------------------------------------------------------------------------------
 
 
-@task(name="cache-teacher-logits", cache_policy=NO_CACHE)
+@cached_task("cache-teacher-logits")
 def cache_teacher_logits(
-    config: PipelineConfig, ctx: RunContext, data: DatasetInfo, teacher: ModelRef
-) -> CacheInfo:
+    config: PipelineConfig,
+    ctx: RunContext,
+    data: DatasetInfo,
+    teacher: ModelRef,
+    fingerprint: str,
+    rebuild: bool = False,
+) -> CacheRef:
+    """``fingerprint`` is the cache key itself; ``rebuild`` discards a cache already on disk."""
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "logit-cache") as run_id:
         spec = CacheSpec.create(
@@ -272,6 +439,7 @@ def cache_teacher_logits(
             Path(ctx.work_dir) / "cache",
             config.cache.chunk_rows,
             device,
+            rebuild=rebuild,
         )
         seconds = time.perf_counter() - started
         metrics = {
@@ -304,7 +472,7 @@ def cache_teacher_logits(
             info.storage,
             info.bytes_per_sample_view,
         )
-        return info
+        return CacheRef(info=info, run_id=run_id)
 
 
 # --- export and benchmark ---------------------------------------------------------------------
@@ -320,9 +488,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-@task(name="export-onnx", cache_policy=NO_CACHE)
+@cached_task("export-onnx")
 def export_student_onnx(
-    config: PipelineConfig, ctx: RunContext, data: DatasetInfo, student: ModelRef, teacher: ModelRef
+    config: PipelineConfig,
+    ctx: RunContext,
+    data: DatasetInfo,
+    student: ModelRef,
+    teacher: ModelRef,
+    fingerprint: str,
 ) -> OnnxRef:
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "onnx-export") as run_id:
@@ -355,7 +528,7 @@ def export_student_onnx(
             ),
             "git_commit": _git_commit(),
         }
-        path = Path(ctx.work_dir) / "onnx" / student.sha256[:16] / "model.onnx"
+        path = Path(ctx.work_dir) / "onnx" / fingerprint / "model.onnx"
         dataset = load_dataset(data.path)
         try:
             result = export_onnx(model, dataset, path, config.export, metadata)
@@ -373,7 +546,13 @@ def export_student_onnx(
                 config.seed,
             )
             int8_accuracy = onnx_accuracy(int8_path, dataset)
-            tracker.log_metrics(run_id, {"int8_test_accuracy": int8_accuracy})
+            tracker.log_metrics(
+                run_id,
+                {
+                    "int8_test_accuracy": int8_accuracy,
+                    "int8_model_bytes": int8_path.stat().st_size,
+                },
+            )
             tracker.log_artifact(run_id, int8_path, "onnx")
         tracker.log_metrics(
             run_id,
@@ -401,12 +580,13 @@ def export_student_onnx(
         return OnnxRef(
             export=result,
             int8_path=str(int8_path) if int8_path else None,
+            int8_sha256=sha256_file(int8_path) if int8_path else None,
             int8_test_accuracy=int8_accuracy,
             run_id=run_id,
         )
 
 
-@task(name="benchmark", cache_policy=NO_CACHE)
+@cached_task("benchmark")
 def benchmark(
     config: PipelineConfig,
     ctx: RunContext,
@@ -414,6 +594,7 @@ def benchmark(
     models: list[ModelRef],
     exported: OnnxRef,
     onnx_variant: str,
+    fingerprint: str,
 ) -> BenchmarkRef:
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "benchmark") as run_id:
@@ -433,7 +614,7 @@ def benchmark(
             shape,
             config.benchmark,
         )
-        out_dir = Path(ctx.work_dir) / "benchmarks" / ctx.parent_run_id
+        out_dir = Path(ctx.work_dir) / "benchmarks" / fingerprint
         json_path = write_json(out_dir / "benchmark.json", report)
         md_path = write_text(out_dir / "benchmark.md", report_markdown(rows, report))
         png_path = latency_chart(rows, out_dir / "latency.png")

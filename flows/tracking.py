@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -125,6 +126,36 @@ class Tracker:
         )
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version of registered model ``name`` holding ``alias``; None when there is none."""
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except mlflow.exceptions.MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def download_version(self, name: str, version: str, destination: Path) -> Path:
+        """The registered version's files, fetched through the registry (local or remote)."""
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}",
+                dst_path=str(destination),
+                tracking_uri=self.tracking_uri,
+            )
+        )
+
+    def copy_outcome(self, source_run_id: str, target_run_id: str) -> None:
+        """Params and latest metrics of an earlier run, so a reusing run compares like it."""
+        data = self.client.get_run(source_run_id).data
+        self.log_params(target_run_id, data.params)
+        self.log_metrics(target_run_id, data.metrics)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)

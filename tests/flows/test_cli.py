@@ -155,3 +155,20 @@ def test_console_script_help_documents_config() -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
     load_config(path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--force-stage", "no-such-stage"],
+        ["compare", "--last", "0"],
+        ["serve"],  # --cron is required
+    ],
+)
+def test_bad_command_line_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    assert code == 2
+    assert capsys.readouterr().err

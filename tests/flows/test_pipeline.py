@@ -2,6 +2,7 @@
 MLflow SQLite store in a temp dir; nothing mocked."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,32 @@ STAGES = [
     "onnx-export",
     "benchmark",
     "handoff",
+    "promotion",
 ]
+CACHED = STAGES[:6]
+
+
+def tiny_run_args(work: Path, *overrides: str) -> list[str]:
+    pairs = [*TINY_OVERRIDES, f"work_dir={work}", *overrides]
+    return ["run"] + [a for o in pairs for a in ("--set", o)]
+
+
+def pipeline_runs(client: MlflowClient) -> list:
+    """Parent runs, oldest first, each with its children by name."""
+    experiment = client.get_experiment_by_name(PipelineConfig().experiment_name)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return [
+        (
+            parent,
+            {
+                r.info.run_name: r
+                for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            },
+        )
+        for parent in parents
+    ]
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -186,22 +212,99 @@ def test_kd_run_end_to_end(
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_rerun_reuses_the_logit_cache(mlflow_store: str, tmp_path: Path) -> None:
+def test_rerun_with_unchanged_inputs_reuses_every_cached_stage(
+    mlflow_store: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     work = tmp_path / "work"
-    args = (
-        ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)] + ["--set", f"work_dir={work}"]
+    assert main(tiny_run_args(work)) == 0
+    capsys.readouterr()
+    assert main(tiny_run_args(work)) == 0
+    out = capsys.readouterr().out
+    (_, first_children), (second, second_children) = pipeline_runs(MlflowClient(mlflow_store))
+
+    # every expensive stage of the rerun is a reused record naming the run that did the work
+    assert second.data.tags["reused_stages"] == ",".join(CACHED)
+    assert second.data.tags["computed_stages"] == "none"
+    for stage in CACHED:
+        run = second_children[stage]
+        assert run.data.tags["reused"] == "true", stage
+        assert run.data.tags["reused_from_run_id"] == first_children[stage].info.run_id
+        assert run.data.tags["prefect_cache_key"].endswith(
+            first_children[stage].data.params.get("stage.fingerprint", "")
+        )
+        assert run.info.status == "FINISHED"
+        # the figures travel with it, so the run compares like any other
+        assert run.data.metrics == first_children[stage].data.metrics
+        assert first_children[stage].data.tags.get("reused", "false") == "false"
+    assert f"Reused stages: teacher (from run {first_children['teacher'].info.run_id})" in out
+    teacher_line = "teacher: inputs unchanged (Prefect cache train-teacher-"
+    assert teacher_line in caplog.text
+    # handoff and promotion are new every run
+    assert second_children["handoff"].data.tags["model_version"] == "2"
+    assert "reused" not in second_children["promotion"].data.tags
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_changing_the_student_retrains_only_the_students(mlflow_store: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    assert main(tiny_run_args(work)) == 0
+    assert main(tiny_run_args(work, "student.train.lr=0.001")) == 0
+    (_, first), (parent, second) = pipeline_runs(MlflowClient(mlflow_store))
+    assert parent.data.tags["reused_stages"] == "teacher,logit-cache"
+    for stage in ("teacher", "logit-cache"):
+        assert second[stage].data.tags["reused_from_run_id"] == first[stage].info.run_id
+    for stage in ("student-baseline", "student-kd", "onnx-export", "benchmark"):
+        assert "reused" not in second[stage].data.tags, stage
+    assert second["student-kd"].data.params["train.lr"] == "0.001"
+    assert second["student-kd"].data.params["cache.run_id"] == first["logit-cache"].info.run_id
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_force_recomputes_and_damaged_results_are_not_reused(
+    mlflow_store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    assert main(tiny_run_args(work)) == 0
+    # --force-stage teacher: retrained; the same weights give the same cache key: reused
+    assert main([*tiny_run_args(work), "--force-stage", "teacher"]) == 0
+    # a checkpoint gone from disk is never trusted from the cache record
+    (checkpoint,) = (work / "models" / "student-baseline").glob("*/model.pt")
+    checkpoint.unlink()
+    assert main(tiny_run_args(work)) == 0
+    # --force: everything again
+    assert main([*tiny_run_args(work), "--force"]) == 0
+    runs = pipeline_runs(MlflowClient(mlflow_store))
+    reused = [parent.data.tags["reused_stages"] for parent, _ in runs]
+    assert reused[1] == ",".join(s for s in CACHED if s != "teacher")
+    assert reused[2] == ",".join(s for s in CACHED if s != "student-baseline")
+    assert reused[3] == "none"
+    assert checkpoint.is_file()  # retrained in place
+    assert "the cached result cannot be used" in caplog.text and str(checkpoint) in caplog.text
+    # a forced logit cache is rebuilt on disk, not just re-verified
+    assert runs[3][1]["logit-cache"].data.tags["cache_hit"] == "false"
+    # the teacher was deterministic: same weights, same logit cache key every time
+    keys = {children["logit-cache"].data.params["teacher.sha256"] for _, children in runs[3:]}
+    assert keys == {runs[0][1]["teacher"].data.tags["checkpoint_sha256"]}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_logit_cache_on_disk_is_reused_when_prefect_forgot(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    assert main(tiny_run_args(work)) == 0
+    shutil.rmtree(work / "prefect-results")  # the task records are gone, the files are not
+    assert main(tiny_run_args(work)) == 0
+    (_, first), (parent, second) = pipeline_runs(MlflowClient(mlflow_store))
+    assert parent.data.tags["reused_stages"] == "none"
+    assert [c["logit-cache"].data.tags["cache_hit"] for c in (first, second)] == ["false", "true"]
+    assert (
+        first["logit-cache"].data.tags["cache_key"] == second["logit-cache"].data.tags["cache_key"]
     )
-    assert main(args) == 0 and main(args) == 0
-    client = MlflowClient(mlflow_store)
-    caches = client.search_runs(
-        [client.get_experiment_by_name("kd-pipeline").experiment_id],
-        "attributes.run_name = 'logit-cache'",
-        order_by=["attributes.start_time ASC"],
-    )
-    assert [r.data.tags["cache_hit"] for r in caches] == ["false", "true"]
-    assert caches[0].data.tags["cache_key"] == caches[1].data.tags["cache_key"]
-    assert "time_saved_seconds" in caches[1].data.metrics
-    assert caches[1].data.metrics["build_seconds"] == caches[0].data.metrics["build_seconds"]
+    assert "time_saved_seconds" in second["logit-cache"].data.metrics
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -1,0 +1,131 @@
+"""Incremental reruns: how long `kd run` takes when nothing, or only the student, changed.
+
+    python benchmarks/rerun.py --out DIR [--config FILE] [--set key=value ...]
+
+In a fresh scratch directory (its own work dir and MLflow SQLite store), runs the real
+command line three times as separate processes, the way a schedule does:
+
+1. ``kd run`` on the config: everything computed;
+2. ``kd run`` again, unchanged: every cached stage should be reused;
+3. ``kd run`` with only the student's learning rate changed: teacher and logit cache reused.
+
+Wall times are of the whole process (Python start-up, imports and Prefect's temporary
+server included), so they are what a user waits. Writes DIR/rerun.json (top level:
+``rerun_vs_first_ratio`` = run 2 / run 1) and DIR/rerun.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from components.config import load_config
+from components.io import write_json, write_text
+from flows.cli import add_config_arguments
+
+STUDENT_CHANGE = "student.train.lr={lr}"
+
+
+def _kd_run(scratch: Path, config: Path | None, overrides: list[str], log: Path) -> float:
+    command = [sys.executable, "-m", "flows.cli", "run"]
+    if config is not None:
+        command += ["--config", str(config.resolve())]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}"}
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"kd run failed (exit {done.returncode}); see {log}")
+    return seconds
+
+
+def _last_parent_tags(scratch: Path, experiment: str) -> dict[str, str]:
+    client = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    run = client.search_runs(
+        [experiment_id],
+        filter_string="tags.pipeline = 'kd-pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    return run.data.tags
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)  # fail here on a bad config, not later
+    student_change = STUDENT_CHANGE.format(lr=config.student.train.lr * 0.5)
+
+    scratch = Path(tempfile.mkdtemp(prefix="kd-rerun-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for label, extra in (
+        ("first run", []),
+        ("rerun, unchanged inputs", []),
+        (f"rerun, student changed ({student_change})", [student_change]),
+    ):
+        overrides = [*args.overrides, f"work_dir={scratch / 'kd-work'}", *extra]
+        log = args.out / f"rerun-{len(runs) + 1}.log"
+        seconds = _kd_run(scratch, args.config, overrides, log)
+        tags = _last_parent_tags(scratch, config.experiment_name)
+        runs.append(
+            {
+                "run": label,
+                "seconds": round(seconds, 2),
+                "reused_stages": tags.get("reused_stages", ""),
+                "computed_stages": tags.get("computed_stages", ""),
+                "log": str(log),
+            }
+        )
+        print(f"{label}: {seconds:.1f} s; reused: {runs[-1]['reused_stages']}", flush=True)
+    first, rerun, changed = (r["seconds"] for r in runs)
+    report = {
+        "rerun_vs_first_ratio": round(rerun / first, 4),
+        "student_change_vs_first_ratio": round(changed / first, 4),
+        "goal": "rerun_vs_first_ratio <= 0.2",
+        "measured": "wall time of the whole `kd run` process, start-up and Prefect server included",
+        "config": str(args.config) if args.config else "built-in defaults",
+        "overrides": args.overrides,
+        "cores": os.cpu_count(),
+        "runs": runs,
+    }
+    write_json(args.out / "rerun.json", report)
+    lines = [
+        "| run | wall s | reused stages | computed stages |",
+        "|---|---:|---|---|",
+        *(
+            f"| {r['run']} | {r['seconds']:.1f} | {r['reused_stages']} | {r['computed_stages']} |"
+            for r in runs
+        ),
+        "",
+        f"rerun_vs_first_ratio: {report['rerun_vs_first_ratio']:.3f} (goal <= 0.2); "
+        f"student change: {report['student_change_vs_first_ratio']:.3f}",
+    ]
+    write_text(args.out / "rerun.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.keep:
+        print(f"scratch directory kept: {scratch} (MLflow store: sqlite:///{scratch}/mlflow.db)")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""`kd serve` and prefect.yaml against a real Prefect server (the test harness's)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
+
+from flows.cli import main
+from tests.conftest import TINY_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_deployment(name: str, process: subprocess.Popen, log: Path, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                return client.read_deployment_by_name(name)
+            except Exception:  # not registered yet
+                time.sleep(1)
+    raise AssertionError(f"{name} not registered in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_kd_serve_registers_the_cron_deployment_and_runs_it(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    overrides = [*TINY_OVERRIDES, f"work_dir={tmp_path / 'work'}"]
+    command = [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *"]
+    command += ["--name", "nightly-test", "--timezone", "Europe/Berlin"]
+    command += [a for o in overrides for a in ("--set", o)]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=out)
+    try:
+        deployment = _wait_for_deployment("kd-retrain/nightly-test", process, log)
+        (schedule,) = deployment.schedules
+        assert schedule.schedule.cron == "0 3 * * *"
+        assert schedule.schedule.timezone == "Europe/Berlin" and schedule.active
+        assert deployment.parameters["overrides"] == overrides
+        assert deployment.parameters["config_path"] is None
+
+        # a run of the deployment is picked up by the serving process and completes
+        flow_run = run_deployment("kd-retrain/nightly-test", timeout=600)
+        assert flow_run.state.is_completed(), log.read_text()[-3000:]
+        client = MlflowClient(mlflow_store)
+        experiment = client.get_experiment_by_name("kd-pipeline")
+        (parent,) = client.search_runs(
+            [experiment.experiment_id], f"tags.prefect_flow_run_id = '{flow_run.id}'"
+        )
+        assert parent.info.status == "FINISHED"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_serve_refuses_a_bad_cron_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--cron", "every night"]) == 2
+    assert "every night" in capsys.readouterr().err
+    assert main(["serve", "--cron", "0 3 * * *", "--timezone", "Mars/Olympus"]) == 2
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_prefect_yaml_deploys_the_same_flow_to_a_work_pool(tmp_path: Path) -> None:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (deployment_spec,) = spec["deployments"]
+    assert deployment_spec["entrypoint"] == "flows/pipeline.py:retrain"
+    assert (REPO / deployment_spec["parameters"]["config_path"]).is_file()
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PWD": str(REPO)}
+    prefect = [sys.executable, "-m", "prefect"]
+    pool = deployment_spec["work_pool"]["name"]
+    subprocess.run(
+        [*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [*prefect, "--no-prompt", "deploy", "--name", deployment_spec["name"]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"kd-retrain/{deployment_spec['name']}")
+    assert deployment.entrypoint == "flows/pipeline.py:retrain"
+    assert deployment.work_pool_name == pool
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    assert deployment.parameters["config_path"] == "configs/default.yaml"
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ]
