@@ -1,4 +1,5 @@
-# The pipeline image: CPU PyTorch, non-root, `kd` as the entrypoint.
+# The pipeline image: CPU PyTorch, non-root, `kd` as the entrypoint. Reproducible from the
+# repository alone: torch pinned here, every other package pinned by requirements.lock.
 #   docker build -t kd-pipeline .
 #   docker run --rm -v "$PWD/out:/work" kd-pipeline run
 FROM python:3.11-slim AS build
@@ -9,10 +10,10 @@ ENV PATH=/opt/venv/bin:$PATH
 # bring the multi-GB CUDA build.
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY components ./components
 COPY flows ./flows
-RUN pip install .
+RUN pip install -c requirements.lock .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 1000 kd && mkdir /work && chown kd /work

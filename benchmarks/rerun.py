@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"rerun, student changed ({student_change})", [student_change]),
     ):
         overrides = [*args.overrides, f"work_dir={scratch / 'kd-work'}", *extra]
-        log = args.out / f"rerun-{len(runs) + 1}.log"
+        log = scratch / f"rerun-{len(runs) + 1}.log"  # kept with --keep
         seconds = _kd_run(scratch, args.config, overrides, log)
         tags = _last_parent_tags(scratch, config.experiment_name)
         runs.append(
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(seconds, 2),
                 "reused_stages": tags.get("reused_stages", ""),
                 "computed_stages": tags.get("computed_stages", ""),
-                "log": str(log),
             }
         )
         print(f"{label}: {seconds:.1f} s; reused: {runs[-1]['reused_stages']}", flush=True)

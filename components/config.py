@@ -7,6 +7,7 @@ out-of-range values are rejected with the dotted name of the field.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -231,6 +232,37 @@ class PromotionConfig(Strict):
     iterations: int = Field(400, ge=5, description="Timed calls per model, interleaved.")
 
 
+class SweepConfig(Strict):
+    """Several distillation settings in parallel (``kd sweep``): every combination of the
+    ``grid`` values, each a distilled student of its own, all from one teacher and one logit
+    cache. Only ``distill.*`` and ``student.*`` keys (not the augmentation, which the cache
+    depends on) may vary."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description='Dotted key -> values, e.g. {"distill.temperature": [2, 4]}.',
+    )
+    task_runner: Literal["thread", "process", "dask"] = Field(
+        "thread", description="Prefect task runner: threads, processes or a local Dask cluster."
+    )
+    max_workers: int = Field(2, ge=1, description="Students trained at once.")
+
+    @model_validator(mode="after")
+    def _student_side_only(self) -> SweepConfig:
+        for key, values in self.grid.items():
+            shared = not key.startswith(("distill.", "student.")) or key.startswith(
+                "student.train.augment"
+            )
+            if shared:
+                raise ValueError(
+                    f"grid key {key!r}: a sweep shares one teacher and logit cache, so only "
+                    "distill.* and student.* keys (not student.train.augment) may vary"
+                )
+            if not values:
+                raise ValueError(f"grid key {key!r}: give at least one value")
+        return self
+
+
 class BenchmarkConfig(Strict):
     """Latency measurement: every batch size at every thread count (0 = all cores), the
     same thread count given to PyTorch and ONNX Runtime; warm-up calls are not timed."""
@@ -266,6 +298,7 @@ class PipelineConfig(Strict):
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")
     def _views_need_augmentation(self) -> PipelineConfig:
@@ -372,6 +405,24 @@ def load_config(
     for text in overrides:
         merge_override(tree, *parse_override(text))
     return validate_config(deep_merge(PipelineConfig().model_dump(mode="json"), tree))
+
+
+def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
+    """(label, config) for every combination of ``config.sweep.grid``, each validated now."""
+    grid = config.sweep.grid
+    points = []
+    base = config.model_dump(mode="json")
+    for values in itertools.product(*grid.values()):
+        label = ",".join(f"{key}={value}" for key, value in zip(grid, values, strict=True))
+        tree: dict[str, Any] = {}
+        for key, value in zip(grid, values, strict=True):
+            merge_override(tree, key.split("."), value)
+        try:
+            point = validate_config(deep_merge(base, tree))
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {label}: {err}") from None
+        points.append((label, point))
+    return points
 
 
 def config_to_yaml(config: PipelineConfig) -> str:

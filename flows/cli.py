@@ -3,6 +3,7 @@
 kd run [--config FILE] [--set dotted.key=value ...] [--force | --force-stage S ...]
                                                       run the pipeline
 kd serve --cron EXPR [--config FILE] [--set ...]      serve it as a scheduled Prefect deployment
+kd sweep [--config FILE] [--set sweep.grid=...]     distil several settings in parallel
 kd compare [--experiment NAME] [--last N | RUN_ID ...] [--out DIR]
                                                       compare model variants across runs
 kd config [--config FILE] [--set ...]                 print the resolved, validated config
@@ -106,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(serve)
     add_force_arguments(serve)
     serve.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sweep = commands.add_parser(
+        "sweep",
+        help="distil one student per setting of sweep.grid, in parallel",
+        description=(
+            "One teacher, one logit cache and one baseline; then a distilled student for every "
+            "combination of sweep.grid, trained at once through the Prefect task runner in "
+            "sweep.task_runner (thread, process or dask), each its own MLflow child run. "
+            "Example: kd sweep --set 'sweep.grid={distill.temperature: [2, 4], "
+            "distill.alpha: [0.5, 0.9]}'"
+        ),
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(sweep)
+    add_force_arguments(sweep)
+    sweep.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     compare = commands.add_parser(
         "compare",
         help="compare the model variants of pipeline runs (from MLflow)",
@@ -244,6 +261,29 @@ def _serve(args: argparse.Namespace, work_dir: Path) -> int:
     return 0
 
 
+def _sweep(config: PipelineConfig, force: list[str]) -> int:
+    from components.config import sweep_points
+
+    if not config.sweep.grid:
+        example = "--set 'sweep.grid={distill.temperature: [2, 4]}'"
+        print(f"kd: sweep.grid is empty: give the settings to try, e.g. {example}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sweep_points(config)  # every point validated before any work
+    except ConfigError as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _quiet_prefect_server()
+    from flows.sweep import sweep_pipeline, task_runner
+
+    result = sweep_pipeline.with_options(task_runner=task_runner(config.sweep))(config, force)
+    print()
+    print(result.table_markdown)
+    print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
+    print(f"Compare: kd compare {result.parent_run_id}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from flows.report import CompareError, compare_runs, write_comparison
     from flows.tracking import resolve_tracking_uri
@@ -297,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args, config.work_dir)
+        if args.command == "sweep":
+            return _sweep(config, _force(args))
         return _run(config, _force(args))
     except KeyboardInterrupt:
         print("kd: interrupted", file=sys.stderr)

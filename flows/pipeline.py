@@ -11,7 +11,9 @@ gets its MLflow child run, tagged ``reused`` with the id of the run that did the
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +142,55 @@ class Stages:
         self.reused: dict[str, str] = {}
 
     def run(self, stage: str, stage_task: Task, *args: Any, fingerprint: str, **kwargs: Any) -> Any:
-        logger = get_run_logger()
         if stage in self.force:
-            logger.info("%s: forced, recomputing (fingerprint %s)", stage, fingerprint)
+            get_run_logger().info("%s: forced, recomputing (fingerprint %s)", stage, fingerprint)
         state = self._call(stage_task, stage in self.force, args, kwargs, fingerprint)
+        return self._settle(stage, stage_task, state, args, kwargs, fingerprint)
+
+    def run_many(
+        self,
+        stage: str,
+        stage_task: Task,
+        calls: dict[str, tuple[tuple[Any, ...], dict[str, Any], str]],
+    ) -> dict[str, Any]:
+        """The same stage on several inputs at once, through the flow's task runner.
+
+        ``calls``: MLflow run name -> (args, kwargs, fingerprint).
+        """
+        configured = stage_task.with_options(
+            result_storage=self.storage, refresh_cache=stage in self.force
+        )
+        futures = {
+            name: configured.submit(*args, fingerprint=fingerprint, **kwargs)
+            for name, (args, kwargs, fingerprint) in calls.items()
+        }
+        results = {}
+        for name, future in futures.items():
+            future.wait()
+            args, kwargs, fingerprint = calls[name]
+            results[name] = self._settle(name, stage_task, future.state, args, kwargs, fingerprint)
+        return results
+
+    def _settle(
+        self,
+        name: str,
+        stage_task: Task,
+        state: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fingerprint: str,
+    ) -> Any:
+        """The stage's reference; a cached one is checked, and its reuse recorded in MLflow."""
         ref = state.result()
         if state.name != "Cached":
             return ref
         problem = damaged(ref)
         if problem is not None:
-            logger.warning("%s: the cached result cannot be used (%s); recomputing", stage, problem)
+            get_run_logger().warning(
+                "%s: the cached result cannot be used (%s); recomputing", name, problem
+            )
             return self._call(stage_task, True, args, kwargs, fingerprint).result()
-        self._record_reuse(stage, f"{stage_task.name}-{fingerprint}", ref)
+        self._record_reuse(name, f"{stage_task.name}-{fingerprint}", ref)
         return ref
 
     def _call(
@@ -211,28 +250,38 @@ def retrain(
     return run_pipeline(config, force)
 
 
-def run_pipeline(config: PipelineConfig, force: list[str] | None) -> PipelineResult:
-    """The body of both flows: the stages in order, inside one MLflow parent run."""
-    logger = get_run_logger()
-    forced = resolve_force(force)
+@contextlib.contextmanager
+def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, RunContext]]:
+    """The MLflow parent run of a pipeline or sweep, with the whole config logged to it;
+    ended FINISHED, FAILED or KILLED with the block."""
     work_dir = ensure_writable(config.work_dir)
     tracker = Tracker(resolve_tracking_uri())
     experiment_id = tracker.experiment_id(config.experiment_name)
     parent_run_id = tracker.create_run(
         experiment_id,
-        f"kd-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={"prefect_flow_run_id": str(flow_run.id), PIPELINE_TAG[0]: PIPELINE_TAG[1]},
     )
-    logger.info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
+    get_run_logger().info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
     with tracker.running(parent_run_id):
         tracker.log_params(parent_run_id, flatten(config.model_dump(mode="json")))
         tracker.log_text(parent_run_id, config_to_yaml(config), "config.yaml")
-        ctx = RunContext(
-            tracking_uri=tracker.tracking_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            work_dir=str(work_dir),
+        yield (
+            tracker,
+            RunContext(
+                tracking_uri=tracker.tracking_uri,
+                experiment_id=experiment_id,
+                parent_run_id=parent_run_id,
+                work_dir=str(work_dir),
+            ),
         )
+
+
+def run_pipeline(config: PipelineConfig, force: list[str] | None) -> PipelineResult:
+    """The body of both flows: the stages in order, inside one MLflow parent run."""
+    forced = resolve_force(force)
+    with parent_run(config, "kd") as (tracker, ctx):
+        parent_run_id = ctx.parent_run_id
         stages = Stages(ctx, tracker, forced)
 
         data = prepare_data(config, ctx)
@@ -326,7 +375,7 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None) -> PipelineRes
         parent_run_id=parent_run_id,
         tracking_uri=tracker.tracking_uri,
         ui_command=ui_command(tracker.tracking_uri),
-        work_dir=str(work_dir),
+        work_dir=ctx.work_dir,
         teacher=teacher,
         cache=cache,
         baseline=baseline,

@@ -113,7 +113,7 @@ def _int(value: float | str | None) -> int | None:
 
 
 def variant_rows(client: MlflowClient, parent: Run) -> list[VariantRow]:
-    """The five model variants of one pipeline run, with what MLflow holds for each."""
+    """The model variants of one pipeline (or sweep) run, with what MLflow holds for each."""
     children = _children(client, parent)
     latency = _latency(children.get("benchmark"))
     run_name = parent.data.tags.get(MLFLOW_RUN_NAME, parent.info.run_id[:8])
@@ -151,6 +151,16 @@ def variant_rows(client: MlflowClient, parent: Run) -> list[VariantRow]:
             metrics.get("test_accuracy"),
             params.get("model.parameters"),
             metrics.get("checkpoint_bytes"),
+        )
+    # A sweep's distilled students, one per setting (kd sweep).
+    for name in sorted(n for n in children if n.startswith("student-kd[")):
+        run = children[name]
+        add(
+            name,
+            "pytorch",
+            run.data.metrics.get("test_accuracy"),
+            run.data.params.get("model.parameters"),
+            run.data.metrics.get("checkpoint_bytes"),
         )
     export = children.get("onnx-export")
     if export is not None:

@@ -272,11 +272,12 @@ def _train(
     data: DatasetInfo,
     cache: CacheRef | None,
     fingerprint: str,
+    run_name: str | None = None,
 ) -> ModelRef:
     """Shared body of the three training stages; only the teacher's targets differ."""
     logger = get_run_logger()
     tracker = Tracker(ctx.tracking_uri)
-    with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, role) as run_id:
+    with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, run_name or role) as run_id:
         device = resolve_device(config.device)
         dataset = load_dataset(data.path)
         seed_everything(config.seed)
@@ -388,11 +389,21 @@ def train_student(
     data: DatasetInfo,
     cache: CacheRef | None,
     fingerprint: str,
+    run_name: str | None = None,
 ) -> ModelRef:
-    """Without a cache: the label-only control (``student-baseline``); with one, ``student-kd``."""
+    """Without a cache: the label-only control (``student-baseline``); with one, ``student-kd``.
+    ``run_name`` names the MLflow run when several distilled students share one parent."""
     role = "student-kd" if cache is not None else "student-baseline"
     return _train(
-        role, config.student.model, config.student.train, config, ctx, data, cache, fingerprint
+        role,
+        config.student.model,
+        config.student.train,
+        config,
+        ctx,
+        data,
+        cache,
+        fingerprint,
+        run_name,
     )
 
 
