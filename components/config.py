@@ -184,6 +184,12 @@ class CacheConfig(Strict):
     top_k: int = Field(5, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
     chunk_rows: int = Field(512, gt=0, description="Samples per written and checksummed chunk.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Processes that build the cache (torch.distributed's elastic launcher); "
+        "the content is the same for any count.",
+    )
 
 
 class ExportConfig(Strict):

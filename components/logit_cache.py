@@ -251,11 +251,13 @@ def build_logit_cache(
     device: torch.device,
     on_chunk: Callable[[int, int], None] | None = None,
     rebuild: bool = False,
+    workers: int = 1,
 ) -> CacheInfo:
     """Return the cache for ``spec``: reused when a verified one exists, else built.
 
-    ``on_chunk(done, total)`` is called after each chunk is durably written. ``rebuild``
-    discards a finished or interrupted cache of this key and computes every chunk again.
+    ``on_chunk(done, total)`` is called after each chunk is durably written (in-process
+    builds). ``rebuild`` discards a finished or interrupted cache of this key and computes
+    every chunk again. ``workers`` > 1 splits the chunks over that many processes.
     """
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
@@ -276,37 +278,37 @@ def build_logit_cache(
         train_indices = dataset.splits["train"]
         layout = _layout(spec, len(train_indices), classes)
         arrays, done_chunks = _open_partial(partial, spec, layout)
-        teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
         bounds = [
             (s, min(s + chunk_rows, len(train_indices)))
             for s in range(0, len(train_indices), chunk_rows)
         ]
-        journal = partial / "chunks.jsonl"
-        bar = tqdm(
-            total=len(bounds),
-            initial=len(done_chunks),
-            desc="logit cache",
-            unit="chunk",
-            disable=not show_progress(),
-        )
-        for start, stop in bounds[len(done_chunks) :]:
-            started = time.perf_counter()
-            logits = teacher_view_logits(teacher, dataset, np.arange(start, stop), spec, device)
-            for name, chunk in encode(logits, spec, classes).items():
-                arrays[name][start:stop] = chunk
-            for array in arrays.values():
-                array.flush()
-            entry = [start, stop, _chunk_digest(arrays, start, stop), time.perf_counter() - started]
-            with open(journal, "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            done_chunks.append(entry)
-            bar.update()
-            if on_chunk is not None:
-                on_chunk(len(done_chunks), len(bounds))
-        bar.close()
+        finished = {entry[0] for entry in done_chunks}
+        todo = [b for b in bounds if b[0] not in finished]
+        if workers > 1 and len(todo) > 1:
+            del arrays  # the workers open their own maps of the same files
+            _build_in_workers(teacher, spec, dataset, partial, todo, device, workers)
+            arrays, done_chunks = _open_partial(partial, spec, layout)
+        else:
+            teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
+            bar = tqdm(
+                total=len(bounds),
+                initial=len(done_chunks),
+                desc="logit cache",
+                unit="chunk",
+                disable=not show_progress(),
+            )
+            for start, stop in todo:
+                done_chunks.append(
+                    _build_chunk(teacher, spec, dataset, arrays, partial, start, stop, device)
+                )
+                bar.update()
+                if on_chunk is not None:
+                    on_chunk(len(done_chunks), len(bounds))
+            bar.close()
         del arrays
+        done_chunks.sort(key=lambda entry: entry[0])
+        if [tuple(entry[:2]) for entry in done_chunks] != bounds:
+            raise CacheError(f"logit cache build {partial}: chunks missing after the build")
         manifest = {
             "format_version": FORMAT_VERSION,
             "key": spec.key,
@@ -326,10 +328,95 @@ def build_logit_cache(
         }
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(partial / "manifest.json")
-        journal.unlink()
+        (partial / "chunks.jsonl").unlink()
         os.replace(partial, final)
         fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
+
+
+def _build_chunk(
+    teacher: nn.Module,
+    spec: CacheSpec,
+    dataset: Dataset,
+    arrays: dict[str, np.ndarray],
+    partial: Path,
+    start: int,
+    stop: int,
+    device: torch.device,
+) -> list[Any]:
+    """Compute rows [start, stop), flush them, then journal their checksum (durably)."""
+    started = time.perf_counter()
+    logits = teacher_view_logits(teacher, dataset, np.arange(start, stop), spec, device)
+    for name, chunk in encode(logits, spec, dataset.info.num_classes).items():
+        arrays[name][start:stop] = chunk
+    for array in arrays.values():
+        array.flush()
+    entry = [start, stop, _chunk_digest(arrays, start, stop), time.perf_counter() - started]
+    # One short line per append: O_APPEND keeps lines from several workers whole.
+    with open(partial / "chunks.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return entry
+
+
+def _build_in_workers(
+    teacher: nn.Module,
+    spec: CacheSpec,
+    dataset: Dataset,
+    partial: Path,
+    todo: list[tuple[int, int]],
+    device: torch.device,
+    workers: int,
+) -> None:
+    """The remaining chunks split over ``workers`` processes, launched the torchrun way
+    (torch.distributed's elastic launcher, standalone rendezvous on localhost)."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=workers,
+        run_id=f"logit-cache-{spec.key}-{os.getpid()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    state = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
+    elastic_launch(launch, _cache_worker)(
+        teacher, state, spec, dataset.info.path, str(partial), todo, device.type
+    )
+
+
+def _cache_worker(
+    teacher: nn.Module,
+    state: dict[str, torch.Tensor],
+    spec: CacheSpec,
+    dataset_path: str,
+    partial: str,
+    todo: list[tuple[int, int]],
+    device_type: str,
+) -> int:
+    """One worker: chunks rank, rank + world, ... of ``todo`` into the shared memory maps."""
+    from components.data import load_dataset
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device_type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+        # The cores are shared out, not oversubscribed.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    teacher.load_state_dict(state)
+    teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
+    dataset = load_dataset(dataset_path)
+    arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}
+    mine = todo[rank::world]
+    for start, stop in mine:
+        _build_chunk(teacher, spec, dataset, arrays, Path(partial), start, stop, device)
+    return len(mine)
 
 
 def _open_partial(

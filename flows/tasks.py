@@ -451,6 +451,7 @@ def cache_teacher_logits(
             config.cache.chunk_rows,
             device,
             rebuild=rebuild,
+            workers=config.cache.workers,
         )
         seconds = time.perf_counter() - started
         metrics = {

@@ -247,3 +247,28 @@ def test_mixup_views_are_cached_as_rendered(
     with torch.no_grad():
         expected = teacher(normalize(rendered.images, mnist_dataset.info))
     assert torch.allclose(cache.logits(rows, views), expected, atol=1e-2, rtol=1e-3)
+
+
+def test_two_worker_processes_build_the_same_cache_as_one(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    spec = spec_for(mnist_dataset)
+    one = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "one", 500, CPU)
+
+    # half built in-process, then interrupted; two launched workers finish the rest
+    def stop_after_three(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_logit_cache(
+            teacher, spec, mnist_dataset, tmp_path / "two", 500, CPU, stop_after_three
+        )
+    two = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "two", 500, CPU, workers=2)
+    # float16, bit for bit: each chunk is the same computation wherever it runs
+    assert files(Path(two.path)) == files(Path(one.path))
+    manifest = json.loads((Path(two.path) / "manifest.json").read_text())
+    assert [c[:2] for c in manifest["chunks"]] == [
+        [s, min(s + 500, 4000)] for s in range(0, 4000, 500)
+    ]
+    assert open_logit_cache(Path(two.path), expected_key=spec.key).rows == 4000

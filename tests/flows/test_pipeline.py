@@ -331,3 +331,18 @@ def test_failed_stage_marks_its_run_and_the_parent_failed(
     assert "RUNNING" not in status.values()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED" and "ParityError" in parent.data.tags["error"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_logit_cache_built_by_two_processes_equals_one(mlflow_store: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    assert main(tiny_run_args(work)) == 0
+    (cache_dir,) = [p for p in (work / "cache").iterdir() if not p.name.startswith(".")]
+    one = {p.name: p.read_bytes() for p in cache_dir.glob("*.npy")}
+    assert main([*tiny_run_args(work, "cache.workers=2"), "--force-stage", "logit-cache"]) == 0
+    two = {p.name: p.read_bytes() for p in cache_dir.glob("*.npy")}
+    assert two == one  # float16, bit for bit
+    (_, first), (_, second) = pipeline_runs(MlflowClient(mlflow_store))
+    rebuilt = second["logit-cache"].data
+    assert rebuilt.params["cache.workers"] == "2" and rebuilt.tags["cache_hit"] == "false"
+    assert rebuilt.tags["cache_key"] == first["logit-cache"].data.tags["cache_key"]
