@@ -184,12 +184,6 @@ class CacheConfig(Strict):
     top_k: int = Field(5, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
     chunk_rows: int = Field(512, gt=0, description="Samples per written and checksummed chunk.")
-    workers: int = Field(
-        1,
-        ge=1,
-        description="Processes that build the cache (torch.distributed's elastic launcher); "
-        "the content is the same for any count.",
-    )
 
 
 class ExportConfig(Strict):
@@ -287,6 +281,15 @@ class BenchmarkConfig(Strict):
         return self
 
 
+class DistributedConfig(Strict):
+    """Processes per stage on this machine (``kd run --nproc N``), launched the torchrun way:
+    teacher and student training with DistributedDataParallel (gloo on CPU, NCCL on GPU, each
+    process its share of every batch), the logit cache split by chunks (same bytes as one
+    process). Only rank 0 logs to MLflow and writes checkpoints."""
+
+    nproc: int = Field(1, ge=1, description="Processes per stage; 1 = no torch.distributed.")
+
+
 class PipelineConfig(Strict):
     """Everything one pipeline run depends on."""
 
@@ -294,6 +297,7 @@ class PipelineConfig(Strict):
     work_dir: Path = Field(Path("kd-work"), description="All files the run writes go here.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: DistributedConfig = DistributedConfig()
     data: DataSource = MlxtendMnistSource()
     split: SplitConfig = SplitConfig()
     teacher: TeacherConfig = TeacherConfig()

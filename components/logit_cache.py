@@ -46,6 +46,7 @@ from tqdm import tqdm
 from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig
 from components.data import Dataset, normalize
+from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
 from components.training import show_progress
 
@@ -257,7 +258,8 @@ def build_logit_cache(
 
     ``on_chunk(done, total)`` is called after each chunk is durably written (in-process
     builds). ``rebuild`` discards a finished or interrupted cache of this key and computes
-    every chunk again. ``workers`` > 1 splits the chunks over that many processes.
+    every chunk again. ``workers`` > 1 splits the chunks over that many launched processes
+    (components.distributed); the bytes are the same for any count.
     """
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
@@ -286,7 +288,16 @@ def build_logit_cache(
         todo = [b for b in bounds if b[0] not in finished]
         if workers > 1 and len(todo) > 1:
             del arrays  # the workers open their own maps of the same files
-            _build_in_workers(teacher, spec, dataset, partial, todo, device, workers)
+            launch(
+                _cache_worker,
+                workers,
+                teacher.cpu(),
+                spec,
+                dataset.info.path,
+                str(partial),
+                todo,
+                device.type,
+            )
             arrays, done_chunks = _open_partial(partial, spec, layout)
         else:
             teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
@@ -360,56 +371,20 @@ def _build_chunk(
     return entry
 
 
-def _build_in_workers(
-    teacher: nn.Module,
-    spec: CacheSpec,
-    dataset: Dataset,
-    partial: Path,
-    todo: list[tuple[int, int]],
-    device: torch.device,
-    workers: int,
-) -> None:
-    """The remaining chunks split over ``workers`` processes, launched the torchrun way
-    (torch.distributed's elastic launcher, standalone rendezvous on localhost)."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    launch = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=workers,
-        run_id=f"logit-cache-{spec.key}-{os.getpid()}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-    )
-    state = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
-    elastic_launch(launch, _cache_worker)(
-        teacher, state, spec, dataset.info.path, str(partial), todo, device.type
-    )
-
-
 def _cache_worker(
     teacher: nn.Module,
-    state: dict[str, torch.Tensor],
     spec: CacheSpec,
     dataset_path: str,
     partial: str,
     todo: list[tuple[int, int]],
     device_type: str,
 ) -> int:
-    """One worker: chunks rank, rank + world, ... of ``todo`` into the shared memory maps."""
+    """One launched process: chunks rank, rank + world, ... of ``todo``, written into the
+    shared memory maps; no collectives needed, the chunks are independent."""
     from components.data import load_dataset
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device_type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
-        # The cores are shared out, not oversubscribed.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    teacher.load_state_dict(state)
+    rank, world = rank_and_world()
+    device = worker_device(device_type)
     teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
     dataset = load_dataset(dataset_path)
     arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}

@@ -119,10 +119,16 @@ def train_classifier(
     distill: DistillConfig | None = None,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
+    rank: int = 0,
+    world: int = 1,
 ) -> TrainResult:
     """Train in place; with a ``teacher_cache`` (and ``distill``), distil from it.
 
-    Returns per-epoch train/val metrics and the final val/test metrics.
+    Returns per-epoch train/val metrics and the final val/test metrics. With ``world`` > 1
+    (inside a process group, see components.distributed), the model is wrapped in
+    DistributedDataParallel and this process trains on rows rank, rank + world, ... of every
+    batch: the batches, their order and the views are the same as in one process, and the
+    gradients are averaged across processes. (BatchNorm statistics are per process.)
     """
     if (teacher_cache is None) != (distill is None):
         raise ValueError("teacher_cache and distill config go together")
@@ -135,6 +141,11 @@ def train_classifier(
     order_rng = torch.Generator().manual_seed(seed + 1)
 
     model.to(device=device, memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norm scales
     decay = [p for p in model.parameters() if p.ndim > 1]
     groups = [
@@ -158,12 +169,15 @@ def train_classifier(
         batches = tqdm(
             range(steps_per_epoch),
             desc=f"{desc} epoch {epoch}/{train.epochs}",
-            disable=not show_progress(),
+            disable=rank != 0 or not show_progress(),
             leave=False,
             unit="batch",
         )
         for b in batches:
             rows = order[b * train.batch_size : (b + 1) * train.batch_size].numpy()
+            if len(rows) < world:
+                continue  # a last batch too small to give every process a row (all skip it)
+            rows = rows[rank::world]
             sample_ids = train_indices[rows]
             views = (
                 np.full(len(rows), epoch, dtype=np.int64)
@@ -180,7 +194,7 @@ def train_classifier(
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            logits = model(batch)
+            logits = net(batch)
             loss: LossOutput
             if teacher_cache is not None and distill is not None:
                 soft = teacher_cache.logits(rows, views).to(device)
@@ -202,6 +216,8 @@ def train_classifier(
                 part_sums[name] = part_sums.get(name, 0.0) + value.item() * len(rows)
             batches.set_postfix(loss=f"{loss.total.item():.3f}")
 
+        if world > 1:
+            sums, part_sums = _sum_over_processes(sums, part_sums, device)
         metrics = {
             "epoch_seconds": time.perf_counter() - epoch_started,  # training only, no eval
             "train_loss": sums["loss"] / len(images),
@@ -219,6 +235,18 @@ def train_classifier(
     }
     model.eval()
     return result
+
+
+def _sum_over_processes(
+    sums: dict[str, float], parts: dict[str, float], device: torch.device
+) -> tuple[dict[str, float], dict[str, float]]:
+    import torch.distributed as dist
+
+    names = [*sums, *sorted(parts)]
+    values = torch.tensor([*sums.values(), *(parts[k] for k in sorted(parts))], device=device)
+    dist.all_reduce(values)
+    total = dict(zip(names, values.tolist(), strict=True))
+    return {k: total[k] for k in sums}, {k: total[k] for k in parts}
 
 
 def _check_cache_matches(

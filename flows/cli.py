@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(run)
     add_force_arguments(run)
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="processes per stage (torch.distributed; same as --set distributed.nproc=N)",
+    )
     run.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     serve = commands.add_parser(
         "serve",
@@ -316,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args)
+    overrides = list(getattr(args, "overrides", []))
+    if getattr(args, "nproc", None) is not None:
+        overrides.append(f"distributed.nproc={args.nproc}")
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
     except ConfigError as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,11 +13,13 @@ stored as JSON, never pickled.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,15 @@ from components.benchmark import (
     report_markdown,
 )
 from components.checkpoint import load_checkpoint, save_checkpoint
-from components.config import ModelConfig, PipelineConfig, TrainConfig, flatten
+from components.config import DistillConfig, ModelConfig, PipelineConfig, TrainConfig, flatten
 from components.data import DatasetInfo, load_dataset, normalize, prepare_dataset
+from components.distributed import (
+    join_process_group,
+    launch,
+    leave_process_group,
+    rank_and_world,
+    worker_device,
+)
 from components.handoff import model_card, write_bundle
 from components.io import sha256_file, sha256_json, write_json, write_text
 from components.logit_cache import (
@@ -55,7 +64,12 @@ from components.logit_cache import (
 from components.models import build_model, count_parameters
 from components.onnx_export import ExportResult, ParityError, export_onnx, onnx_session, run_onnx
 from components.quantize import int8_decision, onnx_accuracy, quantize_int8
-from components.training import resolve_device, seed_everything, train_classifier
+from components.training import (
+    TrainResult,
+    resolve_device,
+    seed_everything,
+    train_classifier,
+)
 from flows.tracking import Tracker
 
 
@@ -140,6 +154,13 @@ def _fingerprint(stage: str, inputs: dict[str, Any]) -> str:
     return sha256_json({"stage": stage, "format": CACHE_FORMAT, **inputs})[:16]
 
 
+def _processes(config: PipelineConfig) -> dict[str, int]:
+    # Training in N processes gives other weights (per-process BatchNorm statistics, summation
+    # order); one process keeps the key it always had.
+    n = config.distributed.nproc
+    return {"nproc": n} if n > 1 else {}
+
+
 def teacher_fingerprint(config: PipelineConfig, data: DatasetInfo) -> str:
     return _fingerprint(
         "teacher",
@@ -149,6 +170,7 @@ def teacher_fingerprint(config: PipelineConfig, data: DatasetInfo) -> str:
             "dataset": data.fingerprint,
             "seed": config.seed,
             "device": config.device,
+            **_processes(config),
         },
     )
 
@@ -172,6 +194,7 @@ def student_fingerprint(config: PipelineConfig, data: DatasetInfo, cache: CacheR
             "dataset": data.fingerprint,
             "seed": config.seed,
             "device": config.device,
+            **_processes(config),
         },
     )
 
@@ -279,15 +302,8 @@ def _train(
     tracker = Tracker(ctx.tracking_uri)
     with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, run_name or role) as run_id:
         device = resolve_device(config.device)
-        dataset = load_dataset(data.path)
         seed_everything(config.seed)
         model = build_model(model_config.name, data.in_channels, data.num_classes)
-        # The teacher itself is never loaded here: its knowledge arrives only as the cache.
-        teacher_cache = (
-            open_logit_cache(Path(cache.info.path), expected_key=cache.info.key)
-            if cache is not None
-            else None
-        )
         distill = config.distill if cache is not None else None
         is_teacher = role == "teacher"
         params = {
@@ -296,6 +312,7 @@ def _train(
             "model.parameters": count_parameters(model),
             "seed": config.seed,
             "device": str(device),
+            "processes": config.distributed.nproc,
             "dataset.fingerprint": data.fingerprint,
             "stage.fingerprint": fingerprint,
             **flatten(train_config.model_dump(mode="json"), "train."),
@@ -310,34 +327,33 @@ def _train(
             }
         tracker.log_params(run_id, params)
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            tracker.log_metrics(run_id, metrics, step=epoch)
-            logger.info(
-                "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
-                role,
-                epoch,
-                train_config.epochs,
-                metrics["train_loss"],
-                metrics["train_accuracy"],
-                metrics["val_loss"],
-                metrics["val_accuracy"],
-            )
-
-        result = train_classifier(
-            model,
-            dataset,
-            train_config,
+        fit = _Fit(
+            role=role,
+            dataset_path=data.path,
+            train=train_config,
             seed=config.seed,
-            device=device,
             # The teacher sees a fresh view every epoch; both students pick from the K views
             # the cache holds, so the control sees exactly the distilled student's inputs.
             view_seed=stream_seed(config.seed, "teacher-views") if is_teacher else config.seed,
             view_pool=None if is_teacher else config.cache.views,
-            teacher_cache=teacher_cache,
+            cache=(cache.info.path, cache.info.key) if cache is not None else None,
             distill=distill,
-            on_epoch=on_epoch,
-            desc=role,
+            tracking_uri=ctx.tracking_uri,
+            run_id=run_id,
         )
+        nproc = config.distributed.nproc
+        if nproc > 1 and device.type == "cuda" and nproc > torch.cuda.device_count():
+            # NCCL needs a GPU of its own for every process.
+            raise ValueError(
+                f"distributed.nproc={nproc} needs {nproc} GPUs for training on cuda; "
+                f"this machine has {torch.cuda.device_count()}"
+            )
+        if nproc > 1:
+            logger.info("%s: training in %d processes (DistributedDataParallel)", role, nproc)
+            state, result = launch(_fit_in_process_group, nproc, fit, model, device.type)[0]
+            model.load_state_dict(state)
+        else:
+            result = fit.run(model, device, on_epoch_log=logger.info)
         checkpoint = Path(ctx.work_dir) / "models" / role / fingerprint / "model.pt"
         history = write_json(checkpoint.with_name("history.json"), result.history)
         sha256 = save_checkpoint(
@@ -371,6 +387,88 @@ def _train(
             test_accuracy=result.final["test_accuracy"],
             run_id=run_id,
         )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One training run's inputs, picklable, so launched processes can run it too."""
+
+    role: str
+    dataset_path: str
+    train: TrainConfig
+    seed: int
+    view_seed: int
+    view_pool: int | None
+    cache: tuple[str, str] | None  # (directory, key) of the logit cache, for the students
+    distill: DistillConfig | None
+    tracking_uri: str
+    run_id: str
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        on_epoch_log: Callable[..., None] | None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> TrainResult:
+        # The teacher itself is never loaded here: its knowledge arrives only as the cache.
+        teacher_cache = (
+            open_logit_cache(Path(self.cache[0]), expected_key=self.cache[1])
+            if self.cache is not None
+            else None
+        )
+        tracker = Tracker(self.tracking_uri)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(self.run_id, metrics, step=epoch)
+            if on_epoch_log is not None:
+                on_epoch_log(
+                    "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
+                    self.role,
+                    epoch,
+                    self.train.epochs,
+                    metrics["train_loss"],
+                    metrics["train_accuracy"],
+                    metrics["val_loss"],
+                    metrics["val_accuracy"],
+                )
+
+        return train_classifier(
+            model,
+            load_dataset(self.dataset_path),
+            self.train,
+            seed=self.seed,
+            device=device,
+            view_seed=self.view_seed,
+            view_pool=self.view_pool,
+            teacher_cache=teacher_cache,
+            distill=self.distill,
+            on_epoch=on_epoch if rank == 0 else None,  # one process logs
+            desc=self.role,
+            rank=rank,
+            world=world,
+        )
+
+
+def _fit_in_process_group(
+    fit: _Fit, model: torch.nn.Module, device_type: str
+) -> tuple[dict[str, torch.Tensor], TrainResult] | None:
+    """A launched process's share of the training; rank 0 returns the weights and metrics."""
+    rank, world = rank_and_world()
+    device = worker_device(device_type)
+    join_process_group(device)
+    try:
+        log = None
+        if rank == 0:  # a fresh process: its log lines go to the launching console
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s | rank 0 | %(message)s")
+            log = logging.getLogger("kd.train").info
+        result = fit.run(model, device, log, rank=rank, world=world)
+    finally:
+        leave_process_group()
+    if rank != 0:
+        return None
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
 
 
 @cached_task("train-teacher")
@@ -451,7 +549,7 @@ def cache_teacher_logits(
             config.cache.chunk_rows,
             device,
             rebuild=rebuild,
-            workers=config.cache.workers,
+            workers=config.distributed.nproc,
         )
         seconds = time.perf_counter() - started
         metrics = {

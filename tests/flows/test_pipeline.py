@@ -11,11 +11,14 @@ import mlflow.artifacts
 import numpy as np
 import onnx
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from components.benchmark import cores
+from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig
-from components.logit_cache import open_logit_cache
+from components.data import load_dataset
+from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from flows.cli import main
 from tests.conftest import TINY_OVERRIDES
 
@@ -334,15 +337,31 @@ def test_failed_stage_marks_its_run_and_the_parent_failed(
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_logit_cache_built_by_two_processes_equals_one(mlflow_store: str, tmp_path: Path) -> None:
+def test_two_process_run_logs_the_same_stages_and_its_cache_equals_one_process(
+    mlflow_store: str, tmp_path: Path
+) -> None:
     work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
-    (cache_dir,) = [p for p in (work / "cache").iterdir() if not p.name.startswith(".")]
-    one = {p.name: p.read_bytes() for p in cache_dir.glob("*.npy")}
-    assert main([*tiny_run_args(work, "cache.workers=2"), "--force-stage", "logit-cache"]) == 0
-    two = {p.name: p.read_bytes() for p in cache_dir.glob("*.npy")}
-    assert two == one  # float16, bit for bit
-    (_, first), (_, second) = pipeline_runs(MlflowClient(mlflow_store))
-    rebuilt = second["logit-cache"].data
-    assert rebuilt.params["cache.workers"] == "2" and rebuilt.tags["cache_hit"] == "false"
-    assert rebuilt.tags["cache_key"] == first["logit-cache"].data.tags["cache_key"]
+    assert main([*tiny_run_args(work), "--nproc", "2"]) == 0
+    ((parent, children),) = pipeline_runs(MlflowClient(mlflow_store))
+    assert sorted(children) == sorted(STAGES)
+    assert parent.info.status == "FINISHED" and parent.data.params["distributed.nproc"] == "2"
+    for role in ("teacher", "student-baseline", "student-kd"):
+        assert children[role].data.params["processes"] == "2"
+        # one process logged: one value per epoch
+        history = MlflowClient(mlflow_store).get_metric_history(
+            children[role].info.run_id, "train_loss"
+        )
+        assert [m.step for m in history] == [1]
+    # the cache the two processes built is the one a single process builds, bit for bit
+    key = children["logit-cache"].data.tags["cache_key"]
+    (checkpoint,) = (work / "models" / "teacher").glob("*/model.pt")
+    teacher, _ = load_checkpoint(checkpoint)
+    spec = CacheSpec(**open_logit_cache(work / "cache" / key).manifest["spec"])
+    dataset = load_dataset(next((work / "data").iterdir()))
+    single = build_logit_cache(
+        teacher, spec, dataset, tmp_path / "single", 512, torch.device("cpu")
+    )
+    assert single.key == key
+    two = {p.name: p.read_bytes() for p in (work / "cache" / key).glob("*.npy")}
+    one = {p.name: p.read_bytes() for p in Path(single.path).glob("*.npy")}
+    assert two == one
