@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from components.augment import choose_views, render_views, view_targets
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset, normalize
+from components.io import atomic_path
 from components.losses import LossOutput, distillation_loss, label_loss
 
 if TYPE_CHECKING:
@@ -60,6 +62,37 @@ def show_progress() -> bool:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    resumed_from_epoch: int = 0  # the last epoch restored from a training state, if any
+
+
+def _global_rng() -> dict[str, Any]:
+    """Python's, NumPy's and PyTorch's global generators, as plain types and tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_global_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """weights_only: the state is data, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"training state {path}: unreadable or corrupt ({err})") from err
 
 
 @torch.no_grad()
@@ -121,6 +154,7 @@ def train_classifier(
     desc: str = "train",
     rank: int = 0,
     world: int = 1,
+    state_path: Path | None = None,
 ) -> TrainResult:
     """Train in place; with a ``teacher_cache`` (and ``distill``), distil from it.
 
@@ -129,6 +163,10 @@ def train_classifier(
     DistributedDataParallel and this process trains on rows rank, rank + world, ... of every
     batch: the batches, their order and the views are the same as in one process, and the
     gradients are averaged across processes. (BatchNorm statistics are per process.)
+
+    ``state_path``: after every epoch the whole training state (weights, optimizer, step,
+    every random generator, the history so far) is written there atomically; a call that
+    finds one resumes after its epoch, and ends exactly where an uninterrupted run would.
     """
     if (teacher_cache is None) != (distill is None):
         raise ValueError("teacher_cache and distill config go together")
@@ -160,7 +198,22 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(images) / train.batch_size)
     result = TrainResult()
     step = 0
-    for epoch in range(1, train.epochs + 1):
+    first_epoch = 1
+    if state_path is not None and state_path.is_file():
+        saved = load_training_state(state_path)
+        if saved["epochs"] != train.epochs:
+            raise ValueError(f"training state {state_path}: saved for {saved['epochs']} epochs")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        order_rng.set_state(saved["order_rng"])
+        _set_global_rng(saved["rng"])
+        step, first_epoch = saved["step"], saved["epoch"] + 1
+        result.history = saved["history"]
+        result.resumed_from_epoch = saved["epoch"]
+        if on_epoch is not None:  # the finished epochs, for whoever records them
+            for done, metrics in enumerate(result.history, start=1):
+                on_epoch(done, metrics)
+    for epoch in range(first_epoch, train.epochs + 1):
         model.train()
         epoch_started = time.perf_counter()
         order = torch.randperm(len(images), generator=order_rng)
@@ -229,6 +282,20 @@ def train_classifier(
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if state_path is not None and rank == 0:
+            save_training_state(
+                state_path,
+                {
+                    "epoch": epoch,
+                    "epochs": train.epochs,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "order_rng": order_rng.get_state(),
+                    "rng": _global_rng(),
+                    "history": result.history,
+                },
+            )
     result.final = {
         **evaluate(model, dataset, "val", device),
         **evaluate(model, dataset, "test", device),

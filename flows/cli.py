@@ -182,6 +182,36 @@ def _force(args: argparse.Namespace) -> list[str]:
     return [args.force_all] if args.force_all else list(args.force_stage)
 
 
+def check_servers(timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when a configured server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    servers = [
+        ("MLflow tracking server", "MLFLOW_TRACKING_URI", "/health"),
+        ("Prefect server", "PREFECT_API_URL", "/health"),
+    ]
+    for what, variable, path in servers:
+        url = os.environ.get(variable, "")
+        if not url.startswith(("http://", "https://")):
+            continue  # a local store or Prefect's own temporary server
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered: reachable (auth and routes are its business)
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ServerUnreachable(
+                f"{what} {url} ({variable}) does not answer: {reason}. Start it, or unset "
+                f"{variable} to use the local default."
+            ) from None
+
+
+class ServerUnreachable(RuntimeError):
+    pass
+
+
 def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
     # No torch here: the bundle is all a deployment has.
     from components.predict import Bundle
@@ -340,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_source(config.data)
         ensure_writable(config.work_dir)
-    except (DataError, WorkDirError) as err:
+        check_servers()
+    except (DataError, WorkDirError, ServerUnreachable) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:

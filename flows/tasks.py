@@ -327,6 +327,8 @@ def _train(
             }
         tracker.log_params(run_id, params)
 
+        checkpoint = Path(ctx.work_dir) / "models" / role / fingerprint / "model.pt"
+        state_path = checkpoint.with_name("train_state.pt")
         fit = _Fit(
             role=role,
             dataset_path=data.path,
@@ -340,7 +342,10 @@ def _train(
             distill=distill,
             tracking_uri=ctx.tracking_uri,
             run_id=run_id,
+            state_path=str(state_path),
         )
+        if state_path.is_file():
+            logger.info("%s: resuming from the training state in %s", role, state_path)
         nproc = config.distributed.nproc
         if nproc > 1 and device.type == "cuda" and nproc > torch.cuda.device_count():
             # NCCL needs a GPU of its own for every process.
@@ -354,7 +359,6 @@ def _train(
             model.load_state_dict(state)
         else:
             result = fit.run(model, device, on_epoch_log=logger.info)
-        checkpoint = Path(ctx.work_dir) / "models" / role / fingerprint / "model.pt"
         history = write_json(checkpoint.with_name("history.json"), result.history)
         sha256 = save_checkpoint(
             checkpoint,
@@ -366,6 +370,11 @@ def _train(
             metrics=result.final,
             dataset_fingerprint=data.fingerprint,
         )
+        # The checkpoint supersedes the training state (a forced rerun must start over).
+        state_path.unlink(missing_ok=True)
+        if result.resumed_from_epoch:
+            tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from_epoch})
+            logger.info("%s: resumed after epoch %d", role, result.resumed_from_epoch)
         size = checkpoint.stat().st_size
         # val_* of the last epoch is already logged at its step; add the test figures.
         test_metrics = {k: v for k, v in result.final.items() if k.startswith("test_")}
@@ -403,6 +412,7 @@ class _Fit:
     distill: DistillConfig | None
     tracking_uri: str
     run_id: str
+    state_path: str  # per-epoch training state: a killed run resumes from it
 
     def run(
         self,
@@ -448,6 +458,7 @@ class _Fit:
             desc=self.role,
             rank=rank,
             world=world,
+            state_path=Path(self.state_path),
         )
 
 

@@ -172,3 +172,52 @@ def test_sgd_with_dkd_from_cache_trains(mnist_dataset: Dataset, tmp_path) -> Non
     parts = result.history[-1]
     assert {"train_tckd_loss", "train_nckd_loss", "train_ce_loss"} <= set(parts)
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(
+    mnist_dataset: Dataset, tmp_path
+) -> None:
+    train = TrainConfig(epochs=3, batch_size=256)  # augmentation on: views use the seed too
+
+    def fit(state_path, on_epoch=None):
+        seed_everything(0)
+        model = build_model("cnn_tiny", 1, 10)
+        result = train_classifier(
+            model, mnist_dataset, train, seed=0, device=CPU, view_seed=5,
+            on_epoch=on_epoch, state_path=state_path,
+        )  # fmt: skip
+        return model, result
+
+    whole_model, whole = fit(tmp_path / "whole.pt")
+
+    def die_in_epoch_2(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt  # after epoch 2's step, before its state is written
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "state.pt", die_in_epoch_2)
+    seen: list[int] = []
+    resumed_model, resumed = fit(tmp_path / "state.pt", lambda e, m: seen.append(e))
+    assert resumed.resumed_from_epoch == 1
+    assert seen == [1, 2, 3]  # the restored epoch is reported again, then the rest
+    for (name, a), b in zip(
+        whole_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name  # the same weights, bit for bit
+    assert resumed.final == whole.final
+    drop_time = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in whole.history]
+    assert [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in resumed.history] == (
+        drop_time
+    )
+
+
+def test_a_corrupt_training_state_is_refused_naming_the_file(
+    mnist_dataset: Dataset, tmp_path
+) -> None:
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=str(state)):
+        train_classifier(
+            build_model("cnn_tiny", 1, 10), mnist_dataset, TrainConfig(epochs=1),
+            seed=0, device=CPU, view_seed=0, state_path=state,
+        )  # fmt: skip

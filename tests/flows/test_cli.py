@@ -172,3 +172,25 @@ def test_bad_command_line_exits_2(args: list[str], capsys: pytest.CaptureFixture
         code = exit_.code
     assert code == 2
     assert capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_URI", "PREFECT_API_URL"])
+def test_unreachable_server_fails_fast_naming_it(
+    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.schedule import free_port
+
+    url = f"http://127.0.0.1:{free_port()}" + ("/api" if variable == "PREFECT_API_URL" else "")
+    monkeypatch.setenv(variable, url)
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--set", f"work_dir={tmp_path / 'work'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert url in done.stderr and variable in done.stderr
+    assert "Traceback" not in done.stderr
+    # refused before any work: nothing trained, no MLflow store created
+    assert not (tmp_path / "work" / "models").exists() and not (tmp_path / "mlflow.db").exists()
