@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from components.io import atomic_path, sha256_file
+from components.io import sha256_file, write_bytes
 from components.models import build_model
 
 
@@ -37,9 +38,16 @@ def save_checkpoint(
         "metrics": metrics,
         "dataset_fingerprint": dataset_fingerprint,
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    save_tensors(path, checkpoint)
     return sha256_file(path)
+
+
+def save_tensors(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save into memory, then one atomic write: a full disk surfaces as OSError(ENOSPC)
+    rather than as an error deep inside PyTorch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(

@@ -93,3 +93,10 @@ def ensure_writable(directory: Path) -> Path:
     except OSError as err:
         raise WorkDirError(f"work_dir {directory}: not writable ({err.strerror or err})") from err
     return directory
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Atomic, with a plain write: a full disk raises OSError (ENOSPC) naming the problem."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path

@@ -405,7 +405,10 @@ def _open_partial(
             done: list[list[Any]] = []
             lines = journal.read_text().splitlines() if journal.is_file() else []
             for line in lines:
-                entry = json.loads(line)  # a torn last line raises: start over below
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line torn by a kill: its chunk is simply computed again
                 if _chunk_digest(arrays, entry[0], entry[1]) != entry[2]:
                     break
                 done.append(entry)
@@ -415,12 +418,14 @@ def _open_partial(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     spec_path.write_text(json.dumps(asdict(spec)))
-    arrays = {
-        name: np.lib.format.open_memmap(
-            partial / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
-        )
-        for name, (shape, dtype) in layout.items()
-    }
+    arrays = {}
+    for name, (shape, dtype) in layout.items():
+        path = partial / f"{name}.npy"
+        arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        # Reserve the blocks now: a full disk fails here with ENOSPC, not later as a SIGBUS
+        # when a page of the (otherwise sparse) map is written.
+        with open(path, "rb+") as handle:
+            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
     return arrays, []
 
 

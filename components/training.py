@@ -28,9 +28,9 @@ from torch import nn
 from tqdm import tqdm
 
 from components.augment import choose_views, render_views, view_targets
+from components.checkpoint import save_tensors
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset, normalize
-from components.io import atomic_path
 from components.losses import LossOutput, distillation_loss, label_loss
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ def _set_global_rng(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_tensors(path, state)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -182,6 +182,21 @@ def _force(args: argparse.Namespace) -> list[str]:
     return [args.force_all] if args.force_all else list(args.force_stage)
 
 
+def disk_full(err: BaseException) -> bool:
+    """Whether a failure anywhere in the chain was a write refused for lack of space."""
+    import errno
+
+    texts = ("no space left", "file too large", "disk is full", "file write failed")
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return True
+        if any(text in str(seen).lower() for text in texts):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def check_servers(timeout_s: float = 5.0) -> None:
     """Fail fast, before any training, when a configured server does not answer."""
     import urllib.error
@@ -391,6 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
+        if disk_full(err):
+            print(
+                f"kd: the disk is full (or a file size limit was reached) while writing: {err}. "
+                "Free some space and rerun: finished stages are kept and reused, and nothing "
+                "half-written was left under a final name.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         print(f"kd: {type(err).__name__}: {err}", file=sys.stderr)
         print("kd: rerun with --debug for the full traceback", file=sys.stderr)
         return EXIT_FAILED

@@ -1,4 +1,5 @@
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +273,46 @@ def test_two_worker_processes_build_the_same_cache_as_one(
         [s, min(s + 500, 4000)] for s in range(0, 4000, 500)
     ]
     assert open_logit_cache(Path(two.path), expected_key=spec.key).rows == 4000
+
+
+def test_sigkilled_build_resumes_from_the_last_complete_chunk(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    checkpoint = tmp_path / "teacher.pt"
+    save_checkpoint(
+        checkpoint,
+        teacher,
+        arch="cnn_tiny",
+        in_channels=1,
+        num_classes=10,
+        config={},
+        metrics={},
+        dataset_fingerprint="x",
+    )
+    root = tmp_path / "cache"
+    args = [sys.executable, "-c", BUILDER, mnist_dataset.info.path, str(checkpoint), str(root)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    spec = CacheSpec.create(
+        "c" * 64,
+        mnist_dataset.info.fingerprint,
+        AugmentConfig(enabled=True),
+        7,
+        CacheConfig(views=2),
+    )
+    journal = root / f".{spec.key}.partial" / "chunks.jsonl"
+    while process.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    assert not (root / spec.key).exists()  # nothing under the final name
+    kept = len(journal.read_text().splitlines())
+
+    calls: list[int] = []
+    resumed = build_logit_cache(
+        teacher, spec, mnist_dataset, root, 250, CPU, lambda done, total: calls.append(done)
+    )
+    assert calls == list(range(kept + 1, 17))  # 16 chunks of 250 rows; only the missing ones
+    whole = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "whole", 250, CPU)
+    assert files(Path(resumed.path)) == files(Path(whole.path))
