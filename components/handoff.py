@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.data import DatasetInfo
-from components.io import atomic_dir
+from components.io import atomic_dir, sha256_file
 
 
 def preprocessing_spec(info: DatasetInfo) -> dict[str, Any]:
@@ -37,6 +37,9 @@ def preprocessing_spec(info: DatasetInfo) -> dict[str, Any]:
         "output_name": "logits",
         "formula": "x = (pixel / 255 - mean[c]) / std[c]",
     }
+
+
+CHECKSUMS = "checksums.json"  # file name -> sha256 of every other file in the bundle
 
 
 def write_bundle(
@@ -57,6 +60,9 @@ def write_bundle(
         (tmp / "parity.json").write_text(json.dumps(parity, indent=2))
         (tmp / "benchmark.json").write_text(json.dumps(benchmark, indent=2))
         (tmp / "MODEL_CARD.md").write_text(card)
+        # What a deployment checks before trusting the bundle (components.predict does).
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
     return directory
 
 

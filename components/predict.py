@@ -14,6 +14,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
+from components.io import sha256_file  # standard library only: no torch in a deployment
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -22,8 +24,26 @@ class Prediction:
     error: str | None = None
 
 
+def verify_bundle(directory: Path) -> None:
+    """Every file against the bundle's checksums.json: a changed byte or a truncated file is
+    refused, naming the file, before anything is loaded."""
+    try:
+        sums = json.loads((directory / "checksums.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{directory}: not a readable handoff bundle ({err})") from err
+    for name, expected in sums.items():
+        path = directory / name
+        try:
+            actual = sha256_file(path)
+        except OSError as err:
+            raise ValueError(f"{path}: missing from the bundle ({err})") from err
+        if actual != expected:
+            raise ValueError(f"{path}: corrupt (sha256 differs from checksums.json); refused")
+
+
 class Bundle:
     def __init__(self, directory: Path) -> None:
+        verify_bundle(directory)
         try:
             self.prep = json.loads((directory / "preprocessing.json").read_text())
             labels = json.loads((directory / "labels.json").read_text())

@@ -10,29 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from components.config import ExportConfig
 from components.data import Dataset
-from components.handoff import write_bundle
 from components.models import build_model
-from components.onnx_export import export_onnx
 from components.predict import Bundle
 from components.training import predict_logits
-
-
-@pytest.fixture
-def bundle(tmp_path: Path, mnist_dataset: Dataset) -> Path:
-    torch.manual_seed(0)
-    model = build_model("cnn_tiny", 1, 10).eval()
-    result = export_onnx(model, mnist_dataset, tmp_path / "m.onnx", ExportConfig(int8=False), {})
-    return write_bundle(
-        tmp_path / "bundle",
-        Path(result.path),
-        None,
-        mnist_dataset.info,
-        result.parity,
-        {},
-        "# card\n",
-    )
 
 
 def write_pngs(directory: Path, dataset: Dataset, count: int) -> list[Path]:

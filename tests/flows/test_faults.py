@@ -220,3 +220,25 @@ def test_disk_full_is_a_clear_error_and_earlier_work_is_intact(tmp_path: Path) -
             "FINISHED",
             "FAILED",
         }
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_corrupted_checkpoint_is_never_reused(
+    mlflow_store: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+    from tests.flows.test_pipeline import tiny_run_args
+
+    work = tmp_path / "work"
+    assert main(tiny_run_args(work)) == 0
+    (checkpoint,) = (work / "models" / "teacher").glob("*/model.pt")
+    good = checkpoint.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    assert main(tiny_run_args(work)) == 0
+    logged = capfd.readouterr()
+    assert f"{checkpoint} changed since it was cached (sha256 differs)" in logged.out + logged.err
+    _, (parent, _) = pipeline_runs(MlflowClient(mlflow_store))
+    assert "teacher" not in parent.data.tags["reused_stages"].split(",")
+    assert checkpoint.read_bytes() == good  # retrained from its inputs: the same bytes again

@@ -216,16 +216,14 @@ def test_kd_run_end_to_end(
 
 @pytest.mark.usefixtures("prefect_server")
 def test_rerun_with_unchanged_inputs_reuses_every_cached_stage(
-    mlflow_store: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    mlflow_store: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "work"
     assert main(tiny_run_args(work)) == 0
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(tiny_run_args(work)) == 0
-    out = capsys.readouterr().out
+    captured = capfd.readouterr()
+    out, logged = captured.out, captured.out + captured.err
     (_, first_children), (second, second_children) = pipeline_runs(MlflowClient(mlflow_store))
 
     # every expensive stage of the rerun is a reused record naming the run that did the work
@@ -244,7 +242,7 @@ def test_rerun_with_unchanged_inputs_reuses_every_cached_stage(
         assert first_children[stage].data.tags.get("reused", "false") == "false"
     assert f"Reused stages: teacher (from run {first_children['teacher'].info.run_id})" in out
     teacher_line = "teacher: inputs unchanged (Prefect cache train-teacher-"
-    assert teacher_line in caplog.text
+    assert teacher_line in logged
     # handoff and promotion are new every run
     assert second_children["handoff"].data.tags["model_version"] == "2"
     assert "reused" not in second_children["promotion"].data.tags
@@ -267,7 +265,7 @@ def test_changing_the_student_retrains_only_the_students(mlflow_store: str, tmp_
 
 @pytest.mark.usefixtures("prefect_server")
 def test_force_recomputes_and_damaged_results_are_not_reused(
-    mlflow_store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    mlflow_store: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "work"
     assert main(tiny_run_args(work)) == 0
@@ -285,7 +283,8 @@ def test_force_recomputes_and_damaged_results_are_not_reused(
     assert reused[2] == ",".join(s for s in CACHED if s != "student-baseline")
     assert reused[3] == "none"
     assert checkpoint.is_file()  # retrained in place
-    assert "the cached result cannot be used" in caplog.text and str(checkpoint) in caplog.text
+    logged = "".join(capfd.readouterr())
+    assert "the cached result cannot be used" in logged and str(checkpoint) in logged
     # a forced logit cache is rebuilt on disk, not just re-verified
     assert runs[3][1]["logit-cache"].data.tags["cache_hit"] == "false"
     # the teacher was deterministic: same weights, same logit cache key every time
