@@ -223,11 +223,9 @@ def test_disk_full_is_a_clear_error_and_earlier_work_is_intact(tmp_path: Path) -
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_a_corrupted_checkpoint_is_never_reused(
-    mlflow_store: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_a_corrupted_checkpoint_is_never_reused(mlflow_store: str, tmp_path: Path) -> None:
     from flows.cli import main
-    from tests.flows.test_pipeline import tiny_run_args
+    from tests.flows.test_pipeline import flow_run_log, tiny_run_args
 
     work = tmp_path / "work"
     assert main(tiny_run_args(work)) == 0
@@ -237,8 +235,8 @@ def test_a_corrupted_checkpoint_is_never_reused(
     data[len(data) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(data))
     assert main(tiny_run_args(work)) == 0
-    logged = capfd.readouterr()
-    assert f"{checkpoint} changed since it was cached (sha256 differs)" in logged.out + logged.err
     _, (parent, _) = pipeline_runs(MlflowClient(mlflow_store))
+    logged = flow_run_log(parent)
+    assert f"{checkpoint} changed since it was cached (sha256 differs)" in logged
     assert "teacher" not in parent.data.tags["reused_stages"].split(",")
     assert checkpoint.read_bytes() == good  # retrained from its inputs: the same bytes again
