@@ -257,6 +257,10 @@ def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, R
     work_dir = ensure_writable(config.work_dir)
     tracker = Tracker(resolve_tracking_uri())
     experiment_id = tracker.experiment_id(config.experiment_name)
+    for orphan in tracker.close_orphans(experiment_id):
+        get_run_logger().warning(
+            "MLflow run %s was left RUNNING by a killed process: ended KILLED", orphan
+        )
     parent_run_id = tracker.create_run(
         experiment_id,
         f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,20 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+
+
+HOST = socket.gethostname()
+OWNER_HOST, OWNER_PID = "kd_host", "kd_pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def resolve_tracking_uri() -> str:
@@ -58,11 +73,34 @@ class Tracker:
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> str:
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        # Which process owns the run: a later run can close it if that process was killed.
+        all_tags = {MLFLOW_RUN_NAME: name, OWNER_HOST: HOST, OWNER_PID: str(os.getpid())}
+        all_tags |= tags or {}
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
+
+    def close_orphans(self, experiment_id: str) -> list[str]:
+        """End KILLED the RUNNING runs whose process on this machine is gone (a SIGKILL,
+        which no handler can catch); returns their ids."""
+        orphans = []
+        for run in self.client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.{OWNER_HOST} = '{HOST}'",
+        ):
+            pid = int(run.data.tags.get(OWNER_PID, "0"))
+            if pid <= 0 or pid == os.getpid() or _alive(pid):
+                continue
+            self.client.set_tag(
+                run.info.run_id,
+                "error",
+                f"process {pid} on {HOST} ended without closing this run (killed); "
+                "closed by a later run",
+            )
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            orphans.append(run.info.run_id)
+        return orphans
 
     @contextlib.contextmanager
     def running(self, run_id: str) -> Iterator[str]:

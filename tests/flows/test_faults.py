@@ -71,7 +71,13 @@ def test_sigkill_during_teacher_training_resumes_from_the_last_epoch(
         kd_run(work, mlflow_store), env=env(mlflow_store), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    resumed_run = pipeline_runs(MlflowClient(mlflow_store))[-1][1]["teacher"]
+    runs = pipeline_runs(MlflowClient(mlflow_store))
+    resumed_run = runs[-1][1]["teacher"]
+    # the killed process could not close its runs; the rerun found them and ended them KILLED
+    killed_parent, killed_children = runs[0]
+    assert killed_parent.info.status == "KILLED" and "killed" in killed_parent.data.tags["error"]
+    assert killed_children["teacher"].info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for _, c in runs for r in c.values()}
     assert int(resumed_run.data.tags["resumed_from_epoch"]) >= killed_after
     # every epoch is in the resumed run's history, once
     steps = [
