@@ -7,13 +7,14 @@ alternating rounds, so a drift in machine load during the check hits both sides 
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from components.benchmark import time_calls
 from components.config import PromotionConfig
 from components.data import Dataset, normalize
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
@@ -76,18 +77,21 @@ def score_models(
         for name, session in sessions.items()
     }
     one = inputs[:1]
-    for session in sessions.values():
-        for _ in range(config.warmup):
-            session.run([OUTPUT_NAME], {INPUT_NAME: one})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+    calls = {
+        name: functools.partial(session.run, [OUTPUT_NAME], {INPUT_NAME: one})
+        for name, session in sessions.items()
+    }
+    for call in calls.values():
+        time_calls(call, config.warmup, 0)
+    times: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
     per_round = max(1, config.iterations // ROUNDS)
     for _ in range(ROUNDS):
-        for name, session in sessions.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run([OUTPUT_NAME], {INPUT_NAME: one})
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: Scores(accuracy[name], float(np.median(times[name]))) for name in sessions}
+        for name, call in calls.items():
+            times[name].append(time_calls(call, 0, per_round))
+    return {
+        name: Scores(accuracy[name], float(np.median(np.concatenate(times[name]))))
+        for name in sessions
+    }
 
 
 def _terms(policy: PromotionConfig) -> dict[str, Any]:

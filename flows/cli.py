@@ -23,17 +23,8 @@ from pathlib import Path
 
 from components.config import ConfigError, PipelineConfig, config_to_yaml, load_config
 from components.io import WorkDirError, ensure_writable
+from flows.stages import CACHED_STAGES
 
-# The stages Prefect caches on their input fingerprints (flows.tasks.CACHED_STAGES; listed
-# here too so that `kd --help` does not import Prefect).
-CACHED_STAGES = (
-    "teacher",
-    "logit-cache",
-    "student-baseline",
-    "student-kd",
-    "onnx-export",
-    "benchmark",
-)
 DEPLOYMENT_NAME = "kd-scheduled"
 
 EXIT_USAGE = 2  # bad config or input: the user's to fix
@@ -83,15 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CONFIG_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(run)
-    add_force_arguments(run)
+    add_pipeline_arguments(run)
     run.add_argument(
         "--nproc",
         type=int,
         metavar="N",
         help="processes per stage (torch.distributed; same as --set distributed.nproc=N)",
     )
-    run.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     serve = commands.add_parser(
         "serve",
         help="serve the pipeline as a Prefect deployment on a cron schedule",
@@ -110,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--timezone", default="UTC", help="time zone of the cron (default UTC)")
     serve.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
-    add_config_arguments(serve)
-    add_force_arguments(serve)
-    serve.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_pipeline_arguments(serve)
     sweep = commands.add_parser(
         "sweep",
         help="distil one student per setting of sweep.grid, in parallel",
@@ -126,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CONFIG_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(sweep)
-    add_force_arguments(sweep)
-    sweep.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_pipeline_arguments(sweep)
     compare = commands.add_parser(
         "compare",
         help="compare the model variants of pipeline runs (from MLflow)",
@@ -159,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_force_arguments(parser: argparse.ArgumentParser) -> None:
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every command that runs the pipeline takes: config, forced stages, --debug."""
+    add_config_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument(
         "--force",
         action="store_const",

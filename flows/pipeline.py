@@ -24,11 +24,12 @@ from pydantic import BaseModel
 
 from components.benchmark import p50_of
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
+from components.data import DatasetInfo
 from components.io import ensure_writable
 from flows.promotion import PromotionRef, promote
 from flows.report import PIPELINE_TAG, ReportRef, report
+from flows.stages import CACHED_STAGES
 from flows.tasks import (
-    CACHED_STAGES,
     BenchmarkRef,
     CacheRef,
     HandoffRef,
@@ -146,6 +147,39 @@ class Stages:
             get_run_logger().info("%s: forced, recomputing (fingerprint %s)", stage, fingerprint)
         state = self._call(stage_task, stage in self.force, args, kwargs, fingerprint)
         return self._settle(stage, stage_task, state, args, kwargs, fingerprint)
+
+    def upstream(
+        self, config: PipelineConfig, data: DatasetInfo
+    ) -> tuple[ModelRef, CacheRef, ModelRef]:
+        """Teacher, logit cache and label-only baseline: what every distilled student shares."""
+        teacher = self.run(
+            "teacher",
+            train_teacher,
+            config,
+            self.ctx,
+            data,
+            fingerprint=teacher_fingerprint(config, data),
+        )
+        cache = self.run(
+            "logit-cache",
+            cache_teacher_logits,
+            config,
+            self.ctx,
+            data,
+            teacher,
+            fingerprint=cache_fingerprint(config, data, teacher),
+            rebuild="logit-cache" in self.force,
+        )
+        baseline = self.run(
+            "student-baseline",
+            train_student,
+            config,
+            self.ctx,
+            data,
+            None,
+            fingerprint=student_fingerprint(config, data, None),
+        )
+        return teacher, cache, baseline
 
     def run_many(
         self,
@@ -289,33 +323,7 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None) -> PipelineRes
         stages = Stages(ctx, tracker, forced)
 
         data = prepare_data(config, ctx)
-        teacher = stages.run(
-            "teacher",
-            train_teacher,
-            config,
-            ctx,
-            data,
-            fingerprint=teacher_fingerprint(config, data),
-        )
-        cache = stages.run(
-            "logit-cache",
-            cache_teacher_logits,
-            config,
-            ctx,
-            data,
-            teacher,
-            fingerprint=cache_fingerprint(config, data, teacher),
-            rebuild="logit-cache" in forced,
-        )
-        baseline = stages.run(
-            "student-baseline",
-            train_student,
-            config,
-            ctx,
-            data,
-            None,
-            fingerprint=student_fingerprint(config, data, None),
-        )
+        teacher, cache, baseline = stages.upstream(config, data)
         student = stages.run(
             "student-kd",
             train_student,

@@ -26,7 +26,7 @@ from prefect.schedules import Cron, Schedule
 
 
 class ServerError(RuntimeError):
-    """The local Prefect server did not come up; the message holds the end of its log."""
+    """A local server did not come up; the message holds the end of its log."""
 
 
 def free_port() -> int:
@@ -44,18 +44,17 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_prefect_server(log_path: Path, timeout_s: float = 180.0) -> Iterator[str]:
-    """A real Prefect server (API, UI, scheduler) on 127.0.0.1 for the block; yields its API URL.
-
-    Stopped at the end whatever happens, its whole process group with it.
-    """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
+def server_process(
+    name: str,
+    command: list[str],
+    url: str,
+    log_path: Path,
+    env: dict[str, str],
+    timeout_s: float,
+) -> Iterator[None]:
+    """``command`` as its own process group, ready once ``url``/health answers 200; stopped
+    at the end whatever happens, the whole group with it. Output goes to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -65,9 +64,9 @@ def local_prefect_server(log_path: Path, timeout_s: float = 180.0) -> Iterator[s
         while not _healthy(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-2000:]
-                raise ServerError(f"the local Prefect server did not start ({log_path}):\n{tail}")
+                raise ServerError(f"{name} did not start ({log_path}):\n{tail}")
             time.sleep(0.5)
-        yield url
+        yield
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -76,6 +75,19 @@ def local_prefect_server(log_path: Path, timeout_s: float = 180.0) -> Iterator[s
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextlib.contextmanager
+def local_prefect_server(log_path: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """A real Prefect server (API, UI, scheduler) on 127.0.0.1 for the block; yields its API URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with server_process("the local Prefect server", command, url, log_path, env, timeout_s):
+        yield url
 
 
 def cron_schedule(cron: str, timezone: str) -> Schedule:

@@ -19,13 +19,9 @@ from flows.pipeline import Stages, parent_run, resolve_force
 from flows.tasks import (
     CacheRef,
     ModelRef,
-    cache_fingerprint,
-    cache_teacher_logits,
     prepare_data,
     student_fingerprint,
-    teacher_fingerprint,
     train_student,
-    train_teacher,
 )
 
 
@@ -73,33 +69,7 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
         tracker.set_tags(ctx.parent_run_id, {"sweep_points": len(points)})
         stages = Stages(ctx, tracker, forced)
         data = prepare_data(config, ctx)
-        teacher = stages.run(
-            "teacher",
-            train_teacher,
-            config,
-            ctx,
-            data,
-            fingerprint=teacher_fingerprint(config, data),
-        )
-        cache = stages.run(
-            "logit-cache",
-            cache_teacher_logits,
-            config,
-            ctx,
-            data,
-            teacher,
-            fingerprint=cache_fingerprint(config, data, teacher),
-            rebuild="logit-cache" in forced,
-        )
-        baseline = stages.run(
-            "student-baseline",
-            train_student,
-            config,
-            ctx,
-            data,
-            None,
-            fingerprint=student_fingerprint(config, data, None),
-        )
+        teacher, cache, baseline = stages.upstream(config, data)
         calls = {
             f"student-kd[{label}]": (
                 (point, ctx, data, cache),

@@ -125,15 +125,6 @@ class BenchmarkRef(Ref):
 # Bump when a stage's output or its reference changes meaning: old cache entries then miss.
 CACHE_FORMAT = 1
 
-CACHED_STAGES = (
-    "teacher",
-    "logit-cache",
-    "student-baseline",
-    "student-kd",
-    "onnx-export",
-    "benchmark",
-)
-
 
 def fingerprint_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Prefect cache key of a stage: the task's name and its inputs' fingerprint."""

@@ -203,9 +203,10 @@ print("hit" if info.cache_hit else "built")
 """
 
 
-def test_two_concurrent_builders_leave_one_valid_cache(
-    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
-) -> None:
+def builder_command(
+    tmp_path: Path, teacher: torch.nn.Module, dataset: Dataset, root: Path
+) -> list[str]:
+    """A separate process that builds the cache of BUILDER's spec under ``root``."""
     checkpoint = tmp_path / "teacher.pt"
     save_checkpoint(
         checkpoint,
@@ -217,8 +218,14 @@ def test_two_concurrent_builders_leave_one_valid_cache(
         metrics={},
         dataset_fingerprint="x",
     )
+    return [sys.executable, "-c", BUILDER, dataset.info.path, str(checkpoint), str(root)]
+
+
+def test_two_concurrent_builders_leave_one_valid_cache(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
     root = tmp_path / "cache"
-    args = [sys.executable, "-c", BUILDER, mnist_dataset.info.path, str(checkpoint), str(root)]
+    args = builder_command(tmp_path, teacher, mnist_dataset, root)
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
     assert all(p.returncode == 0 for p in procs)
@@ -278,19 +285,8 @@ def test_two_worker_processes_build_the_same_cache_as_one(
 def test_sigkilled_build_resumes_from_the_last_complete_chunk(
     tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
 ) -> None:
-    checkpoint = tmp_path / "teacher.pt"
-    save_checkpoint(
-        checkpoint,
-        teacher,
-        arch="cnn_tiny",
-        in_channels=1,
-        num_classes=10,
-        config={},
-        metrics={},
-        dataset_fingerprint="x",
-    )
     root = tmp_path / "cache"
-    args = [sys.executable, "-c", BUILDER, mnist_dataset.info.path, str(checkpoint), str(root)]
+    args = builder_command(tmp_path, teacher, mnist_dataset, root)
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     spec = CacheSpec.create(
         "c" * 64,

@@ -4,11 +4,8 @@ stopped at the end whatever happens. Checked through their own clients."""
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.schedule import free_port, local_prefect_server
+from flows.schedule import free_port, local_prefect_server, server_process
 from tests.conftest import TINY_OVERRIDES
 from tests.flows.test_pipeline import STAGES, artifact_paths
 
@@ -29,30 +26,10 @@ def mlflow_server(state: Path, timeout_s: float = 120) -> Iterator[str]:
     command += ["--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}"]
     command += ["--artifacts-destination", str(state / "artifacts"), "--serve-artifacts"]
-    log = state / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+    log = state / "server.log"
+    with server_process("mlflow server", command, url, log, dict(os.environ), timeout_s):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_pipeline_runs_against_real_mlflow_and_prefect_servers(tmp_path: Path) -> None:
