@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test quick lint format clean
 
 # The venv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -18,10 +18,16 @@ install: $(STAMP)
 run: $(STAMP)  ## kd run on the default config (extra arguments: make run ARGS="--set seed=1")
 	$(BIN)/kd run $(ARGS)
 
-test: $(STAMP)  ## lint, format check, then the whole test suite
+test: $(STAMP)  ## lint, format check, type check, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
+
+quick: $(STAMP)  ## the loop while working: lint, types, the tests not marked slow
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

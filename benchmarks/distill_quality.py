@@ -20,18 +20,19 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from components.augment import stream_seed
 from components.config import PipelineConfig, load_config
 from components.data import Dataset, load_dataset, prepare_dataset
 from components.io import sha256_json, write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
-from components.training import resolve_device, seed_everything, train_classifier
+from components.recipes import fit, student_recipe, teacher_recipe
+from components.training import resolve_device
 from flows.cli import add_config_arguments
 
 # Method name -> overrides laid over the base config. "config" is the base config's own.
@@ -59,22 +60,10 @@ METHODS: dict[str, list[str]] = {
 def student_run(
     config: PipelineConfig, dataset: Dataset, seed: int, cache: LogitCache | None
 ) -> float:
-    """Test accuracy of the configured student, distilled from ``cache`` or on labels alone."""
-    seed_everything(seed)
-    model = build_model(
-        config.student.model.name, dataset.info.in_channels, dataset.info.num_classes
-    )
-    result = train_classifier(
-        model,
-        dataset,
-        config.student.train,
-        seed=seed,
-        device=resolve_device(config.device),
-        view_seed=config.seed,
-        view_pool=config.cache.views,
-        teacher_cache=cache,
-        distill=config.distill if cache is not None else None,
-    )
+    """Test accuracy of the configured student, distilled from ``cache`` or on labels alone,
+    with the pipeline's recipe and training seed ``seed`` (the views stay the config's)."""
+    recipe = replace(student_recipe(config, distilled=cache is not None), seed=seed)
+    _, result = fit(recipe, dataset, resolve_device(config.device), targets=cache)
     return result.final["test_accuracy"]
 
 
@@ -112,16 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     # One teacher, as the pipeline trains it.
-    seed_everything(base.seed)
-    teacher = build_model(base.teacher.model.name, info.in_channels, info.num_classes)
-    teacher_result = train_classifier(
-        teacher,
-        dataset,
-        base.teacher.train,
-        seed=base.seed,
-        device=device,
-        view_seed=stream_seed(base.seed, "teacher-views"),
-    )
+    teacher, teacher_result = fit(teacher_recipe(base), dataset, device)
     teacher_accuracy = teacher_result.final["test_accuracy"]
     teacher_id = sha256_json(
         {"benchmark-teacher": base.teacher.model_dump(mode="json"), "seed": base.seed}

@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,7 @@ from components.config import AugmentConfig, CacheConfig, PipelineConfig, load_c
 from components.data import Dataset, load_dataset, normalize, prepare_dataset
 from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
-from components.models import build_model
-from components.training import seed_everything, train_classifier
+from components.recipes import fit, student_recipe, teacher_recipe
 from flows.cli import add_config_arguments
 
 CPU = torch.device("cpu")
@@ -65,24 +65,17 @@ class LiveTeacher:
 
 
 def train_student(
-    config: PipelineConfig, dataset: Dataset, seed: int, views: int, teacher: Any | None
+    config: PipelineConfig, dataset: Dataset, seed: int, teacher: Any | None
 ) -> tuple[float, float]:
-    """(test accuracy, median epoch seconds) of the default student."""
-    seed_everything(seed)
-    student = build_model(
-        config.student.model.name, dataset.info.in_channels, dataset.info.num_classes
-    )
+    """(test accuracy, median epoch seconds) of the config's student, trained with the
+    pipeline's recipe and training seed ``seed``; ``teacher``: cache, live teacher or None."""
     epoch_seconds: list[float] = []
-    result = train_classifier(
-        student,
+    recipe = replace(student_recipe(config, distilled=teacher is not None), seed=seed)
+    _, result = fit(
+        recipe,
         dataset,
-        config.student.train,
-        seed=seed,
-        device=CPU,
-        view_seed=config.seed,
-        view_pool=views,
-        teacher_cache=teacher,
-        distill=config.distill if teacher is not None else None,
+        CPU,
+        targets=teacher,
         on_epoch=lambda epoch, metrics: epoch_seconds.append(metrics["epoch_seconds"]),
     )
     return result.final["test_accuracy"], statistics.median(epoch_seconds)
@@ -136,19 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(info.path)
     print(f"dataset {info.fingerprint}: {info.split_sizes}", flush=True)
 
-    seed_everything(base.seed)
-    teacher = build_model(base.teacher.model.name, info.in_channels, info.num_classes)
-    teacher_result = train_classifier(
-        teacher, dataset, base.teacher.train, seed=base.seed, device=CPU, view_seed=base.seed + 1
-    )
-    teacher.eval()
+    teacher, teacher_result = fit(teacher_recipe(base), dataset, CPU)
     teacher_sha = "benchmark-teacher-seed-" + str(base.seed)
     print(f"teacher test accuracy {teacher_result.final['test_accuracy']:.4f}", flush=True)
 
-    def cache_for(views: int) -> tuple[LogitCache, float, int]:
-        config = base.model_copy(
+    def with_views(views: int) -> PipelineConfig:
+        return base.model_copy(
             update={"cache": CacheConfig(**{**base.cache.model_dump(), "views": views})}
         )
+
+    def cache_for(views: int) -> tuple[LogitCache, float, int]:
+        config = with_views(views)
         spec = CacheSpec.create(
             teacher_sha, info.fingerprint, config.student.train.augment, config.seed, config.cache
         )
@@ -179,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     live = LiveTeacher(teacher, dataset, cache)
     runs: dict[str, list[tuple[float, float]]] = {"cached": [], "live": [], "labels": []}
     for seed in range(args.seeds):
-        runs["cached"].append(train_student(base, dataset, seed, k, cache))
-        runs["live"].append(train_student(base, dataset, seed, k, live))
-        runs["labels"].append(train_student(base, dataset, seed, k, None))
+        config_k = with_views(k)
+        runs["cached"].append(train_student(config_k, dataset, seed, cache))
+        runs["live"].append(train_student(config_k, dataset, seed, live))
+        runs["labels"].append(train_student(config_k, dataset, seed, None))
         print(
             f"seed {seed}: "
             + ", ".join(f"{n} {r[-1][0]:.4f} ({r[-1][1]:.2f} s/epoch)" for n, r in runs.items()),
@@ -194,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = []
     for views in [int(v) for v in args.views_sweep.split(",")]:
         cache_k, seconds_k, bytes_per_view = cache_for(views)
-        acc = train_student(base, dataset, 0, views, cache_k)[0]
+        acc = train_student(with_views(views), dataset, 0, cache_k)[0]
         sweep.append(
             {
                 "views": views,

@@ -22,20 +22,23 @@ from components.benchmark import latency_chart, measure_inference, report_markdo
 from components.checkpoint import load_checkpoint
 from components.config import BenchmarkConfig
 from components.io import sha256_file, write_json, write_text
+from flows.stages.handoff import Handoff
+from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport
+from flows.stages.student_kd import StudentKD
 
 
 def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
     """(checkpoint, float32 ONNX, INT8 ONNX or None) of the newest handoff in ``work_dir``."""
-    bundles = sorted((work_dir / "handoff").glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
+    # Each stage writes under work_dir/<its name>/.
+    handoffs = work_dir / Handoff.name
+    bundles = sorted(handoffs.glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
     if not bundles:
-        raise SystemExit(f"no handoff bundle under {work_dir}/handoff: run `kd run` first")
+        raise SystemExit(f"no handoff bundle under {handoffs}: run `kd run` first")
     fp32 = bundles[-1]
     meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     wanted = meta.get("student_checkpoint_sha256")
     checkpoints = [
-        p
-        for p in (work_dir / "models" / "student-kd").glob("*/model.pt")
-        if sha256_file(p) == wanted
+        p for p in (work_dir / StudentKD.name).glob("*/model.pt") if sha256_file(p) == wanted
     ]
     if not checkpoints:
         raise SystemExit(
@@ -43,7 +46,8 @@ def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
         )
     # The export directory holding the same float32 model also holds its INT8 twin.
     fp32_sha = sha256_file(fp32)
-    exports = [p for p in (work_dir / "onnx").glob("*/model.onnx") if sha256_file(p) == fp32_sha]
+    exported = (work_dir / OnnxExport.name).glob("*/model.onnx")
+    exports = [p for p in exported if sha256_file(p) == fp32_sha]
     int8 = exports[0].with_name("model.int8.onnx") if exports else None
     return checkpoints[0], fp32, int8 if int8 is not None and int8.is_file() else None
 
@@ -64,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     _, channels, height, width = json.loads(meta["input_shape"])
     shape = (int(channels), int(height), int(width))
     config = BenchmarkConfig(iterations=args.iterations, warmup=args.warmup)
-    models = [("student-kd-onnx", fp32)] + ([("student-kd-onnx-int8", int8)] if int8 else [])
-    rows, report = measure_inference(("student-kd", model), models, [], shape, config)
+    models = [(ONNX_VARIANT, fp32)] + ([(INT8_VARIANT, int8)] if int8 else [])
+    rows, report = measure_inference((StudentKD.name, model), models, [], shape, config)
     report["models"] = {
         "checkpoint": str(checkpoint),
         "onnx": str(fp32),

@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from components.config import load_config
 from components.io import write_json, write_text
 from flows.cli import add_config_arguments
+from flows.tracking import Tracker
 
 STUDENT_CHANGE = "student.train.lr={lr}"
 
@@ -51,15 +50,8 @@ def _kd_run(scratch: Path, config: Path | None, overrides: list[str], log: Path)
 
 
 def _last_parent_tags(scratch: Path, experiment: str) -> dict[str, str]:
-    client = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    run = client.search_runs(
-        [experiment_id],
-        filter_string="tags.pipeline = 'kd-pipeline'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
-    return run.data.tags
+    tracker = Tracker(f"sqlite:///{scratch / 'mlflow.db'}")
+    return tracker.pipeline_runs(experiment, last=1)[0].tags
 
 
 def main(argv: list[str] | None = None) -> int:

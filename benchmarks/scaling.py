@@ -21,49 +21,20 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from components.benchmark import cpu_info
-from components.config import TrainConfig, load_config
+from components.config import load_config
 from components.data import load_dataset, prepare_dataset
-from components.distributed import (
-    join_process_group,
-    launch,
-    leave_process_group,
-    rank_and_world,
-    worker_device,
-)
 from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, build_logit_cache
 from components.models import build_model
-from components.training import resolve_device, train_classifier
+from components.recipes import fit, teacher_recipe
+from components.training import resolve_device
 from flows.cli import add_config_arguments
-
-
-def _epoch(
-    dataset_path: str, model: torch.nn.Module, train: TrainConfig, device_type: str
-) -> float:
-    """One training epoch in this process's share (module level: launched processes run it)."""
-    rank, world = rank_and_world()
-    device = worker_device(device_type) if world > 1 else torch.device(device_type)
-    if world > 1:
-        join_process_group(device)
-    try:
-        result = train_classifier(
-            model,
-            load_dataset(dataset_path),
-            train,
-            seed=0,
-            device=device,
-            view_seed=0,
-            rank=rank,
-            world=world,
-        )
-    finally:
-        leave_process_group()
-    return result.history[0]["epoch_seconds"]
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -89,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         spec = CacheSpec.create(
             "0" * 64, info.fingerprint, config.student.train.augment, config.seed, config.cache
         )
-        train = config.teacher.train.model_copy(update={"epochs": 1})
+        # The pipeline's teacher recipe, one epoch of it.
+        recipe = teacher_recipe(config)
+        train = recipe.train.model_copy(update={"epochs": 1})
+        recipe = replace(recipe, train=train)
         epoch: dict[int, list[float]] = {1: [], 2: []}
         epoch_wall: dict[int, list[float]] = {1: [], 2: []}
         for repeat in range(args.repeats):
             for nproc in (1, 2):
                 started = time.perf_counter()
-                if nproc == 1:
-                    epoch[1].append(_epoch(info.path, teacher, train, device.type))
-                else:
-                    shares = launch(_epoch, nproc, info.path, teacher, train, device.type)
-                    epoch[nproc].append(max(shares.values()))
+                _, result = fit(recipe, dataset, device, nproc=nproc)
+                epoch[nproc].append(result.history[0]["epoch_seconds"])
                 epoch_wall[nproc].append(time.perf_counter() - started)
                 print(
                     f"training, {nproc} process(es), repeat {repeat}: epoch "

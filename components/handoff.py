@@ -124,3 +124,42 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def handoff_card(
+    *,
+    model_name: str,
+    method: str,
+    teacher: tuple[str, int],
+    student: tuple[str, int],
+    accuracy_rows: list[tuple[str, str, float, int]],
+    benchmark_results: list[dict[str, Any]],
+    int8_reason: str,
+    export: dict[str, Any],
+    data: DatasetInfo,
+    data_source: str,
+    provenance: dict[str, str],
+) -> str:
+    """The model card of a handed-off student. ``teacher``/``student``: (architecture,
+    parameters); ``export``: the accepted export's exporter, opset and parity report;
+    ``benchmark_results``: the benchmark's rows, of which the ONNX Runtime ones are shown."""
+    (teacher_arch, teacher_params), (student_arch, student_params) = teacher, student
+    return model_card(
+        title=f"{model_name}: distilled {student_arch} student",
+        description=(
+            f"A {student_arch} ({student_params:,} parameters) distilled with {method} from a "
+            f"{teacher_arch} teacher ({teacher_params:,} parameters) by kd-pipeline, exported "
+            f"to ONNX (opset {export['opset']}, {export['exporter']} exporter)."
+        ),
+        data=data,
+        data_source=data_source,
+        accuracy_rows=accuracy_rows,
+        latency_rows=[
+            (r["variant"], r["threads"], r["batch_size"], r["p50_ms"], r["throughput_per_s"])
+            for r in benchmark_results
+            if r["runtime"] == "onnxruntime"
+        ],
+        int8_reason=int8_reason,
+        parity=export["parity"],
+        run_ids=provenance,
+    )

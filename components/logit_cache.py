@@ -33,10 +33,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, assert_never
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from components.config import AugmentConfig, CacheConfig
 from components.data import Dataset, normalize
 from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
-from components.training import show_progress
+from components.training import place, show_progress
 
 FORMAT_VERSION = 2
 
@@ -66,7 +66,7 @@ class CacheSpec:
     augment: dict[str, Any]
     view_seed: int
     views: int
-    storage: str
+    storage: Literal["full", "topk"]
     top_k: int | None
     dtype: str
 
@@ -120,32 +120,40 @@ def _layout(
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Array name -> (shape, dtype) for this spec."""
     values = np.dtype(spec.dtype)
-    if spec.storage == "full":
-        return {"logits": ((rows, spec.views, classes), values)}
-    k = spec.top_k or 0
-    return {
-        "values": ((rows, spec.views, k), values),
-        "indices": ((rows, spec.views, k), index_dtype(classes)),
-        "rest": ((rows, spec.views), values),
-    }
+    match spec.storage:
+        case "full":
+            return {"logits": ((rows, spec.views, classes), values)}
+        case "topk":
+            k = spec.top_k or 0
+            return {
+                "values": ((rows, spec.views, k), values),
+                "indices": ((rows, spec.views, k), index_dtype(classes)),
+                "rest": ((rows, spec.views), values),
+            }
+        case _:
+            assert_never(spec.storage)
 
 
 def encode(logits: torch.Tensor, spec: CacheSpec, classes: int) -> dict[str, np.ndarray]:
     """Float32 logits (..., classes) -> the stored arrays of one chunk."""
     values = np.dtype(spec.dtype)
-    if spec.storage == "full":
-        return {"logits": logits.numpy().astype(values)}
-    k = spec.top_k or 0
-    top = logits.topk(k, dim=-1)
-    rest = (logits.sum(-1) - top.values.sum(-1)) / (classes - k)
-    return {
-        "values": top.values.numpy().astype(values),
-        "indices": top.indices.numpy().astype(index_dtype(classes)),
-        "rest": rest.numpy().astype(values),
-    }
+    match spec.storage:
+        case "full":
+            return {"logits": logits.numpy().astype(values)}
+        case "topk":
+            k = spec.top_k or 0
+            top = logits.topk(k, dim=-1)
+            rest = (logits.sum(-1) - top.values.sum(-1)) / (classes - k)
+            return {
+                "values": top.values.numpy().astype(values),
+                "indices": top.indices.numpy().astype(index_dtype(classes)),
+                "rest": rest.numpy().astype(values),
+            }
+        case _:
+            assert_never(spec.storage)
 
 
-def _chunk_digest(arrays: dict[str, np.ndarray], start: int, stop: int) -> str:
+def _chunk_digest(arrays: Mapping[str, np.ndarray], start: int, stop: int) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):
         digest.update(np.ascontiguousarray(arrays[name][start:stop]).data)
@@ -300,7 +308,7 @@ def build_logit_cache(
             )
             arrays, done_chunks = _open_partial(partial, spec, layout)
         else:
-            teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
+            teacher = place(teacher, device).eval()
             bar = tqdm(
                 total=len(bounds),
                 initial=len(done_chunks),
@@ -349,7 +357,7 @@ def _build_chunk(
     teacher: nn.Module,
     spec: CacheSpec,
     dataset: Dataset,
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.memmap],
     partial: Path,
     start: int,
     stop: int,
@@ -385,7 +393,7 @@ def _cache_worker(
 
     rank, world = rank_and_world()
     device = worker_device(device_type)
-    teacher = teacher.to(device=device, memory_format=torch.channels_last).eval()
+    teacher = place(teacher, device).eval()
     dataset = load_dataset(dataset_path)
     arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}
     mine = todo[rank::world]
@@ -396,7 +404,7 @@ def _cache_worker(
 
 def _open_partial(
     partial: Path, spec: CacheSpec, layout: dict[str, tuple[tuple[int, ...], np.dtype]]
-) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
+) -> tuple[dict[str, np.memmap], list[list[Any]]]:
     """Memory maps of an interrupted build of this spec and its finished chunks, or new ones."""
     spec_path, journal = partial / "spec.json", partial / "chunks.jsonl"
     if spec_path.is_file() and json.loads(spec_path.read_text()) == asdict(spec):

@@ -8,6 +8,7 @@ the target class of DKD is the most probable one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 import torch
 import torch.nn.functional as F
@@ -128,8 +129,12 @@ def distillation_loss(
     label_smoothing: float = 0.0,
 ) -> LossOutput:
     """The configured method (``distill.kind``)."""
-    if isinstance(config, DKDDistill):
-        return dkd_loss(
-            student_logits, teacher_logits, targets, config, progress_epochs, label_smoothing
-        )
-    return hinton_kd_loss(student_logits, teacher_logits, targets, config, label_smoothing)
+    match config:
+        case DKDDistill():
+            return dkd_loss(
+                student_logits, teacher_logits, targets, config, progress_epochs, label_smoothing
+            )
+        case HintonDistill():
+            return hinton_kd_loss(student_logits, teacher_logits, targets, config, label_smoothing)
+        case _:
+            assert_never(config)

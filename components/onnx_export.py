@@ -8,6 +8,7 @@ regressions have produced models with wrong outputs, so no export is trusted wit
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -21,11 +22,29 @@ import torch
 from torch import nn
 
 from components.config import ExportConfig
-from components.data import Dataset, normalize
-from components.io import atomic_path, sha256_file
+from components.data import Dataset, DatasetInfo, normalize
+from components.io import atomic_path, git_commit, sha256_file
 from components.training import predict_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def export_metadata(info: DatasetInfo, provenance: dict[str, str]) -> dict[str, str]:
+    """What travels inside the ONNX file: labels, the input recipe, versions, the code's
+    commit, and ``provenance`` (run ids, hashes, accuracies of whoever exported it)."""
+    return {
+        "class_labels": json.dumps(info.class_names),
+        "input_shape": json.dumps(["batch", info.in_channels, *info.image_size]),
+        "input_layout": "NCHW float32, pixels scaled to [0,1] then (x - mean) / std",
+        "normalization_mean": json.dumps(info.mean),
+        "normalization_std": json.dumps(info.std),
+        "dataset_fingerprint": info.fingerprint,
+        **provenance,
+        "versions": json.dumps(
+            {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+        ),
+        "git_commit": git_commit(),
+    }
 
 
 class ParityError(RuntimeError):
@@ -98,10 +117,15 @@ def check_structure(path: Path, batch_sizes: tuple[int, ...], sample: np.ndarray
 
 
 def onnx_session(path: Path | str, threads: int | None = None) -> ort.InferenceSession:
+    """``threads``: a session for timing, on exactly that many threads (spinning between calls,
+    as a latency-bound server would); None: a session for throughput work (parity, scoring),
+    on all cores, whose idle threads sleep instead of spinning."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    else:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

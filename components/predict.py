@@ -58,10 +58,10 @@ class Bundle:
         """One image file -> (C, H, W) float32, exactly as preprocessing.json says."""
         size = self.prep["resize"]
         with Image.open(path) as image:
-            image = image.convert(self.prep["color_mode"]).resize(
+            resized = image.convert(self.prep["color_mode"]).resize(
                 (size["width"], size["height"]), Image.Resampling.BILINEAR
             )
-            pixels = np.asarray(image, dtype=np.float32)
+            pixels = np.asarray(resized, dtype=np.float32)
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         mean = np.asarray(self.prep["mean"], np.float32)[:, None, None]
         std = np.asarray(self.prep["std"], np.float32)[:, None, None]

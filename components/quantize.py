@@ -78,17 +78,21 @@ class Int8Decision:
 def int8_decision(
     fp32_accuracy: float,
     int8_accuracy: float,
-    fp32_p50_ms: float,
-    int8_p50_ms: float,
+    fp32_p50_ms: float | None,
+    int8_p50_ms: float | None,
     max_accuracy_drop: float,
 ) -> Int8Decision:
+    """Keep INT8 only within ``max_accuracy_drop`` and when measured faster than float32; a
+    latency that was not measured never counts as faster."""
     drop = fp32_accuracy - int8_accuracy
-    ratio = int8_p50_ms / fp32_p50_ms
     if drop > max_accuracy_drop:
         reason = (
             f"dropped: accuracy falls {drop * 100:.2f} points (limit {max_accuracy_drop * 100:.2f})"
         )
-        return Int8Decision(False, reason, drop, ratio)
+        return Int8Decision(False, reason, drop, float("nan"))
+    if not fp32_p50_ms or not int8_p50_ms:
+        return Int8Decision(False, "dropped: latency not measured", drop, float("nan"))
+    ratio = int8_p50_ms / fp32_p50_ms
     if ratio >= 1:
         reason = (
             f"dropped: not faster on this CPU (p50 at batch 1 {int8_p50_ms:.3f} ms vs "

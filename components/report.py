@@ -18,8 +18,6 @@ from components.io import atomic_path
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-VARIANTS = ("teacher", "student-baseline", "student-kd", "student-kd-onnx", "student-kd-onnx-int8")
-
 COLUMNS = (
     "run",
     "variant",
@@ -42,7 +40,7 @@ class VariantRow:
 
     run_id: str  # the pipeline's parent MLflow run id
     run_name: str
-    variant: str  # one of VARIANTS
+    variant: str  # the model: a stage's declared variant (teacher, student-kd-onnx, ...)
     runtime: str  # "pytorch" or "onnxruntime"
     test_accuracy: float | None
     parameters: int | None
@@ -82,6 +80,23 @@ def with_relative_figures(rows: list[VariantRow]) -> list[VariantRow]:
             )
         )
     return filled
+
+
+def summary_markdown(rows: list[VariantRow], p50_ms: dict[tuple[str, int], float]) -> str:
+    """The run summary: every variant of one run with its p50 at each benchmarked batch size
+    (``p50_ms``: (variant, batch) -> ms; '-' where a variant was not measured)."""
+    batches = sorted({batch for _, batch in p50_ms})
+    head = "| model | runtime | test accuracy | parameters | size (KiB) | "
+    head += " | ".join(f"p50 ms @ batch {b}" for b in batches) + " |"
+    lines = [head, "|" + "---|" * (5 + len(batches))]
+    for r in rows:
+        latency = " | ".join(_cell(p50_ms.get((r.variant, b)), ".3f") for b in batches)
+        size = None if r.size_bytes is None else r.size_bytes / 1024
+        lines.append(
+            f"| {r.variant} | {r.runtime} | {_cell(r.test_accuracy, '.4f')} | "
+            f"{_cell(r.parameters, ',')} | {_cell(size, '.1f')} | {latency} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _cell(value: float | int | None, spec: str, suffix: str = "") -> str:
@@ -148,9 +163,8 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _style(variant: str) -> tuple[str, str]:
-    """Marker and colour of a variant, stable across charts; unknown variants come after."""
-    index = VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+def _style(index: int) -> tuple[str, str]:
+    """Marker and colour of the ``index``-th variant (in first-seen order)."""
     return MARKERS[index % len(MARKERS)], f"C{index % 10}"
 
 
@@ -170,8 +184,8 @@ def accuracy_latency_scatter(rows: list[VariantRow], path: Path) -> Path:
     by_variant: dict[str, list[VariantRow]] = {}
     for r in points:
         by_variant.setdefault(r.variant, []).append(r)
-    for variant, group in by_variant.items():
-        marker, colour = _style(variant)
+    for index, (variant, group) in enumerate(by_variant.items()):
+        marker, colour = _style(index)
         axis.scatter(
             [r.p50_ms_batch1 for r in group],
             [r.test_accuracy for r in group],

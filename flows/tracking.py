@@ -1,7 +1,8 @@
-"""The one thin layer between kd-pipeline and MLflow.
+"""The one thin layer between kd-pipeline and MLflow: the only module that imports it.
 
 Everything goes through an ``MlflowClient`` and explicit run ids: no stage relies on the
-fluent API's thread-local active run, so Prefect may run tasks on any thread.
+fluent API's thread-local active run, so Prefect may run tasks on any thread. Runs read back
+come out as plain ``RunRecord`` values, so no other module handles MLflow's own types.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import contextlib
 import math
 import os
 import socket
+import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.entities.model_registry import ModelVersion
+import numpy as np
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -27,6 +31,49 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 HOST = socket.gethostname()
 OWNER_HOST, OWNER_PID = "kd_host", "kd_pid"
+PIPELINE_TAG = ("pipeline", "kd-pipeline")  # set on every parent run (kd run, kd sweep)
+
+
+class TrackingError(ValueError):
+    """No such experiment or run, or a run that is not a kd-pipeline parent run."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as read back: ids, name, status, and its latest params/metrics/tags."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> RunRecord:
+        return cls(
+            run_id=run.info.run_id,
+            name=run.data.tags.get(MLFLOW_RUN_NAME, ""),
+            experiment_id=run.info.experiment_id,
+            status=run.info.status,
+            start_time=run.info.start_time or 0,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            tags=dict(run.data.tags),
+        )
+
+
+@dataclass(frozen=True)
+class MetricSink:
+    """Logs metrics to one run: picklable, so a launched training process can use it."""
+
+    tracking_uri: str
+    run_id: str
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        Tracker(self.tracking_uri).log_metrics(self.run_id, metrics, step)
 
 
 def _alive(pid: int) -> bool:
@@ -37,6 +84,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No progress bar: it fills the run's log with a line per artifact file."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def resolve_tracking_uri() -> str:
@@ -58,7 +119,8 @@ def ui_command(tracking_uri: str) -> str:
 class Tracker:
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        # The registry lives in the same store or server as the runs.
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -154,7 +216,7 @@ class Tracker:
         """A new version of registered model ``name`` from the run's artifact; alias moved to it."""
         try:
             self.client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
+        except MlflowException:
             self.client.create_registered_model(name)
         version = self.client.create_model_version(
             name,
@@ -165,11 +227,11 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
 
-    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+    def alias_version(self, name: str, alias: str) -> str | None:
         """The version of registered model ``name`` holding ``alias``; None when there is none."""
         try:
-            return self.client.get_model_version_by_alias(name, alias)
-        except mlflow.exceptions.MlflowException:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
             return None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -181,19 +243,96 @@ class Tracker:
 
     def download_version(self, name: str, version: str, destination: Path) -> Path:
         """The registered version's files, fetched through the registry (local or remote)."""
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}",
-                dst_path=str(destination),
-                tracking_uri=self.tracking_uri,
+        source = self.client.get_model_version_download_uri(name, version)
+        with _quiet_downloads():
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(destination), tracking_uri=self.tracking_uri
+                )
             )
-        )
 
-    def copy_outcome(self, source_run_id: str, target_run_id: str) -> None:
-        """Params and latest metrics of an earlier run, so a reusing run compares like it."""
-        data = self.client.get_run(source_run_id).data
+    def copy_outcome(self, source_run_id: str, target_run_id: str) -> bool:
+        """Params and latest metrics of an earlier run, so a reusing run compares like it;
+        False when that run is not in this store (the work dir was moved between stores)."""
+        try:
+            data = self.client.get_run(source_run_id).data
+        except MlflowException:
+            return False
         self.log_params(target_run_id, data.params)
         self.log_metrics(target_run_id, data.metrics)
+        return True
+
+    def log_onnx_model(
+        self, run_id: str, model_path: Path, example: np.ndarray, outputs: np.ndarray
+    ) -> str:
+        """The ONNX model as an MLflow model (onnx flavor, signature and input example),
+        logged under ``model/`` of the run; returns that artifact path."""
+        import mlflow.onnx
+        import onnx
+        import onnxruntime
+        from mlflow.models import infer_signature
+
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / "model"
+            mlflow.onnx.save_model(
+                onnx.load(str(model_path)),
+                str(local),
+                signature=infer_signature(example, outputs),
+                input_example=example,
+                save_as_external_data=False,
+                # What serving it takes, stated: MLflow would otherwise infer it by importing
+                # the model in a subprocess (2 s per run).
+                pip_requirements=[
+                    f"mlflow=={mlflow.__version__}",
+                    f"onnx=={onnx.__version__}",
+                    f"onnxruntime=={onnxruntime.__version__}",
+                ],
+            )
+            self.log_artifacts(run_id, local, "model")
+        return "model"
+
+    # --- reading runs back ------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunRecord:
+        try:
+            return RunRecord.of(self.client.get_run(run_id))
+        except MlflowException as err:
+            raise TrackingError(f"run {run_id}: not found ({err})") from err
+
+    def pipeline_runs(
+        self, experiment_name: str, last: int | None = None, run_ids: Sequence[str] = ()
+    ) -> list[RunRecord]:
+        """Pipeline parent runs, newest first: the given ids, else the last ``last`` finished."""
+        if run_ids:
+            runs = [self.run(run_id) for run_id in run_ids]
+            for run in runs:
+                if run.tags.get(PIPELINE_TAG[0]) != PIPELINE_TAG[1]:
+                    raise TrackingError(f"run {run.run_id}: not a kd-pipeline parent run")
+            return runs
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise TrackingError(
+                f"experiment {experiment_name!r}: not found on this tracking server"
+            )
+        # Finished runs only: a failed run's figures may stop anywhere.
+        found = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.{PIPELINE_TAG[0]} = '{PIPELINE_TAG[1]}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=last or 1000,
+        )
+        return [RunRecord.of(run) for run in found]
+
+    def children(self, parent: RunRecord) -> dict[str, RunRecord]:
+        """Child runs by name; of two with one name (a retried stage), the later one."""
+        found = self.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent.run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        return {child.data.tags.get(MLFLOW_RUN_NAME, ""): RunRecord.of(child) for child in found}
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)

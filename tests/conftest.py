@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 # Before Prefect is imported anywhere: the test server has no internet to report to, and its
 # telemetry job only contends for the fresh SQLite database.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The suite runs in two worker processes (pytest-xdist) on two cores: one compute thread each,
+# in them and in every process they start, rather than four spinning for two cores. The tests
+# that measure "all cores" set their thread counts explicitly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from collections.abc import Iterator
 
 import pytest
 
-from components.config import PipelineConfig, load_config
+from components.config import PipelineConfig
 from components.data import Dataset, load_dataset, prepare_dataset
 
+# The cheapest pipeline that still runs every stage for real: one epoch each, two cached
+# views, float32 export only, one batch size on one thread, a short promotion timing.
 TINY_OVERRIDES = (
     "teacher.model.name=cnn_small",
     "teacher.train.epochs=1",
@@ -22,14 +29,23 @@ TINY_OVERRIDES = (
     "student.train.epochs=1",
     "student.train.batch_size=128",
     "cache.views=2",
+    "export.int8=false",
+    "benchmark.batch_sizes=[1]",
+    "benchmark.threads=[1]",
     "benchmark.warmup=1",
     "benchmark.iterations=5",
+    "promotion.warmup=1",
+    "promotion.iterations=10",
 )
 
-
-@pytest.fixture
-def tiny_config(tmp_path: Path) -> PipelineConfig:
-    return load_config(None, [*TINY_OVERRIDES, f"work_dir={tmp_path / 'work'}"])
+# What the tests about INT8 and the multi-batch benchmark pay for (the shared session run).
+RICH_OVERRIDES = (
+    *TINY_OVERRIDES,
+    "export.int8=true",
+    "export.calibration_images=32",
+    "benchmark.batch_sizes=[1, 32]",
+    "benchmark.threads=[1, 0]",
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +54,21 @@ def mnist_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     config = PipelineConfig()
     info = prepare_dataset(config.data, config.split, tmp_path_factory.mktemp("data"))
     return load_dataset(info.path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A real Prefect server on a fresh temporary SQLite database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    # A first start creates and migrates the database: slow on a 2-core CI machine.
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the session's pipeline runs goes to one pytest-xdist worker
+    (``--dist loadgroup``), so those runs are made once, not once per worker."""
+    for item in items:
+        if "shared_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("shared-runs"))

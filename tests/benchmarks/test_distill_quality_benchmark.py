@@ -1,23 +1,26 @@
 """The distillation-quality benchmark runs as users run it (tiny settings here)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import pytest
+
+from tests.helpers import benchmark
 
 
+@pytest.mark.slow
 def test_distill_quality_writes_json_and_markdown(tmp_path: Path) -> None:
-    args = [sys.executable, str(REPO / "benchmarks" / "distill_quality.py"), "--out", str(tmp_path)]
+    args = ["--out", str(tmp_path)]
     for override in (
         "teacher.model.name=cnn_small",
         "teacher.train.epochs=1",
         "student.train.epochs=1",
+        "student.model.name=cnn_tiny",
+        "cache.views=2",
     ):
         args += ["--set", override]
     args += ["--seeds", "2", "--methods", "config,dkd+ls,hinton+mixup"]
-    subprocess.run(args, check=True, capture_output=True, text=True, timeout=600)
+    assert benchmark("distill_quality").main(args) == 0
     report = json.loads((tmp_path / "distill_quality.json").read_text())
     assert set(report["methods"]) == {"config", "dkd+ls", "hinton+mixup"}
     config = report["methods"]["config"]

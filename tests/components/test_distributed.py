@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from components.config import AugmentConfig, TrainConfig
@@ -36,6 +37,7 @@ def _train_share(dataset_path: str, model: torch.nn.Module) -> dict:
     return {"rank": rank, "world": world, "weights": weights, "final": result.final}
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(mnist_dataset: Dataset, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model("cnn_tiny", 1, 10)

@@ -37,3 +37,10 @@ def test_int8_decision_follows_the_measured_figures(
 ) -> None:
     decision = int8_decision(0.98, int8_accuracy, 1.0, int8_p50, max_accuracy_drop=0.01)
     assert decision.keep is keep and why in decision.reason
+
+
+def test_an_unmeasured_latency_never_keeps_int8() -> None:
+    # a missing p50 used to become inf, inf / inf is nan, and nan compared as "faster"
+    for fp32, int8 in ((None, 0.5), (1.0, None), (None, None), (0.0, 0.5)):
+        decision = int8_decision(0.98, 0.98, fp32, int8, max_accuracy_drop=0.01)
+        assert decision.keep is False and "not measured" in decision.reason

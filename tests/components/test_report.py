@@ -12,6 +12,7 @@ from components.report import (
     comparison_markdown,
     confusion_chart,
     confusion_matrix,
+    summary_markdown,
     training_curves,
     with_relative_figures,
     write_comparison_csv,
@@ -215,3 +216,12 @@ def test_confusion_chart_writes_a_png(tmp_path: Path) -> None:
 def test_confusion_chart_rejects_a_mismatched_matrix(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         confusion_chart(np.zeros((3, 3), np.int64), ["a", "b"], tmp_path / "c.png", "t")
+
+
+def test_summary_has_a_latency_column_per_benchmarked_batch() -> None:
+    rows = [row("run-a", "teacher", 0.99, 10.0), row("run-a", "student-kd-onnx", 0.98, 2.0)]
+    p50 = {("teacher", 1): 10.0, ("teacher", 32): 50.0, ("student-kd-onnx", 1): 2.0}
+    lines = summary_markdown(rows, p50).splitlines()
+    assert lines[0].endswith("| p50 ms @ batch 1 | p50 ms @ batch 32 |")
+    assert lines[2] == "| teacher | pytorch | 0.9900 | 1,000 | 4.0 | 10.000 | 50.000 |"
+    assert lines[3] == "| student-kd-onnx | onnxruntime | 0.9800 | 1,000 | 4.0 | 2.000 | - |"

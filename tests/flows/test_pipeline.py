@@ -1,118 +1,54 @@
 """The real flow, end to end, on a tiny config: a real Prefect server (test harness) and a real
-MLflow SQLite store in a temp dir; nothing mocked."""
+MLflow SQLite store in a temp dir; nothing mocked. The session's run and rerun are read by the
+first tests; the others change something in a warm copy of the store and run again."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow.artifacts
+import mlflow.pyfunc
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from prefect import flow
 
 from components.benchmark import cores
 from components.checkpoint import load_checkpoint
-from components.config import PipelineConfig
+from components.config import PipelineConfig, load_config
 from components.data import load_dataset
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from flows.cli import main
+from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
 from tests.conftest import TINY_OVERRIDES
+from tests.flows.conftest import SessionRuns, Store
+from tests.helpers import (
+    CACHED,
+    STAGES,
+    artifact_paths,
+    benchmark,
+    flow_run_log,
+    one,
+    pipeline_runs,
+)
 
-STAGES = [
-    "teacher",
-    "logit-cache",
-    "student-baseline",
-    "student-kd",
-    "onnx-export",
-    "benchmark",
-    "handoff",
-    "promotion",
-]
-CACHED = STAGES[:6]
-
-
-def flow_run_log(parent: Run) -> str:
-    """What the pipeline run logged to Prefect (the messages the UI shows), read back from the
-    server: the console may be someone else's captured stream by now."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    flow_run_id = parent.data.tags["prefect_flow_run_id"]
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return "\n".join(log.message for log in logs)
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def tiny_run_args(work: Path, *overrides: str) -> list[str]:
-    pairs = [*TINY_OVERRIDES, f"work_dir={work}", *overrides]
-    return ["run"] + [a for o in pairs for a in ("--set", o)]
-
-
-def pipeline_runs(client: MlflowClient) -> list:
-    """Parent runs, oldest first, each with its children by name."""
-    experiment = client.get_experiment_by_name(PipelineConfig().experiment_name)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return [
-        (
-            parent,
-            {
-                r.info.run_name: r
-                for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-            },
-        )
-        for parent in parents
-    ]
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_kd_run_end_to_end(
-    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # when the pipeline runs through the CLI on a tiny config
-    work = tmp_path / "work"
-    args = (
-        ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)] + ["--set", f"work_dir={work}"]
-    )
-    assert main(args) == 0
-    out = capsys.readouterr().out
-
-    # then the summary and where to look are printed
+def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None:
+    store, out = session_runs.store, session_runs.outputs[0]
+    work = store.work
+    # the summary and where to look are printed
     for row in ("| teacher |", "| student-baseline |", "| student-kd |", "| student-kd-onnx |"):
         assert row in out
-    assert f"mlflow ui --backend-store-uri {mlflow_store}" in out
+    assert f"mlflow ui --backend-store-uri {store.tracking_uri}" in out
 
-    # and MLflow holds one finished parent run with the six named child runs
-    client = MlflowClient(mlflow_store)
-    experiment = client.get_experiment_by_name(PipelineConfig().experiment_name)
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    parent = parents[0]
-    assert parent.info.run_id in out
-    assert parent.info.status == "FINISHED"
-    children = {
-        r.info.run_name: r
-        for r in runs
-        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    }
+    # MLflow holds a finished parent run with a finished child run per stage, named after it
+    client = store.client
+    (parent, children), _ = pipeline_runs(client)
+    assert parent.info.run_id in out and parent.info.status == "FINISHED"
     assert sorted(children) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in children.values())
 
@@ -123,55 +59,65 @@ def test_kd_run_end_to_end(
     assert "config.yaml" in artifact_paths(client, parent.info.run_id)
     assert parent.data.tags["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
 
-    # every child run has params, metrics and artifacts
+    # every child run has its declared config sections and fingerprint as params, and metrics
     for name, run in children.items():
-        assert run.data.params, name
+        assert run.data.params["stage.fingerprint"], name
         assert run.data.metrics, name
-        assert artifact_paths(client, run.info.run_id), name
     for role in ("teacher", "student-baseline", "student-kd"):
         run = children[role]
-        assert "train.epochs" in run.data.params and "model.parameters" in run.data.params
+        section = "teacher" if role == "teacher" else "student"
+        assert (
+            f"{section}.train.epochs" in run.data.params and "model.parameters" in run.data.params
+        )
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1]  # per-epoch metrics, step = epoch
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
         assert "checkpoint/model.pt" in artifact_paths(client, run.info.run_id)
+        assert run.data.params["input.prepare-data.run_id"] == children["prepare-data"].info.run_id
     assert children["student-kd"].data.params["distill.kind"] == "dkd"
+    # a stage logs only what it reads: the control never sees the distillation settings
     assert "distill.kind" not in children["student-baseline"].data.params
     assert children["student-baseline"].data.params["cache.views"] == "2"
 
     # a valid cache manifest that belongs to this teacher and data
     cache = children["logit-cache"]
     assert "manifest.json" in artifact_paths(client, cache.info.run_id)
-    cache_dir = work / "cache" / cache.data.tags["cache_key"]
-    cache_files = open_logit_cache(cache_dir, expected_key=cache.data.tags["cache_key"])
+    key = cache.data.tags["cache_key"]
+    cache_files = open_logit_cache(work / "logit-cache" / key, expected_key=key)
     spec = cache_files.manifest["spec"]
     assert spec["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
     assert spec["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
     assert cache_files.arrays["logits"].shape == (4000, 2, 10)
     assert cache_files.arrays["logits"].dtype == np.float16
     assert cache.data.metrics["bytes_per_sample_view"] == 20
-    assert children["student-kd"].data.params["cache.key"] == cache.data.tags["cache_key"]
+    assert children["student-kd"].data.params["cache.key"] == key
 
     # ONNX parity, metadata and the artifact
     export = children["onnx-export"]
     assert export.data.metrics["max_abs_diff"] <= 1e-4
     assert export.data.metrics["top1_agreement"] >= 0.999
     assert {"onnx/model.onnx", "parity.json"} <= artifact_paths(client, export.info.run_id)
-    onnx_files = list((work / "onnx").glob("*/model.onnx"))
-    assert len(onnx_files) == 1
-    meta = {p.key: p.value for p in onnx.load(str(onnx_files[0])).metadata_props}
+    onnx_file = one((work / "onnx-export").glob("*/model.onnx"))
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert meta["student_run_id"] == children["student-kd"].info.run_id
     assert meta["teacher_run_id"] == children["teacher"].info.run_id
     assert json.loads(meta["class_labels"]) == [str(d) for d in range(10)]
+    for key in ("input_shape", "normalization_mean", "dataset_fingerprint", "versions"):
+        assert meta[key]
+    assert len(meta["git_commit"]) == 40
+    assert float(meta["parity_max_abs_diff"]) <= 1e-4
+    assert meta["exporter"] in {"dynamo", "torchscript"}
 
-    # benchmark: both runtimes at batch 1 and 32, JSON and markdown
+    # benchmark: both runtimes at each batch size and thread count, JSON, markdown, chart
     bench = children["benchmark"]
-    assert {"benchmark.json", "benchmark.md"} <= artifact_paths(client, bench.info.run_id)
-    assert "latency.png" in artifact_paths(client, bench.info.run_id)
+    assert {"benchmark.json", "benchmark.md", "latency.png"} <= artifact_paths(
+        client, bench.info.run_id
+    )
     for threads in sorted({1, cores()}):
         for key in (
             f"student-kd.pytorch.threads{threads}.batch1.p50_ms",
-            f"student-kd-onnx.onnxruntime.threads{threads}.batch64.p99_ms",
+            f"student-kd-onnx.onnxruntime.threads{threads}.batch32.p99_ms",
+            f"student-kd-onnx-int8.onnxruntime.threads{threads}.batch1.p50_ms",
         ):
             assert bench.data.metrics[key] > 0
     assert bench.data.metrics["speedup_ort_fp32_vs_torch_b1"] > 0
@@ -187,15 +133,12 @@ def test_kd_run_end_to_end(
     for heading in ("## Data", "## Accuracy", "## Latency", "## Intended input", "## Limits"):
         assert heading in card
     assert {f"handoff/{n}" for n in names} <= artifact_paths(client, handoff.info.run_id)
-    version = client.get_model_version_by_alias("kd-student", "challenger")
+    version = client.get_model_version("kd-student", "1")
     assert version.run_id == handoff.info.run_id
     assert str(version.version) == handoff.data.tags["model_version"]
     assert version.tags["onnx_sha256"] == export.data.tags["onnx_sha256"]
     assert {"opset", "parity_max_abs_diff", "test_accuracy"} <= set(version.tags)
-    import mlflow.pyfunc
-    import onnxruntime
-
-    pyfunc = mlflow.pyfunc.load_model("models:/kd-student@challenger")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/kd-student/{version.version}")
     test_input = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
     via_registry = pyfunc.predict(test_input)
     via_registry = np.asarray(
@@ -205,43 +148,27 @@ def test_kd_run_end_to_end(
     via_bundle = session.run(["logits"], {"input": test_input})[0]
     assert np.allclose(via_registry, via_bundle, atol=1e-6)
 
-    # the metadata travels inside the model
-    for key in (
-        "input_shape",
-        "normalization_mean",
-        "dataset_fingerprint",
-        "versions",
-        "git_commit",
-    ):
-        assert meta[key]
-    assert float(meta["parity_max_abs_diff"]) <= 1e-4 and meta["exporter"] in {
-        "dynamo",
-        "torchscript",
-    }
+    # the report and the summary on the parent run
+    logged = artifact_paths(client, parent.info.run_id)
+    assert {"figures/training_curves.png", "figures/confusion_matrix.png", "summary.md"} <= logged
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary.md")
+    assert "| student-kd-onnx-int8 | onnxruntime |" in summary and "p50 ms @ batch 32" in summary
+    assert summary in out
 
     # the standalone inference benchmark finds this run's student and measures it
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_runtime.py"
-    out = tmp_path / "bench"
-    cmd = [sys.executable, str(script), "--out", str(out), "--work-dir", str(work)]
-    subprocess.run([*cmd, "--iterations", "5", "--warmup", "1"], check=True, capture_output=True)
-    standalone = json.loads((out / "onnx_runtime.json").read_text())
-    assert standalone["speedup_ort_fp32_vs_torch_b1"] > 0 and (out / "latency.png").is_file()
+    bench_out = tmp_path / "bench"
+    args = ["--out", str(bench_out), "--work-dir", str(work), "--iterations", "5", "--warmup", "1"]
+    assert benchmark("onnx_runtime").main(args) == 0
+    standalone = json.loads((bench_out / "onnx_runtime.json").read_text())
+    assert standalone["speedup_ort_fp32_vs_torch_b1"] > 0 and (bench_out / "latency.png").is_file()
 
     # nothing half-written anywhere under the work directory
-    assert not [p for p in work.rglob(".*tmp-*")]
+    assert not list(work.rglob(".*tmp-*"))
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_rerun_with_unchanged_inputs_reuses_every_cached_stage(
-    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
-    capsys.readouterr()
-    assert main(tiny_run_args(work)) == 0
-    out = capsys.readouterr().out
-    (_, first_children), (second, second_children) = pipeline_runs(MlflowClient(mlflow_store))
-
+def test_unchanged_rerun_reuses_every_cached_stage(session_runs: SessionRuns) -> None:
+    (_, first_children), (second, second_children) = pipeline_runs(session_runs.store.client)
+    out = session_runs.outputs[1]
     # every expensive stage of the rerun is a reused record naming the run that did the work
     assert second.data.tags["reused_stages"] == ",".join(CACHED)
     assert second.data.tags["computed_stages"] == "none"
@@ -249,51 +176,43 @@ def test_rerun_with_unchanged_inputs_reuses_every_cached_stage(
         run = second_children[stage]
         assert run.data.tags["reused"] == "true", stage
         assert run.data.tags["reused_from_run_id"] == first_children[stage].info.run_id
-        assert run.data.tags["prefect_cache_key"].endswith(
-            first_children[stage].data.params.get("stage.fingerprint", "")
-        )
+        fingerprint = first_children[stage].data.params["stage.fingerprint"]
+        assert run.data.tags["prefect_cache_key"] == f"{stage}-{fingerprint}"
         assert run.info.status == "FINISHED"
         # the figures travel with it, so the run compares like any other
         assert run.data.metrics == first_children[stage].data.metrics
         assert first_children[stage].data.tags.get("reused", "false") == "false"
     assert f"Reused stages: teacher (from run {first_children['teacher'].info.run_id})" in out
-    teacher_line = "teacher: inputs unchanged (Prefect cache train-teacher-"
-    assert teacher_line in flow_run_log(second)
-    # handoff and promotion are new every run
+    assert "teacher: inputs unchanged (Prefect cache teacher-" in flow_run_log(second)
+    # the stages that are not cached run again
     assert second_children["handoff"].data.tags["model_version"] == "2"
-    assert "reused" not in second_children["promotion"].data.tags
+    for stage in ("prepare-data", "handoff", "promotion", "report"):
+        assert "reused" not in second_children[stage].data.tags
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_changing_the_student_retrains_only_the_students(mlflow_store: str, tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
-    assert main(tiny_run_args(work, "student.train.lr=0.001")) == 0
-    (_, first), (parent, second) = pipeline_runs(MlflowClient(mlflow_store))
+def test_changing_the_student_retrains_only_the_students(warm_store: Store) -> None:
+    assert main(warm_store.args("student.train.lr=0.001")) == 0
+    (_, first), (parent, second) = pipeline_runs(warm_store.client)
     assert parent.data.tags["reused_stages"] == "teacher,logit-cache"
     for stage in ("teacher", "logit-cache"):
         assert second[stage].data.tags["reused_from_run_id"] == first[stage].info.run_id
     for stage in ("student-baseline", "student-kd", "onnx-export", "benchmark"):
         assert "reused" not in second[stage].data.tags, stage
-    assert second["student-kd"].data.params["train.lr"] == "0.001"
+    assert second["student-kd"].data.params["student.train.lr"] == "0.001"
     assert second["student-kd"].data.params["cache.run_id"] == first["logit-cache"].info.run_id
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_force_recomputes_and_damaged_results_are_not_reused(
-    mlflow_store: str, tmp_path: Path
-) -> None:
-    work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
+def test_force_recomputes_and_damaged_results_are_not_reused(warm_store: Store) -> None:
+    work = warm_store.work
     # --force-stage teacher: retrained; the same weights give the same cache key: reused
-    assert main([*tiny_run_args(work), "--force-stage", "teacher"]) == 0
+    assert main([*warm_store.args(), "--force-stage", "teacher"]) == 0
     # a checkpoint gone from disk is never trusted from the cache record
-    (checkpoint,) = (work / "models" / "student-baseline").glob("*/model.pt")
+    checkpoint = one((work / "student-baseline").glob("*/model.pt"))
     checkpoint.unlink()
-    assert main(tiny_run_args(work)) == 0
+    assert main(warm_store.args()) == 0
     # --force: everything again
-    assert main([*tiny_run_args(work), "--force"]) == 0
-    runs = pipeline_runs(MlflowClient(mlflow_store))
+    assert main([*warm_store.args(), "--force"]) == 0
+    runs = pipeline_runs(warm_store.client)
     reused = [parent.data.tags["reused_stages"] for parent, _ in runs]
     assert reused[1] == ",".join(s for s in CACHED if s != "teacher")
     assert reused[2] == ",".join(s for s in CACHED if s != "student-baseline")
@@ -304,19 +223,14 @@ def test_force_recomputes_and_damaged_results_are_not_reused(
     # a forced logit cache is rebuilt on disk, not just re-verified
     assert runs[3][1]["logit-cache"].data.tags["cache_hit"] == "false"
     # the teacher was deterministic: same weights, same logit cache key every time
-    keys = {children["logit-cache"].data.params["teacher.sha256"] for _, children in runs[3:]}
+    keys = {children["logit-cache"].data.params["teacher.sha256"] for _, children in runs}
     assert keys == {runs[0][1]["teacher"].data.tags["checkpoint_sha256"]}
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_logit_cache_on_disk_is_reused_when_prefect_forgot(
-    mlflow_store: str, tmp_path: Path
-) -> None:
-    work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
-    shutil.rmtree(work / "prefect-results")  # the task records are gone, the files are not
-    assert main(tiny_run_args(work)) == 0
-    (_, first), (parent, second) = pipeline_runs(MlflowClient(mlflow_store))
+def test_logit_cache_on_disk_is_reused_when_prefect_forgot(warm_store: Store) -> None:
+    shutil.rmtree(warm_store.work / "prefect-results")  # the task records are gone, not the files
+    assert main(warm_store.args()) == 0
+    (_, first), (parent, second) = pipeline_runs(warm_store.client)
     assert parent.data.tags["reused_stages"] == "none"
     assert [c["logit-cache"].data.tags["cache_hit"] for c in (first, second)] == ["false", "true"]
     assert (
@@ -325,58 +239,63 @@ def test_logit_cache_on_disk_is_reused_when_prefect_forgot(
     assert "time_saved_seconds" in second["logit-cache"].data.metrics
 
 
-@pytest.mark.usefixtures("prefect_server")
 def test_failed_stage_marks_its_run_and_the_parent_failed(
-    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    warm_store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # an unreachable parity tolerance makes the export stage fail loudly
-    args = ["run"] + [a for o in TINY_OVERRIDES for a in ("--set", o)]
-    args += ["--set", f"work_dir={tmp_path / 'work'}"]
-    args += ["--set", "export.max_abs_diff=1e-15", "--set", "export.rtol=0"]
+    args = warm_store.args("export.max_abs_diff=1e-15", "export.rtol=0")
     assert main(args) == 1
     assert "ParityError" in capsys.readouterr().err
-    client = MlflowClient(mlflow_store)
-    runs = client.search_runs([client.get_experiment_by_name("kd-pipeline").experiment_id])
-    status = {r.info.run_name: r.info.status for r in runs}
+    _, (parent, children) = pipeline_runs(warm_store.client)
+    status = {name: run.info.status for name, run in children.items()}
     assert status["onnx-export"] == "FAILED"
     # the report of which inputs failed and how far is kept for whoever investigates
-    export_run = next(r for r in runs if r.info.run_name == "onnx-export")
+    export_run = children["onnx-export"]
     failure = mlflow.artifacts.load_dict(f"runs:/{export_run.info.run_id}/parity.json")
     assert failure["reports"]["dynamo"]["failing_inputs"]
     assert failure["reports"]["dynamo"]["max_abs_diff"] > 0
-    assert not list((tmp_path / "work" / "onnx").rglob("*.onnx"))  # nothing handed on
-    assert "benchmark" not in status
+    assert len(list(warm_store.work.glob("onnx-export/*/*.onnx"))) == 2  # only the first run's
+    assert "benchmark" not in status and "handoff" not in status  # nothing handed on
     assert "RUNNING" not in status.values()
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED" and "ParityError" in parent.data.tags["error"]
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_two_process_run_logs_the_same_stages_and_its_cache_equals_one_process(
-    mlflow_store: str, tmp_path: Path
+# The stages that train or build with several processes: the teacher, the cache, and the
+# distilled student (which reads the cache from each process); the baseline is the same code.
+PARALLEL_STAGES = tuple(s for s in PIPELINE if s.name in {"prepare-data", "teacher", "logit-cache",
+                                                          "student-kd"})  # fmt: skip
+
+
+@flow(name="kd-parallel-stages")
+def parallel_stages(config: PipelineConfig) -> PipelineResult:
+    return run_pipeline(config, None, PARALLEL_STAGES)
+
+
+def test_two_process_stages_log_once_and_the_cache_equals_one_process(
+    prefect_server: None, mlflow_store: str, tmp_path: Path
 ) -> None:
-    work = tmp_path / "work"
-    assert main([*tiny_run_args(work), "--nproc", "2"]) == 0
-    ((parent, children),) = pipeline_runs(MlflowClient(mlflow_store))
-    assert sorted(children) == sorted(STAGES)
+    store = Store(tmp_path)
+    work = store.work
+    config = load_config(None, [*TINY_OVERRIDES, f"work_dir={work}", "distributed.nproc=2"])
+    parallel_stages(config)
+    ((parent, children),) = pipeline_runs(store.client)
+    assert sorted(children) == sorted(s.name for s in PARALLEL_STAGES)
     assert parent.info.status == "FINISHED" and parent.data.params["distributed.nproc"] == "2"
-    for role in ("teacher", "student-baseline", "student-kd"):
-        assert children[role].data.params["processes"] == "2"
+    for role in ("teacher", "student-kd"):
+        assert children[role].data.params["distributed.nproc"] == "2"
         # one process logged: one value per epoch
-        history = MlflowClient(mlflow_store).get_metric_history(
-            children[role].info.run_id, "train_loss"
-        )
+        history = store.client.get_metric_history(children[role].info.run_id, "train_loss")
         assert [m.step for m in history] == [1]
+        assert children[role].data.metrics["test_accuracy"] > 0.15  # it learned (chance 0.1)
     # the cache the two processes built is the one a single process builds, bit for bit
     key = children["logit-cache"].data.tags["cache_key"]
-    (checkpoint,) = (work / "models" / "teacher").glob("*/model.pt")
-    teacher, _ = load_checkpoint(checkpoint)
-    spec = CacheSpec(**open_logit_cache(work / "cache" / key).manifest["spec"])
-    dataset = load_dataset(next((work / "data").iterdir()))
+    teacher, _ = load_checkpoint(one((work / "teacher").glob("*/model.pt")))
+    spec = CacheSpec(**open_logit_cache(work / "logit-cache" / key).manifest["spec"])
+    dataset = load_dataset(one((work / "prepare-data").iterdir()))
     single = build_logit_cache(
         teacher, spec, dataset, tmp_path / "single", 512, torch.device("cpu")
     )
     assert single.key == key
-    two = {p.name: p.read_bytes() for p in (work / "cache" / key).glob("*.npy")}
-    one = {p.name: p.read_bytes() for p in Path(single.path).glob("*.npy")}
-    assert two == one
+    two = {p.name: p.read_bytes() for p in (work / "logit-cache" / key).glob("*.npy")}
+    one_process = {p.name: p.read_bytes() for p in Path(single.path).glob("*.npy")}
+    assert two == one_process

@@ -1,28 +1,40 @@
-"""The pipeline's report and `kd compare`, on two real tiny runs."""
+"""The pipeline's report and `kd compare`, read back from the session's two real tiny runs."""
 
 import csv
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from components.report import VARIANTS
 from flows.cli import main
-from tests.flows.test_pipeline import artifact_paths, pipeline_runs, tiny_run_args
+from flows.pipeline import PIPELINE
+from tests.flows.conftest import SessionRuns
+from tests.helpers import artifact_paths, pipeline_runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+# The variants of a run, in pipeline order, as the stages declare them.
+VARIANTS = [variant.name.format(run=stage.name) for stage in PIPELINE for variant in stage.variants]
 
 
-@pytest.mark.usefixtures("prefect_server")
 def test_compare_reads_two_real_runs_back_from_mlflow(
-    mlflow_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_runs: SessionRuns,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    work = tmp_path / "work"
-    assert main(tiny_run_args(work)) == 0
-    assert main(tiny_run_args(work, "student.train.lr=0.001")) == 0
-    capsys.readouterr()
-    client = MlflowClient(mlflow_store)
+    store = session_runs.store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    client = store.client
     (old, old_children), (new, new_children) = pipeline_runs(client)
+    assert VARIANTS == [
+        "teacher",
+        "student-baseline",
+        "student-kd",
+        "student-kd-onnx",
+        "student-kd-onnx-int8",
+    ]
 
     out_dir = tmp_path / "compare"
     assert main(["compare", "--last", "2", "--out", str(out_dir)]) == 0
@@ -31,7 +43,7 @@ def test_compare_reads_two_real_runs_back_from_mlflow(
         rows = list(csv.DictReader(handle))
     # newest run first, five variants each
     assert [r["run_id"] for r in rows] == [new.info.run_id] * 5 + [old.info.run_id] * 5
-    assert [r["variant"] for r in rows] == list(VARIANTS) * 2
+    assert [r["variant"] for r in rows] == VARIANTS * 2
     assert printed.count(f"({new.info.run_id[:8]})") == 5
     assert (out_dir / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / "comparison.md").read_text() in printed
@@ -71,7 +83,7 @@ def test_compare_reads_two_real_runs_back_from_mlflow(
     assert {"figures/training_curves.png", "figures/confusion_matrix.png"} <= logged
     assert {"comparison/comparison.md", "comparison/comparison.csv"} <= logged
     assert "comparison/accuracy_vs_latency.png" in logged
-    report_md = Path(work / "reports" / new.info.run_id / "comparison.md").read_text()
+    report_md = (store.work / "report" / new.info.run_id / "comparison.md").read_text()
     assert new.info.run_id[:8] in report_md and old.info.run_id[:8] in report_md
     # and published it as a Prefect table artifact
     with get_client(sync_client=True) as prefect:

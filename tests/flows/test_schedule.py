@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
 from flows.cli import main
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import RICH_OVERRIDES
+from tests.flows.conftest import Store
+from tests.helpers import CACHED, process_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,12 +33,15 @@ def _wait_for_deployment(name: str, process: subprocess.Popen, log: Path, timeou
     raise AssertionError(f"{name} not registered in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_kd_serve_registers_the_cron_deployment_and_runs_it(
-    mlflow_store: str, tmp_path: Path
+    warm_store: Store, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    overrides = [*TINY_OVERRIDES, f"work_dir={tmp_path / 'work'}"]
+    # The serving process looks for runs to start every second, not every ten.
+    env = process_env(warm_store.tracking_uri, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    # The warm store's config: the scheduled run reuses its stages.
+    overrides = [*RICH_OVERRIDES, f"work_dir={warm_store.work}"]
     command = [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *"]
     command += ["--name", "nightly-test", "--timezone", "Europe/Berlin"]
     command += [a for o in overrides for a in ("--set", o)]
@@ -53,14 +57,15 @@ def test_kd_serve_registers_the_cron_deployment_and_runs_it(
         assert deployment.parameters["config_path"] is None
 
         # a run of the deployment is picked up by the serving process and completes
-        flow_run = run_deployment("kd-retrain/nightly-test", timeout=600)
+        flow_run = run_deployment("kd-retrain/nightly-test", timeout=600, poll_interval=1)
         assert flow_run.state.is_completed(), log.read_text()[-3000:]
-        client = MlflowClient(mlflow_store)
+        client = warm_store.client
         experiment = client.get_experiment_by_name("kd-pipeline")
         (parent,) = client.search_runs(
             [experiment.experiment_id], f"tags.prefect_flow_run_id = '{flow_run.id}'"
         )
         assert parent.info.status == "FINISHED"
+        assert parent.data.tags["reused_stages"] == ",".join(CACHED)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -76,6 +81,7 @@ def test_serve_refuses_a_bad_cron_with_exit_2(capsys: pytest.CaptureFixture[str]
     assert main(["serve", "--cron", "0 3 * * *", "--timezone", "Mars/Olympus"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_prefect_yaml_deploys_the_same_flow_to_a_work_pool(tmp_path: Path) -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())

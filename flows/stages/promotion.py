@@ -1,9 +1,9 @@
-"""The promotion stage: the new model (challenger) against the registered champion.
+"""``promotion``: the new model (challenger) against the registered champion.
 
 Both are fetched as ONNX models (the champion through the registry, wherever it lives),
-scored now on this run's test split, and the champion alias moves only when the policy
-says so. The decision is recorded on both model versions, on the parent run and as
-``promotion.md``; a rejected challenger keeps its ``challenger`` alias.
+scored now on this run's test split (components/promotion.py), and the champion alias moves
+only when the policy says so. The decision is recorded on both model versions, on the parent
+run and as ``promotion.md`` / ``promotion.json``; a rejected challenger keeps its alias.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
-from components.config import PipelineConfig, flatten
-from components.data import DatasetInfo, load_dataset
+from components.config import PipelineConfig
 from components.promotion import (
     Decision,
     IncomparableError,
@@ -25,8 +22,10 @@ from components.promotion import (
     incomparable,
     score_models,
 )
-from flows.tasks import HandoffRef, OnnxRef, Ref, RunContext
-from flows.tracking import Tracker
+from flows.stage import Outcome, Record, Ref, Stage, StageContext
+from flows.stages.handoff import Handoff, HandoffRef
+from flows.stages.onnx_export import OnnxExport, OnnxRef
+from flows.stages.prepare_data import DataRef, PrepareData
 
 
 class PromotionRef(Ref):
@@ -36,9 +35,7 @@ class PromotionRef(Ref):
     challenger_version: str
     champion_version_before: str | None
     champion_version_after: str | None
-    decision: dict
     markdown: str
-    run_id: str
 
 
 def _find_onnx(directory: Path) -> Path:
@@ -48,31 +45,31 @@ def _find_onnx(directory: Path) -> Path:
     return models[0]
 
 
-@task(name="promote", cache_policy=NO_CACHE)
-def promote(
-    config: PipelineConfig,
-    ctx: RunContext,
-    data: DatasetInfo,
-    exported: OnnxRef,
-    handoff: HandoffRef,
-) -> PromotionRef:
-    policy = config.promotion
-    name = handoff.model_name
-    tracker = Tracker(ctx.tracking_uri)
-    with tracker.child_run(ctx.experiment_id, ctx.parent_run_id, "promotion") as run_id:
-        tracker.log_params(run_id, flatten(policy.model_dump(mode="json"), "promotion."))
-        champion = tracker.version_by_alias(name, policy.champion_alias)
-        dataset = load_dataset(data.path)
-        challenger_path = Path(exported.export.path)
+class Promotion(Stage[PromotionRef]):
+    name = "promotion"
+    output = PromotionRef
+    reads = ("promotion",)
+    needs = (PrepareData, OnnxExport, Handoff)
+    cached = False
+
+    def enabled(self, config: PipelineConfig) -> bool:
+        return config.promotion.enabled
+
+    def run(self, ctx: StageContext) -> Outcome[PromotionRef]:
+        policy = ctx.config.promotion
+        tracker = ctx.tracker
+        handoff = ctx.input(Handoff, HandoffRef)
+        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
+        challenger_path = ctx.work_dir / ctx.input(OnnxExport, OnnxRef).export.path
+        name = handoff.model_name
+        before = tracker.alias_version(name, policy.champion_alias)
         with tempfile.TemporaryDirectory() as scratch:
             decision: Decision
-            if champion is None:
+            if before is None:
                 scores = score_models({"challenger": challenger_path}, dataset, policy)
                 decision = decide(scores["challenger"], None, policy)
             else:
-                champion_path = _find_onnx(
-                    tracker.download_version(name, str(champion.version), Path(scratch))
-                )
+                champion_path = _find_onnx(tracker.download_version(name, before, Path(scratch)))
                 try:
                     scores = score_models(
                         {"challenger": challenger_path, "champion": champion_path},
@@ -84,7 +81,6 @@ def promote(
                     scores = score_models({"challenger": challenger_path}, dataset, policy)
                     decision = incomparable(scores["challenger"], str(err), policy)
 
-        before = str(champion.version) if champion is not None else None
         if decision.promote:
             tracker.set_alias(name, policy.champion_alias, handoff.version)
         after = handoff.version if decision.promote else before
@@ -93,7 +89,7 @@ def promote(
             "promotion.decision": outcome,
             "promotion.reason": decision.reason,
             "promotion.policy": json.dumps(decision.policy, sort_keys=True),
-            "promotion.pipeline_run_id": ctx.parent_run_id,
+            "promotion.pipeline_run_id": ctx.pipeline.parent_run_id,
             "promotion.challenger_version": handoff.version,
             "promotion.champion_version": before or "none",
             "promotion.challenger_accuracy": f"{decision.challenger.accuracy:.6f}",
@@ -112,8 +108,6 @@ def promote(
                 before,
                 {k.replace("promotion.", "last_challenge.", 1): v for k, v in common.items()},
             )
-        tracker.set_tags(ctx.parent_run_id, common)
-        tracker.set_tags(run_id, common)
         metrics = {
             "challenger_accuracy": decision.challenger.accuracy,
             "challenger_p50_ms": decision.challenger.p50_ms,
@@ -126,14 +120,14 @@ def promote(
                 "accuracy_drop": decision.accuracy_drop or 0.0,
                 "latency_ratio": decision.latency_ratio,
             }
-        tracker.log_metrics(run_id, metrics)
         markdown = decision_markdown(decision, name, handoff.version, before)
         record = {**decision.as_dict(), "challenger_version": handoff.version}
         record["champion_version"] = before
-        for target in (run_id, ctx.parent_run_id):
-            tracker.log_text(target, markdown, "promotion.md")
-            tracker.log_dict(target, record, "promotion.json")
-        get_run_logger().info(
+        texts: dict[str, str | dict[str, Any]] = {
+            "promotion.md": markdown,
+            "promotion.json": record,
+        }
+        ctx.log.info(
             "%s version %s %s (@%s now on version %s): %s",
             name,
             handoff.version,
@@ -142,14 +136,20 @@ def promote(
             after or "none",
             decision.reason,
         )
-        return PromotionRef(
+        ref = PromotionRef(
             promoted=decision.promote,
             reason=decision.reason,
             model_name=name,
             challenger_version=handoff.version,
             champion_version_before=before,
             champion_version_after=after,
-            decision=record,
             markdown=markdown,
-            run_id=run_id,
         )
+        return Outcome(
+            ref,
+            Record(metrics=metrics, tags=common, texts=texts),
+            parent=Record(tags=common, texts=texts),
+        )
+
+    def summary(self, ref: PromotionRef, work_dir: Path) -> list[str]:
+        return [f"Promotion: {ref.reason}"]

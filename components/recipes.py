@@ -1,0 +1,190 @@
+"""How the pipeline trains its models: one recipe for the teacher, one for the two students.
+
+A recipe fixes everything that decides the weights: architecture, training config, seed and
+the view rule. The teacher sees a fresh augmented view of every sample each epoch, drawn
+from its own random stream; both students pick, each epoch, one of the K views the logit
+cache holds, so the label-only control sees exactly the distilled student's inputs and only
+the targets differ. The pipeline's stages and every script in ``benchmarks/`` train through
+``fit``: there is one recipe, not a copy per caller.
+
+``fit`` also runs a recipe in several processes (``nproc`` > 1): launched the torchrun way,
+DistributedDataParallel, rank 0 reporting epochs and returning the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.augment import stream_seed
+from components.config import ArchName, DistillConfig, PipelineConfig, TrainConfig
+from components.data import Dataset, load_dataset
+from components.distributed import (
+    join_process_group,
+    launch,
+    leave_process_group,
+    rank_and_world,
+    worker_device,
+)
+from components.logit_cache import LogitCache, open_logit_cache
+from components.models import build_model
+from components.training import EpochCallback, TrainResult, seed_everything, train_classifier
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a trained model's weights, given the data."""
+
+    arch: ArchName
+    train: TrainConfig
+    seed: int
+    view_seed: int  # seeds the replayed augmentation (see components/augment.py)
+    view_pool: int | None  # None: a fresh view every epoch; K: one of the K cached views
+    distill: DistillConfig | None = None  # None: labels only
+
+
+def teacher_recipe(config: PipelineConfig) -> Recipe:
+    """The teacher: a fresh view every epoch, from a stream apart from the students'."""
+    return Recipe(
+        arch=config.teacher.model.name,
+        train=config.teacher.train,
+        seed=config.seed,
+        view_seed=stream_seed(config.seed, "teacher-views"),
+        view_pool=None,
+    )
+
+
+def student_recipe(config: PipelineConfig, distilled: bool) -> Recipe:
+    """Both students: the same budget, seed and K cached views; only the targets differ."""
+    return Recipe(
+        arch=config.student.model.name,
+        train=config.student.train,
+        seed=config.seed,
+        view_seed=config.seed,
+        view_pool=config.cache.views,
+        distill=config.distill if distilled else None,
+    )
+
+
+def fit(
+    recipe: Recipe,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    targets: Any | None = None,
+    nproc: int = 1,
+    on_epoch: EpochCallback | None = None,
+    state_path: Path | None = None,
+    desc: str = "train",
+) -> tuple[nn.Module, TrainResult]:
+    """Build the recipe's model from its seed and train it; returns the model (eval mode) and
+    its per-epoch and final metrics.
+
+    ``targets``: the teacher's logits for a distilled recipe, a ``LogitCache`` (or any object
+    answering ``logits(rows, views)`` like it, in one process). ``nproc`` > 1 launches that
+    many processes; ``on_epoch`` must then be picklable (rank 0 calls it). ``state_path``: the
+    per-epoch training state a killed run resumes from.
+    """
+    if (targets is None) != (recipe.distill is None):
+        raise ValueError("a distilled recipe needs the teacher's targets, a label-only one none")
+    seed_everything(recipe.seed)
+    model = build_model(recipe.arch, dataset.info.in_channels, dataset.info.num_classes)
+    if nproc == 1:
+        result = _train(recipe, model, dataset, device, targets, on_epoch, state_path, desc)
+        return model.eval(), result
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        # NCCL needs a GPU of its own for every process.
+        raise ValueError(
+            f"distributed.nproc={nproc} needs {nproc} GPUs for training on cuda; "
+            f"this machine has {torch.cuda.device_count()}"
+        )
+    if targets is not None and not isinstance(targets, LogitCache):
+        raise ValueError("training in several processes reads the teacher from a logit cache")
+    cache = (str(targets.directory), targets.manifest["key"]) if targets is not None else None
+    job = _Job(recipe, dataset.info.path, cache, device.type, on_epoch, state_path, desc)
+    state, result = launch(_fit_share, nproc, job, model)[0]
+    model.load_state_dict(state)
+    return model.eval(), result
+
+
+def _train(
+    recipe: Recipe,
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    targets: Any | None,
+    on_epoch: EpochCallback | None,
+    state_path: Path | None,
+    desc: str,
+    rank: int = 0,
+    world: int = 1,
+) -> TrainResult:
+    """The recipe's training of ``model``, in this process (its share, with ``world`` > 1)."""
+    return train_classifier(
+        model,
+        dataset,
+        recipe.train,
+        seed=recipe.seed,
+        device=device,
+        view_seed=recipe.view_seed,
+        view_pool=recipe.view_pool,
+        teacher_cache=targets,
+        distill=recipe.distill,
+        on_epoch=on_epoch,
+        desc=desc,
+        rank=rank,
+        world=world,
+        state_path=state_path,
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A launched process's inputs: picklable, the dataset and cache reopened by path."""
+
+    recipe: Recipe
+    dataset_path: str
+    cache: tuple[str, str] | None  # (directory, key) of the logit cache
+    device_type: str
+    on_epoch: Callable[[int, dict[str, float]], None] | None
+    state_path: Path | None
+    desc: str
+
+
+def _fit_share(job: _Job, model: nn.Module) -> tuple[dict[str, torch.Tensor], TrainResult] | None:
+    """One launched process's share of the training; rank 0 returns the weights and metrics."""
+    rank, world = rank_and_world()
+    device = worker_device(job.device_type)
+    join_process_group(device)
+    if rank == 0:  # a fresh process: its log lines go to the launching console
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s | rank 0 | %(message)s")
+    targets = (
+        open_logit_cache(Path(job.cache[0]), expected_key=job.cache[1])
+        if job.cache is not None
+        else None
+    )
+    try:
+        on_epoch = job.on_epoch if rank == 0 else None  # one process reports
+        result = _train(
+            job.recipe,
+            model,
+            load_dataset(job.dataset_path),
+            device,
+            targets,
+            on_epoch,
+            job.state_path,
+            job.desc,
+            rank,
+            world,
+        )
+    finally:
+        leave_process_group()
+    if rank != 0:
+        return None
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result

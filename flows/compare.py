@@ -1,0 +1,121 @@
+"""``kd compare`` and the run report's comparison: model variants of pipeline runs side by side.
+
+Every figure is read back from MLflow (flows/tracking.py), so the comparison works the same on
+the local SQLite store and on a remote server. Which variants a run has, and where their
+figures live, comes from the stages' declared ``variants``: a new stage that produces a model
+shows up here without a change to this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from components.io import write_text
+from components.report import (
+    VariantRow,
+    accuracy_latency_scatter,
+    comparison_markdown,
+    with_relative_figures,
+    write_comparison_csv,
+)
+from flows.stage import Stage
+from flows.stages.benchmark import Benchmark
+from flows.tracking import RunRecord, Tracker, TrackingError
+
+_LATENCY_KEY = re.compile(
+    r"^(?P<variant>.+)\.(?P<runtime>pytorch|onnxruntime)\.threads(?P<threads>\d+)"
+    r"\.batch(?P<batch>\d+)\.(?P<stat>p50_ms|images_per_s)$"
+)
+
+
+def _latency(benchmark: RunRecord | None) -> dict[tuple[str, int, str], float]:
+    """(variant, batch, stat) -> value, on the most threads measured for that variant."""
+    if benchmark is None:
+        return {}
+    best: dict[tuple[str, int, str], tuple[int, float]] = {}
+    for key, value in benchmark.metrics.items():
+        match = _LATENCY_KEY.match(key)
+        if match is None:
+            continue
+        slot = (match["variant"], int(match["batch"]), match["stat"])
+        threads = int(match["threads"])
+        if slot not in best or threads > best[slot][0]:
+            best[slot] = (threads, value)
+    return {slot: value for slot, (_, value) in best.items()}
+
+
+def _int(value: float | str | None) -> int | None:
+    return None if value is None else int(float(value))
+
+
+def _runs_of(stage: Stage[Any], children: dict[str, RunRecord]) -> list[RunRecord]:
+    """The stage's run, then its named instances (``student-kd[...]`` of a sweep)."""
+    named = sorted(n for n in children if n.startswith(f"{stage.name}["))
+    plain = [stage.name] if stage.name in children else []
+    return [children[n] for n in plain + named]
+
+
+def variant_rows(
+    tracker: Tracker, parent: RunRecord, stages: Sequence[Stage[Any]]
+) -> list[VariantRow]:
+    """The model variants of one pipeline (or sweep) run, in pipeline order."""
+    children = tracker.children(parent)
+    latency = _latency(children.get(Benchmark.name))
+    run_name = parent.name or parent.run_id[:8]
+    rows = []
+    for stage in stages:
+        for variant in stage.variants:
+            for run in _runs_of(stage, children):
+                if "{run}" not in variant.name and run.name != stage.name:
+                    continue
+                accuracy = run.metrics.get(variant.accuracy)
+                if accuracy is None:
+                    continue  # not produced by this run (INT8 switched off)
+                name = variant.name.format(run=run.name)
+                rows.append(
+                    VariantRow(
+                        run_id=parent.run_id,
+                        run_name=run_name,
+                        variant=name,
+                        runtime=variant.runtime,
+                        test_accuracy=accuracy,
+                        parameters=_int(run.params.get(variant.parameters)),
+                        size_bytes=_int(run.metrics.get(variant.size)),
+                        p50_ms_batch1=latency.get((name, 1, "p50_ms")),
+                        images_per_s_batch32=latency.get((name, 32, "images_per_s")),
+                    )
+                )
+    return rows
+
+
+def compare_runs(
+    tracking_uri: str,
+    experiment_name: str,
+    stages: Sequence[Stage[Any]],
+    last: int | None = None,
+    run_ids: Sequence[str] = (),
+) -> list[VariantRow]:
+    """Rows of the chosen runs (newest first), with speed-up and accuracy kept vs the teacher.
+    Raises ``TrackingError`` for an unknown experiment or run."""
+    tracker = Tracker(tracking_uri)
+    runs = tracker.pipeline_runs(experiment_name, last, run_ids)
+    if not runs:
+        raise TrackingError(f"experiment {experiment_name!r}: no kd-pipeline runs yet")
+    return with_relative_figures(
+        [row for run in runs for row in variant_rows(tracker, run, stages)]
+    )
+
+
+def write_comparison(rows: list[VariantRow], out_dir: Path) -> dict[str, Path]:
+    """The table as markdown and CSV, and the accuracy-latency scatter as PNG."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "comparison.md"
+    write_text(markdown, comparison_markdown(rows))
+    return {
+        "markdown": markdown,
+        "csv": write_comparison_csv(rows, out_dir / "comparison.csv"),
+        "png": accuracy_latency_scatter(rows, out_dir / "accuracy_vs_latency.png"),
+    }

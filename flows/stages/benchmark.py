@@ -1,0 +1,113 @@
+"""``benchmark``: PyTorch eager against ONNX Runtime (float32 and INT8) on this machine.
+
+Latency depends on the models, the settings and the machine, so the machine is part of the
+fingerprint: the same models on another machine are measured again.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import onnxruntime
+import torch
+
+from components.benchmark import (
+    cpu_info,
+    latency_chart,
+    measure_inference,
+    report_markdown,
+)
+from components.checkpoint import load_checkpoint
+from components.io import write_json, write_text
+from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
+from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport, OnnxRef
+from flows.stages.prepare_data import DataRef, PrepareData
+from flows.stages.student_baseline import StudentBaseline
+from flows.stages.student_kd import StudentKD
+from flows.stages.teacher import Teacher
+from flows.stages.training import ModelRef
+
+
+class BenchmarkRef(Ref):
+    json_path: str  # relative to the work dir
+    markdown_path: str
+    results: list[dict[str, Any]]
+
+    def verify(self, work_dir: Path) -> str | None:
+        return file_problem(work_dir, self.json_path) or file_problem(work_dir, self.markdown_path)
+
+
+class Benchmark(Stage[BenchmarkRef]):
+    name = "benchmark"
+    output = BenchmarkRef
+    reads = ("benchmark",)
+    needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport)
+
+    def environment(self) -> dict[str, Any]:
+        cpu = cpu_info()
+        return {
+            "machine": [platform.node(), cpu["model"], cpu["cores"]],
+            "versions": [torch.__version__, onnxruntime.__version__],
+        }
+
+    def run(self, ctx: StageContext) -> Outcome[BenchmarkRef]:
+        config = ctx.config.benchmark
+        info = ctx.input(PrepareData, DataRef).info(ctx.work_dir)
+        exported = ctx.input(OnnxExport, OnnxRef)
+
+        def load(stage: type[Stage[Any]]) -> tuple[str, torch.nn.Module]:
+            ref = ctx.input(stage, ModelRef)
+            path = ctx.work_dir / ref.checkpoint
+            return stage.name, load_checkpoint(path, "cpu", expected_sha256=ref.sha256)[0]
+
+        onnx_models = [(ONNX_VARIANT, ctx.work_dir / exported.export.path)]
+        if exported.int8_model is not None:
+            onnx_models.append((INT8_VARIANT, ctx.work_dir / exported.int8_model))
+        rows, report = measure_inference(
+            load(StudentKD),
+            onnx_models,
+            [load(Teacher), load(StudentBaseline)],
+            (info.in_channels, *info.image_size),
+            config,
+        )
+        json_path = write_json(ctx.directory / "benchmark.json", report)
+        md_path = write_text(ctx.directory / "benchmark.md", report_markdown(rows, report))
+        png_path = latency_chart(rows, ctx.directory / "latency.png")
+        metrics: dict[str, float] = {}
+        for r in rows:
+            prefix = f"{r.variant}.{r.runtime}.threads{r.threads}.batch{r.batch_size}"
+            metrics |= {
+                f"{prefix}.p50_ms": r.p50_ms,
+                f"{prefix}.p90_ms": r.p90_ms,
+                f"{prefix}.p99_ms": r.p99_ms,
+                f"{prefix}.mean_ms": r.mean_ms,
+                f"{prefix}.images_per_s": r.throughput_per_s,
+            }
+        headline = ("speedup_ort_fp32_vs_torch_b1", "fraction_of_matmul_peak", "flops_per_image")
+        metrics |= {k: report[k] for k in headline if report[k] is not None}
+        cpu = report["environment"]["cpu"]
+        ctx.log.info(
+            "ONNX Runtime float32 is %.2fx faster than PyTorch eager at batch %d",
+            report["speedup_ort_fp32_vs_torch_b1"] or 0.0,
+            min(config.batch_sizes),
+        )
+        record = Record(
+            metrics=metrics,
+            tags={
+                "cpu": cpu["model"],
+                "cores": cpu["cores"],
+                "isa": ",".join(f for f, on in cpu["isa"].items() if on),
+                "torch": torch.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+            files=[(json_path, None), (md_path, None), (png_path, None)],
+        )
+        ref = BenchmarkRef(
+            json_path=ctx.relative(json_path),
+            markdown_path=ctx.relative(md_path),
+            results=[asdict(r) for r in rows],
+        )
+        return Outcome(ref, record)

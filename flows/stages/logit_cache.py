@@ -1,0 +1,125 @@
+"""``logit-cache``: the teacher's logits on K replayed views of every training sample.
+
+The cache is content-addressed by its own key (components/logit_cache.py): teacher weights,
+dataset, view policy and seed, storage. When Prefect's record is gone but a verified cache of
+that key is on disk, it is reused (``cache_hit``); ``--force-stage logit-cache`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from components.checkpoint import load_checkpoint
+from components.logit_cache import (
+    CacheError,
+    CacheInfo,
+    CacheSpec,
+    LogitCache,
+    build_logit_cache,
+    open_logit_cache,
+)
+from components.training import resolve_device
+from flows.stage import Outcome, Record, Ref, Stage, StageContext
+from flows.stages.prepare_data import DataRef, PrepareData
+from flows.stages.teacher import Teacher
+from flows.stages.training import ModelRef
+
+
+class CacheRef(Ref):
+    info: CacheInfo  # its path relative to the work dir
+
+    def identity(self) -> Any:
+        return self.info.key
+
+    def verify(self, work_dir: Path) -> str | None:
+        try:
+            self.open(work_dir)
+        except CacheError as err:
+            return str(err)
+        return None
+
+    def open(self, work_dir: Path) -> LogitCache:
+        return open_logit_cache(work_dir / self.info.path, expected_key=self.info.key)
+
+
+class LogitCacheStage(Stage[CacheRef]):
+    name = "logit-cache"
+    output = CacheRef
+    # The view policy is the student's: the cache holds the views the students train on.
+    reads = (
+        "student.train.augment",
+        "cache.views",
+        "cache.storage",
+        "cache.top_k",
+        "cache.dtype",
+        "seed",
+        "device",
+    )
+    # Any chunking and any number of worker processes give the same bytes (tested).
+    settings = ("cache.chunk_rows", "distributed")
+    needs = (PrepareData, Teacher)
+
+    def run(self, ctx: StageContext) -> Outcome[CacheRef]:
+        config = ctx.config
+        data = ctx.input(PrepareData, DataRef)
+        teacher = ctx.input(Teacher, ModelRef)
+        spec = CacheSpec.create(
+            teacher.sha256,
+            data.fingerprint,
+            config.student.train.augment,
+            config.seed,
+            config.cache,
+        )
+        device = resolve_device(config.device)
+        model, _ = load_checkpoint(
+            ctx.work_dir / teacher.checkpoint, device, expected_sha256=teacher.sha256
+        )
+        started = time.perf_counter()
+        info = build_logit_cache(
+            model,
+            spec,
+            data.load(ctx.work_dir),
+            ctx.root,
+            config.cache.chunk_rows,
+            device,
+            rebuild=ctx.forced,
+            workers=config.distributed.nproc,
+        )
+        seconds = time.perf_counter() - started
+        directory = Path(info.path)
+        metrics = {
+            "rows": info.rows,
+            "views": info.views,
+            "bytes_per_sample_view": info.bytes_per_sample_view,
+            "cache_bytes": sum(p.stat().st_size for p in directory.glob("*.npy")),
+            "seconds": seconds,
+            "build_seconds": info.build_seconds,
+        }
+        if info.cache_hit:
+            # The build's own time, recorded in the manifest, minus what verifying took now.
+            metrics["time_saved_seconds"] = max(0.0, info.build_seconds - seconds)
+        hit = str(info.cache_hit).lower()
+        ctx.log.info(
+            "logit cache %s: %s (%d rows x %d views, %s, %d bytes per sample-view)",
+            info.key,
+            "reused (cache hit)" if info.cache_hit else "built",
+            info.rows,
+            info.views,
+            info.storage,
+            info.bytes_per_sample_view,
+        )
+        record = Record(
+            params={
+                "cache.key": info.key,
+                "teacher.sha256": teacher.sha256,
+                "view_seed": spec.view_seed,
+            },
+            metrics=metrics,
+            tags={"cache_key": info.key, "cache_hit": hit, "reused": hit},
+            files=[(directory / "manifest.json", None)],
+        )
+        ref = CacheRef(info=replace(info, path=ctx.relative(directory)))
+        return Outcome(ref, record)

@@ -1,0 +1,63 @@
+"""``prepare-data``: read the source, split it, fingerprint it, store it once as uint8 arrays.
+
+Not cached by Prefect: it runs every time, because only reading the source tells whether the
+data changed. The arrays are content-addressed (``prepare-data/<dataset fingerprint>/``), so
+unchanged data is stored once and every later stage keys on the same fingerprint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.data import Dataset, DatasetInfo, load_dataset, prepare_dataset
+from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
+
+
+class DataRef(Ref):
+    directory: str  # relative to the work dir
+    fingerprint: str
+    split_sizes: dict[str, int]
+
+    def identity(self) -> Any:
+        return self.fingerprint
+
+    def verify(self, work_dir: Path) -> str | None:
+        return file_problem(work_dir, f"{self.directory}/meta.json")
+
+    def load(self, work_dir: Path) -> Dataset:
+        return load_dataset(work_dir / self.directory)
+
+    def info(self, work_dir: Path) -> DatasetInfo:
+        return DatasetInfo.read(work_dir / self.directory)
+
+
+class PrepareData(Stage[DataRef]):
+    name = "prepare-data"
+    output = DataRef
+    reads = ("data", "split")
+    cached = False
+
+    def run(self, ctx: StageContext) -> Outcome[DataRef]:
+        info = prepare_dataset(ctx.config.data, ctx.config.split, ctx.root)
+        ctx.log.info(
+            "dataset %s: %s images per split, fingerprint %s",
+            ctx.config.data.kind,
+            info.split_sizes,
+            info.fingerprint,
+        )
+        params = {
+            "dataset.fingerprint": info.fingerprint,
+            "dataset.num_classes": info.num_classes,
+            "dataset.input_shape": [info.in_channels, *info.image_size],
+            **{f"dataset.{name}_size": n for name, n in info.split_sizes.items()},
+        }
+        tags = {"dataset_fingerprint": info.fingerprint}
+        ref = DataRef(
+            directory=ctx.relative(Path(info.path)),
+            fingerprint=info.fingerprint,
+            split_sizes=info.split_sizes,
+        )
+        metrics = {f"{name}_images": float(n) for name, n in info.split_sizes.items()}
+        record = Record(params=params, metrics=metrics, tags=tags)
+        return Outcome(ref, record, parent=Record(params=params, tags=tags))

@@ -1,0 +1,128 @@
+"""``report``: this run's summary, curves and confusion matrix, and the comparison with the
+runs before it, on the parent run (where a person opening the pipeline run looks first) and
+as a Prefect table artifact ``kd-comparison``.
+
+The summary and the comparison are read back from MLflow through the stages' declared
+variants (flows/compare.py), so they show every model the pipeline produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from components.benchmark import p50_of
+from components.data import normalize
+from components.onnx_export import onnx_session, run_onnx
+from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves
+from flows.compare import compare_runs, variant_rows, write_comparison
+from flows.runner import publish_table
+from flows.stage import Outcome, Record, Ref, Stage, StageContext
+from flows.stages.benchmark import Benchmark, BenchmarkRef
+from flows.stages.onnx_export import OnnxExport, OnnxRef
+from flows.stages.prepare_data import DataRef, PrepareData
+from flows.stages.student_baseline import StudentBaseline
+from flows.stages.student_kd import StudentKD
+from flows.stages.teacher import Teacher
+from flows.stages.training import ModelRef
+
+RUNS_IN_REPORT = 5  # this run and the four before it
+
+
+class ReportRef(Ref):
+    directory: str  # relative to the work dir
+    summary_markdown: str
+    comparison_markdown: str
+    files: dict[str, str]
+
+
+class Report(Stage[ReportRef]):
+    name = "report"
+    output = ReportRef
+    reads = ("experiment_name",)
+    needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
+    cached = False
+
+    def run(self, ctx: StageContext) -> Outcome[ReportRef]:
+        out_dir = ctx.directory
+        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
+        trained = {s.name: ctx.input(s, ModelRef) for s in (Teacher, StudentBaseline, StudentKD)}
+        exported = ctx.input(OnnxExport, OnnxRef)
+        bench = ctx.input(Benchmark, BenchmarkRef)
+        histories = {
+            name: json.loads((ctx.work_dir / ref.history).read_text())
+            for name, ref in trained.items()
+        }
+        curves = training_curves(histories, out_dir / "training_curves.png")
+
+        # The confusion matrix of the model that is handed off: the ONNX export, run by ORT.
+        images, labels = dataset.split("test")
+        inputs = normalize(np.asarray(images), dataset.info).contiguous().numpy()
+        model = ctx.work_dir / exported.export.path
+        predictions = run_onnx(onnx_session(model), inputs).argmax(1)
+        matrix = confusion_matrix(np.asarray(labels), predictions, dataset.info.num_classes)
+        confusion = confusion_chart(
+            matrix,
+            dataset.info.class_names,
+            out_dir / "confusion_matrix.png",
+            title=f"{StudentKD.name} (ONNX), test split: accuracy "
+            f"{np.trace(matrix) / matrix.sum():.4f}",
+        )
+
+        # This run's summary, and the comparison with the last finished runs before it.
+        parent = ctx.tracker.run(ctx.pipeline.parent_run_id)
+        p50 = {
+            (r["variant"], r["batch_size"]): p50_of(bench.results, r["variant"], r["batch_size"])
+            for r in bench.results
+        }
+        summary = summary_markdown(
+            variant_rows(ctx.tracker, parent, ctx.stages),
+            {key: value for key, value in p50.items() if value is not None},
+        )
+        experiment = ctx.config.experiment_name
+        earlier = ctx.tracker.pipeline_runs(experiment, last=RUNS_IN_REPORT - 1)
+        run_ids = [parent.run_id, *(r.run_id for r in earlier)]
+        rows = compare_runs(ctx.pipeline.tracking_uri, experiment, ctx.stages, run_ids=run_ids)
+        files = write_comparison(rows, out_dir)
+        comparison = files["markdown"].read_text()
+        publish_table(
+            "kd-comparison",
+            [{k: ("" if v is None else v) for k, v in row.__dict__.items()} for row in rows],
+            f"kd-pipeline: the last {RUNS_IN_REPORT} runs of experiment {experiment!r}, newest "
+            f"first (MLflow run {parent.run_id}).",
+        )
+        ctx.log.info("comparison with recent runs:\n%s", comparison)
+
+        teacher, baseline, student = trained.values()
+        parent_record = Record(
+            metrics={
+                "teacher_test_accuracy": teacher.test_accuracy,
+                "baseline_test_accuracy": baseline.test_accuracy,
+                "kd_test_accuracy": student.test_accuracy,
+                "onnx_test_accuracy": exported.export.onnx_test_accuracy,
+                "compression_ratio": teacher.parameters / student.parameters,
+            },
+            files=[
+                (curves, "figures"),
+                (confusion, "figures"),
+                *((path, "comparison") for path in files.values()),
+            ],
+            texts={"summary.md": summary},
+        )
+        ref = ReportRef(
+            directory=ctx.relative(out_dir),
+            summary_markdown=summary,
+            comparison_markdown=comparison,
+            files={
+                "training_curves": ctx.relative(curves),
+                "confusion_matrix": ctx.relative(confusion),
+                **{k: ctx.relative(v) for k, v in files.items()},
+            },
+        )
+        record = Record(metrics={"runs_compared": len(run_ids)}, texts={"summary.md": summary})
+        return Outcome(ref, record, parent=parent_record)
+
+    def summary(self, ref: ReportRef, work_dir: Path) -> list[str]:
+        return [f"Report and comparison: {work_dir / ref.directory}"]

@@ -1,0 +1,26 @@
+"""``student-kd``: the student distilled from the logit cache; the live teacher is never
+loaded, its knowledge arrives only as the cached logits of the exact views the student sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.config import PipelineConfig
+from components.recipes import Recipe, student_recipe
+from flows.stage import StageContext
+from flows.stages.logit_cache import CacheRef, LogitCacheStage
+from flows.stages.prepare_data import PrepareData
+from flows.stages.training import TrainingStage
+
+
+class StudentKD(TrainingStage):
+    name = "student-kd"
+    reads = ("student", "cache.views", "distill", "seed", "device", "distributed")
+    needs = (PrepareData, LogitCacheStage)
+
+    def recipe(self, config: PipelineConfig) -> Recipe:
+        return student_recipe(config, distilled=True)
+
+    def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
+        cache = ctx.input(LogitCacheStage, CacheRef)
+        return cache.open(ctx.work_dir), {"cache.key": cache.info.key, "cache.run_id": cache.run_id}

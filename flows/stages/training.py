@@ -1,0 +1,159 @@
+"""What the three training stages share: the trained-model reference and the stage body.
+
+``teacher``, ``student-baseline`` and ``student-kd`` differ only in their recipe (see
+components/recipes.py) and in whether the teacher's cached logits are the targets; each is
+a module of its own that says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.checkpoint import save_checkpoint
+from components.io import write_json
+from components.models import count_parameters
+from components.recipes import Recipe, fit
+from components.training import resolve_device
+from flows.stage import Outcome, Record, Ref, Stage, StageContext, Variant, file_problem
+from flows.stages.prepare_data import DataRef, PrepareData
+
+if TYPE_CHECKING:
+    # Only for the annotation: a launched training process that unpickles an EpochReport
+    # imports MLflow only when its rank logs.
+    from flows.tracking import MetricSink
+
+
+class ModelRef(Ref):
+    arch: str
+    checkpoint: str  # relative to the work dir
+    sha256: str
+    history: str  # history.json beside the checkpoint: metrics per epoch
+    parameters: int
+    size_bytes: int
+    test_accuracy: float
+
+    def identity(self) -> Any:
+        return self.sha256
+
+    def verify(self, work_dir: Path) -> str | None:
+        return file_problem(work_dir, self.checkpoint, self.sha256) or file_problem(
+            work_dir, self.history
+        )
+
+
+class EpochReport:
+    """Each epoch's metrics to the stage's MLflow run, and one line to the log. Picklable: in
+    a launched process (rank 0) the line goes to that process's console instead."""
+
+    def __init__(
+        self,
+        sink: MetricSink,
+        name: str,
+        epochs: int,
+        log: logging.Logger | logging.LoggerAdapter[Any] | None,
+    ) -> None:
+        self.sink, self.name, self.epochs, self.log = sink, name, epochs, log
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "log": None}
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.sink.log(metrics, step=epoch)
+        (self.log or logging.getLogger("kd.train")).info(
+            "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
+            self.name,
+            epoch,
+            self.epochs,
+            metrics["train_loss"],
+            metrics["train_accuracy"],
+            metrics["val_loss"],
+            metrics["val_accuracy"],
+        )
+
+
+class TrainingStage(Stage[ModelRef]):
+    """Train ``recipe(config)`` on the prepared data; keep the checkpoint and its history."""
+
+    output = ModelRef
+    variants = (Variant("{run}", "pytorch", accuracy="test_accuracy", size="checkpoint_bytes"),)
+
+    def recipe(self, config: Any) -> Recipe:
+        raise NotImplementedError
+
+    def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
+        """The teacher's logits to learn from (None: labels only), and params saying which."""
+        return None, {}
+
+    def run(self, ctx: StageContext) -> Outcome[ModelRef]:
+        data = ctx.input(PrepareData, DataRef)
+        dataset = data.load(ctx.work_dir)
+        recipe = self.recipe(ctx.config)
+        targets, target_params = self.targets(ctx)
+        device = resolve_device(ctx.config.device)
+        nproc = ctx.config.distributed.nproc
+        checkpoint = ctx.directory / "model.pt"
+        state_path = checkpoint.with_name("train_state.pt")
+        if state_path.is_file():
+            ctx.log.info("%s: resuming from the training state in %s", ctx.run_name, state_path)
+        if nproc > 1:
+            ctx.log.info(
+                "%s: training in %d processes (DistributedDataParallel)", ctx.run_name, nproc
+            )
+        report = EpochReport(ctx.metrics(), ctx.run_name, recipe.train.epochs, ctx.log)
+        model, result = fit(
+            recipe,
+            dataset,
+            device,
+            targets=targets,
+            nproc=nproc,
+            on_epoch=report,
+            state_path=state_path,
+            desc=ctx.run_name,
+        )
+        history = write_json(checkpoint.with_name("history.json"), result.history)
+        sha256 = save_checkpoint(
+            checkpoint,
+            model,
+            arch=recipe.arch,
+            in_channels=dataset.info.in_channels,
+            num_classes=dataset.info.num_classes,
+            config=ctx.declared_config(),
+            metrics=result.final,
+            dataset_fingerprint=data.fingerprint,
+        )
+        # The checkpoint supersedes the training state (a forced rerun must start over).
+        state_path.unlink(missing_ok=True)
+        tags: dict[str, Any] = {"checkpoint_sha256": sha256}
+        if result.resumed_from_epoch:
+            tags["resumed_from_epoch"] = result.resumed_from_epoch
+            ctx.log.info("%s: resumed after epoch %d", ctx.run_name, result.resumed_from_epoch)
+        size = checkpoint.stat().st_size
+        parameters = count_parameters(model)
+        ctx.log.info("%s: test accuracy %.4f", ctx.run_name, result.final["test_accuracy"])
+        # val_* of the last epoch is already logged at its step; add the test figures.
+        test_metrics = {k: v for k, v in result.final.items() if k.startswith("test_")}
+        record = Record(
+            params={
+                "model.name": recipe.arch,
+                "model.parameters": parameters,
+                "torch.device": str(device),
+                "dataset.fingerprint": data.fingerprint,
+                **target_params,
+            },
+            metrics={**test_metrics, "checkpoint_bytes": size},
+            step=recipe.train.epochs,
+            tags=tags,
+            files=[(checkpoint, "checkpoint"), (history, "checkpoint")],
+        )
+        ref = ModelRef(
+            arch=recipe.arch,
+            checkpoint=ctx.relative(checkpoint),
+            sha256=sha256,
+            history=ctx.relative(history),
+            parameters=parameters,
+            size_bytes=size,
+            test_accuracy=result.final["test_accuracy"],
+        )
+        return Outcome(ref, record)
