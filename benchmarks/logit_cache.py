@@ -35,33 +35,10 @@ from components.data import Dataset, load_dataset, normalize, prepare_dataset
 from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
 from components.recipes import fit, student_recipe, teacher_recipe
+from components.teachers import InputSpec, OnlineTeacher, TeacherView
 from flows.cli import add_config_arguments
 
 CPU = torch.device("cpu")
-
-
-class LiveTeacher:
-    """The usual online loop's teacher: a forward pass on every batch's views.
-
-    It answers the same question as ``LogitCache.logits`` (same rows, same replayed views),
-    so the identical training loop can run with either.
-    """
-
-    def __init__(self, teacher: nn.Module, dataset: Dataset, cache: LogitCache):
-        self.teacher, self.dataset = teacher.eval(), dataset
-        self.manifest, self.rows, self.directory = cache.manifest, cache.rows, "live teacher"
-        spec = cache.manifest["spec"]
-        self.seed, self.policy = spec["view_seed"], AugmentConfig(**spec["augment"])
-
-    @torch.no_grad()
-    def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        train = self.dataset.splits["train"]
-        rendered = render_views(self._fetch, rows, train, views, self.policy, self.seed)
-        return self.teacher(normalize(rendered.images, self.dataset.info))
-
-    def _fetch(self, rows: np.ndarray) -> torch.Tensor:
-        train = self.dataset.splits["train"]
-        return torch.as_tensor(np.asarray(self.dataset.images[train[rows]]))
 
 
 def train_student(
@@ -167,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build {build_tput:,.0f}/s vs inference {infer_tput:,.0f}/s", flush=True)
 
     # 2-4. epoch times and accuracy: cache, live teacher, labels only
-    live = LiveTeacher(teacher, dataset, cache)
+    live = OnlineTeacher(TeacherView(teacher, InputSpec.of_data(info), None), dataset, cache)
     runs: dict[str, list[tuple[float, float]]] = {"cached": [], "live": [], "labels": []}
     for seed in range(args.seeds):
         config_k = with_views(k)

@@ -339,19 +339,23 @@ def latency_chart(rows: list[Latency], path: Path) -> Path:
 def measure_inference(
     student: tuple[str, nn.Module],
     onnx_models: list[tuple[str, Path]],
-    others: list[tuple[str, nn.Module]],
+    others: list[tuple[str, nn.Module | Path, tuple[int, int, int]]],
     input_shape: tuple[int, int, int],
     config: BenchmarkConfig,
 ) -> tuple[list[Latency], dict[str, Any]]:
     """The student in PyTorch and each ONNX model at every batch size and thread count; the
-    other models (teacher, baseline) on all cores only, for comparison. The first ONNX model
-    is the float32 export the headline ratios are about."""
+    other models (teacher, baseline: a module, or an ONNX file, each with its own input
+    shape) on all cores only, for comparison. The first ONNX model is the float32 export the
+    headline ratios are about."""
     name, model = student
     rows = benchmark_torch(name, model, input_shape, config)
     for variant, path in onnx_models:
         rows += benchmark_onnx(variant, path, input_shape, config)
-    for variant, other in others:
-        rows += benchmark_torch(variant, other, input_shape, config, threads=(0,))
+    for variant, other, shape in others:
+        if isinstance(other, Path):
+            rows += benchmark_onnx(variant, other, shape, config, threads=(0,))
+        else:
+            rows += benchmark_torch(variant, other, shape, config, threads=(0,))
     report = report_json(
         rows,
         environment(),

@@ -24,6 +24,9 @@ def save_checkpoint(
     arch: str,
     in_channels: int,
     num_classes: int,
+    image_size: int = 32,
+    native: bool = False,
+    class_names: list[str] | None = None,
     config: dict[str, Any],
     metrics: dict[str, float],
     dataset_fingerprint: str,
@@ -34,6 +37,9 @@ def save_checkpoint(
         "arch": arch,
         "in_channels": in_channels,
         "num_classes": num_classes,
+        "image_size": image_size,
+        "native": native,  # a torchvision architecture as torchvision builds it
+        "class_names": class_names,  # in output order, when known
         "config": config,
         "metrics": metrics,
         "dataset_fingerprint": dataset_fingerprint,
@@ -62,7 +68,11 @@ def load_checkpoint(
         # weights_only: a checkpoint is data, never code to unpickle.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         model = build_model(
-            checkpoint["arch"], checkpoint["in_channels"], checkpoint["num_classes"]
+            checkpoint["arch"],
+            checkpoint["in_channels"],
+            checkpoint["num_classes"],
+            checkpoint.get("image_size", 32),
+            checkpoint.get("native", False),
         )
         model.load_state_dict(checkpoint["model"])
     except Exception as err:

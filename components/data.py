@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, assert_never, cast
@@ -306,11 +307,38 @@ def normalize(images: np.ndarray | torch.Tensor, info: DatasetInfo) -> torch.Ten
     The result is channels-last in memory: CPU convolutions, batch norm and pooling run
     25-30% faster on it than on NCHW-contiguous tensors for the models here.
     """
+    return standardize_pixels(images, info.mean, info.std)
+
+
+def standardize_pixels(
+    images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Pixels in [0, 255] (uint8, or float for mixed views) -> (x / 255 - mean) / std per
+    channel, float32, channels-last."""
     if isinstance(images, np.ndarray):
         # A slice of the read-only memory map is not writable; torch wants an array it may own.
         images = torch.from_numpy(np.require(images, requirements=["W"]))
     batch = images
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    scaled = (batch.float() / 255.0 - mean) / std
+    shift = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    scale = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    scaled = (batch.float() / 255.0 - shift) / scale
     return scaled.contiguous(memory_format=torch.channels_last)
+
+
+def source_signature(source: DataSource) -> tuple[list[str], int, int]:
+    """(class names, channels, image size) of a source, read without preparing it: what the
+    pre-flight checks compare a teacher and a student with."""
+    match source:
+        case MlxtendMnistSource():
+            return [str(d) for d in range(10)], 1, 28
+        case ImageFolderSource():
+            from torchvision.datasets.folder import find_classes
+
+            return find_classes(str(source.root))[0], source.channels, source.image_size
+        case TorchvisionSource():
+            split = _torchvision_split(source, train=False)
+            sample = np.asarray(split.data[:1], dtype=np.uint8)
+            channels = 1 if sample.ndim == 3 else int(sample.shape[-1])
+            return list(split.classes), channels, int(sample.shape[1])
+        case _:
+            assert_never(source)

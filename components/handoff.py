@@ -139,8 +139,10 @@ def handoff_card(
     data: DatasetInfo,
     data_source: str,
     provenance: dict[str, str],
+    recipes: dict[str, str] | None = None,
 ) -> str:
-    """The model card of a handed-off student. ``teacher``/``student``: (architecture,
+    """The model card of a handed-off student. ``recipes``: model -> the input it was fed
+    (the teacher's own, when it came from elsewhere). ``teacher``/``student``: (architecture,
     parameters); ``export``: the accepted export's exporter, opset and parity report;
     ``benchmark_results``: the benchmark's rows, of which the ONNX Runtime ones are shown."""
     (teacher_arch, teacher_params), (student_arch, student_params) = teacher, student
@@ -161,5 +163,5 @@ def handoff_card(
         ],
         int8_reason=int8_reason,
         parity=export["parity"],
-        run_ids=provenance,
+        run_ids={**provenance, **{f"{k} input": v for k, v in (recipes or {}).items()}},
     )

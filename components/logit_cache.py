@@ -45,12 +45,13 @@ from tqdm import tqdm
 
 from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig
-from components.data import Dataset, normalize
+from components.data import Dataset, DatasetInfo
 from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
+from components.teachers import InputSpec, TeacherView
 from components.training import place, show_progress
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the teacher's input recipe and class map in the spec
 
 
 class CacheError(ValueError):
@@ -69,6 +70,10 @@ class CacheSpec:
     storage: Literal["full", "topk"]
     top_k: int | None
     dtype: str
+    # The teacher's own input recipe (None: the data's) and, per dataset class, the teacher
+    # output that scores it (None: the same classes in the same order); see teachers.py.
+    teacher_input: dict[str, Any] | None = None
+    class_index: list[int] | None = None
 
     @classmethod
     def create(
@@ -78,6 +83,8 @@ class CacheSpec:
         augment: AugmentConfig,
         view_seed: int,
         config: CacheConfig,
+        teacher_input: dict[str, Any] | None = None,
+        class_index: list[int] | None = None,
     ) -> CacheSpec:
         return cls(
             teacher_sha256=teacher_sha256,
@@ -88,6 +95,8 @@ class CacheSpec:
             storage=config.storage,
             top_k=config.top_k if config.storage == "topk" else None,
             dtype=config.dtype,
+            teacher_input=teacher_input,
+            class_index=class_index,
         )
 
     @property
@@ -268,7 +277,11 @@ def build_logit_cache(
     builds). ``rebuild`` discards a finished or interrupted cache of this key and computes
     every chunk again. ``workers`` > 1 splits the chunks over that many launched processes
     (components.distributed); the bytes are the same for any count.
+
+    ``teacher``: a ``TeacherView`` (input recipe and class map of a teacher from elsewhere,
+    matching the spec's), or a plain module fed the data's own recipe.
     """
+    teacher = _as_view(teacher, spec, dataset.info)
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
         raise CacheError(f"cache.top_k ({spec.top_k}) must be below the class count ({classes})")
@@ -351,6 +364,18 @@ def build_logit_cache(
         os.replace(partial, final)
         fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
+
+
+def _as_view(teacher: nn.Module, spec: CacheSpec, info: DatasetInfo) -> TeacherView:
+    if not isinstance(teacher, TeacherView):
+        teacher = TeacherView(teacher, InputSpec.of_data(info), None)
+    wanted = spec.teacher_input or InputSpec.of_data(info).as_dict()
+    if teacher.spec.as_dict() != wanted or teacher.class_index != spec.class_index:
+        raise CacheError(
+            f"the teacher's input recipe {teacher.spec.as_dict()} and class map "
+            f"{teacher.class_index} are not the cache spec's ({wanted}, {spec.class_index})"
+        )
+    return teacher
 
 
 def _build_chunk(
@@ -445,7 +470,8 @@ def teacher_view_logits(
     spec: CacheSpec,
     device: torch.device,
 ) -> torch.Tensor:
-    """Float32 logits (len(rows), K, classes) of the teacher on each replayed view."""
+    """Float32 logits (len(rows), K, classes) of the teacher (a ``TeacherView``) on each
+    replayed view."""
     train_indices = dataset.splits["train"]
     policy = AugmentConfig(**spec.augment)
 
@@ -455,5 +481,5 @@ def teacher_view_logits(
     per_view = []
     for view in range(spec.views):
         views = render_views(fetch, rows, train_indices, view, policy, spec.view_seed)
-        per_view.append(teacher(normalize(views.images, dataset.info)).float().cpu())
+        per_view.append(teacher(views.images).float().cpu())
     return torch.stack(per_view, dim=1)

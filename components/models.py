@@ -7,6 +7,11 @@
 - ``cnn_small`` / ``cnn_tiny``: plain conv-BN-ReLU students, about 13k and 5k parameters.
 - ``resnet18`` / ``mobilenet_v3_small``: torchvision's, with the stem adapted to small inputs
   (stride-1 3x3 first conv, no max-pool for ResNet) and the channel count of the data.
+- ``torchvision:<name>``: any classification architecture of torchvision
+  (``torchvision.models.get_model``, never with downloaded weights). As a student it gets the
+  dataset's classes and a stem adapted to its channels and, below 64 px, its size (see
+  ``adapt_stem``); ``native=True`` builds it exactly as torchvision does, for a teacher whose
+  weights were trained that way.
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from components.config import ArchName
 
 
 class BasicBlock(nn.Module):
@@ -169,7 +172,65 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_model(name: ArchName, in_channels: int, num_classes: int) -> nn.Module:
+TORCHVISION = "torchvision:"
+
+
+def torchvision_names() -> list[str]:
+    """The classification architectures torchvision can build."""
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
+def adapt_stem(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
+    """Fit an ImageNet-style network to other inputs: its first convolution takes
+    ``in_channels``, and for images under 64 px that convolution keeps the resolution
+    (stride 1) and a max-pool right after the stem is dropped, so that a 28-32 px image is not
+    reduced to 1x1 maps before the first stage."""
+    small = image_size < 64
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError("no convolution to adapt: not an image classifier of the usual shape")
+    replacement = nn.Conv2d(
+        in_channels,
+        first.out_channels,
+        first.kernel_size,  # type: ignore[arg-type]
+        stride=1 if small else first.stride,  # type: ignore[arg-type]
+        padding=first.padding,  # type: ignore[arg-type]
+        bias=first.bias is not None,
+    )
+    _replace(model, first, replacement)
+    if small and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    image_size: int = 32,
+    native: bool = False,
+) -> nn.Module:
+    """An architecture by name, for inputs of ``in_channels`` x ``image_size`` and
+    ``num_classes`` outputs. ``native``: a torchvision architecture exactly as torchvision
+    builds it (3 input channels, its own stem), only its class count set."""
+    if name.startswith(TORCHVISION):
+        from torchvision import models
+
+        arch = name.removeprefix(TORCHVISION)
+        if arch not in torchvision_names():
+            raise ValueError(f"unknown torchvision architecture {arch!r}")
+        model = models.get_model(arch, weights=None, num_classes=num_classes)
+        return model if native else adapt_stem(model, in_channels, image_size)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[name](in_channels, num_classes)

@@ -70,7 +70,11 @@ class ExportResult:
     parity: dict[str, Any]  # the full parity report of the accepted model
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+def export_graph(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool = True
+) -> None:
+    """The ONNX graph of ``model`` on inputs shaped like ``example``, batch dimension dynamic;
+    no gates (``export_onnx`` is the gated export of a student)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -199,7 +203,7 @@ def export_onnx(
         for exporter in ("dynamo", "torchscript"):
             candidate = Path(scratch) / f"{exporter}.onnx"
             try:
-                _export(model, example, candidate, config.opset_version, exporter == "dynamo")
+                export_graph(model, example, candidate, config.opset_version, exporter == "dynamo")
                 check_structure(candidate, config.check_batch_sizes, inputs[:64].numpy())
                 produced = run_onnx(onnx_session(candidate), inputs.numpy())
             except Exception as err:

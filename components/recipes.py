@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from components.augment import stream_seed
-from components.config import ArchName, DistillConfig, PipelineConfig, TrainConfig
+from components.config import DistillConfig, PipelineConfig, TrainConfig
 from components.data import Dataset, load_dataset
 from components.distributed import (
     join_process_group,
@@ -41,7 +41,7 @@ from components.training import EpochCallback, TrainResult, seed_everything, tra
 class Recipe:
     """Everything that decides a trained model's weights, given the data."""
 
-    arch: ArchName
+    arch: str  # ArchName or torchvision:<name>
     train: TrainConfig
     seed: int
     view_seed: int  # seeds the replayed augmentation (see components/augment.py)
@@ -94,7 +94,8 @@ def fit(
     if (targets is None) != (recipe.distill is None):
         raise ValueError("a distilled recipe needs the teacher's targets, a label-only one none")
     seed_everything(recipe.seed)
-    model = build_model(recipe.arch, dataset.info.in_channels, dataset.info.num_classes)
+    info = dataset.info
+    model = build_model(recipe.arch, info.in_channels, info.num_classes, min(info.image_size))
     if nproc == 1:
         result = _train(recipe, model, dataset, device, targets, on_epoch, state_path, desc)
         return model.eval(), result

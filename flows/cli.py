@@ -390,17 +390,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_yaml(config), end="")
         return 0
     # Imported here, not at the top: `kd predict` must run without torch.
-    from components.data import DataError, check_source
+    from components.data import DataError
+    from components.teachers import TeacherError
     from flows.pipeline import PIPELINE
     from flows.runner import StageError, resolve_force
+    from flows.stage import PreflightError
 
-    # Bad input is the user's to fix: one line, exit 2, before any run is opened.
+    # Bad input is the user's to fix: one line, exit 2, before any run is opened or any file
+    # written. Each stage checks what it will read (data source, teacher, architectures).
     try:
         resolve_force(_force(args), PIPELINE)
-        check_source(config.data)
-        ensure_writable(config.work_dir)
         check_servers()
-    except (DataError, WorkDirError, ServerUnreachable, StageError) as err:
+        for stage in PIPELINE:
+            stage.preflight(config)
+        ensure_writable(config.work_dir)
+    except (WorkDirError, ServerUnreachable, StageError, PreflightError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -412,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kd: interrupted", file=sys.stderr)
         return 130
-    except DataError as err:  # found only once the data is read (e.g. no readable image)
+    except (DataError, TeacherError) as err:  # found only once the data is read
         if args.debug:
             raise
         print(f"kd: {err}", file=sys.stderr)

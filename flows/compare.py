@@ -80,7 +80,7 @@ def variant_rows(
                         run_id=parent.run_id,
                         run_name=run_name,
                         variant=name,
-                        runtime=variant.runtime,
+                        runtime=run.params.get(variant.runtime_param, variant.runtime),
                         test_accuracy=accuracy,
                         parameters=_int(run.params.get(variant.parameters)),
                         size_bytes=_int(run.metrics.get(variant.size)),

@@ -99,6 +99,11 @@ class Variant:
     accuracy: str  # metric
     size: str  # metric, bytes
     parameters: str = "model.parameters"  # param
+    runtime_param: str = "model.runtime"  # a param that overrides ``runtime`` where logged
+
+
+class PreflightError(ValueError):
+    """Bad input found before any work: one line for the user, exit code 2."""
 
 
 class UndeclaredRead(AttributeError):
@@ -160,8 +165,13 @@ class Stage(Generic[R]):
     def enabled(self, config: PipelineConfig) -> bool:
         return True
 
-    def environment(self) -> dict[str, Any]:
-        """Inputs outside the config that decide the output (the machine, for timings)."""
+    def preflight(self, config: PipelineConfig) -> None:
+        """Refuse, before any work and writing nothing, an input this stage cannot use (a
+        missing file, a model that does not fit the data): raise ``PreflightError``."""
+
+    def environment(self, config: PipelineConfig) -> dict[str, Any]:
+        """Inputs outside the config that decide the output: the machine, for timings; the
+        content of a file or registry version the config only names."""
         return {}
 
     def run(self, ctx: StageContext) -> Outcome[R]:
@@ -178,7 +188,7 @@ class Stage(Generic[R]):
                 "version": self.version,
                 "config": {path: section(config, path) for path in self.reads},
                 "inputs": {need.name: inputs[need.name].identity() for need in self.needs},
-                "environment": self.environment(),
+                "environment": self.environment(config),
             }
         )[:16]
 

@@ -48,7 +48,11 @@ def pipeline_runs(client: MlflowClient) -> list[tuple[Run, dict[str, Run]]]:
     experiment = client.get_experiment_by_name(PipelineConfig().experiment_name)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [
+        r
+        for r in runs
+        if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("pipeline") == "kd-pipeline"
+    ]
     return [
         (
             parent,

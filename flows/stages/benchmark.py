@@ -21,7 +21,9 @@ from components.benchmark import (
     report_markdown,
 )
 from components.checkpoint import load_checkpoint
+from components.config import PipelineConfig
 from components.io import write_json, write_text
+from components.teachers import load_teacher
 from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
 from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport, OnnxRef
 from flows.stages.prepare_data import DataRef, PrepareData
@@ -46,7 +48,7 @@ class Benchmark(Stage[BenchmarkRef]):
     reads = ("benchmark",)
     needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport)
 
-    def environment(self) -> dict[str, Any]:
+    def environment(self, config: PipelineConfig) -> dict[str, Any]:
         cpu = cpu_info()
         return {
             "machine": [platform.node(), cpu["model"], cpu["cores"]],
@@ -58,19 +60,29 @@ class Benchmark(Stage[BenchmarkRef]):
         info = ctx.input(PrepareData, DataRef).info(ctx.work_dir)
         exported = ctx.input(OnnxExport, OnnxRef)
 
-        def load(stage: type[Stage[Any]]) -> tuple[str, torch.nn.Module]:
+        shape = (info.in_channels, *info.image_size)
+
+        def other(
+            stage: type[Stage[Any]],
+        ) -> tuple[str, torch.nn.Module | Path, tuple[int, int, int]]:
+            """A model to time beside the student: an ONNX teacher runs in ONNX Runtime."""
             ref = ctx.input(stage, ModelRef)
             path = ctx.work_dir / ref.checkpoint
-            return stage.name, load_checkpoint(path, "cpu", expected_sha256=ref.sha256)[0]
+            model = path if ref.format == "onnx" else load_teacher(path, ref.format)
+            return stage.name, model, ref.input_shape(info)
 
+        student = ctx.input(StudentKD, ModelRef)
+        student_model = load_checkpoint(
+            ctx.work_dir / student.checkpoint, "cpu", expected_sha256=student.sha256
+        )[0]
         onnx_models = [(ONNX_VARIANT, ctx.work_dir / exported.export.path)]
         if exported.int8_model is not None:
             onnx_models.append((INT8_VARIANT, ctx.work_dir / exported.int8_model))
         rows, report = measure_inference(
-            load(StudentKD),
+            (StudentKD.name, student_model),
             onnx_models,
-            [load(Teacher), load(StudentBaseline)],
-            (info.in_channels, *info.image_size),
+            [other(Teacher), other(StudentBaseline)],
+            shape,
             config,
         )
         json_path = write_json(ctx.directory / "benchmark.json", report)

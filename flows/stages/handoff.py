@@ -16,6 +16,7 @@ from components.data import normalize
 from components.handoff import handoff_card, write_bundle
 from components.onnx_export import onnx_session, run_onnx
 from components.quantize import int8_decision
+from components.teachers import InputSpec
 from flows.stage import Outcome, Record, Ref, Stage, StageContext
 from flows.stages.benchmark import Benchmark, BenchmarkRef
 from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport, OnnxRef
@@ -108,6 +109,10 @@ class Handoff(Stage[HandoffRef]):
             },
             data=dataset.info,
             data_source=config.data.kind,
+            recipes={
+                "teacher": teacher.input_recipe(dataset.info),
+                "student": InputSpec.of_data(dataset.info).describe(),
+            },
             provenance={
                 "pipeline run": ctx.pipeline.parent_run_id,
                 "teacher run": teacher.run_id,

@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from components.checkpoint import load_checkpoint
+import torch
+
 from components.logit_cache import (
     CacheError,
     CacheInfo,
@@ -22,7 +23,7 @@ from components.logit_cache import (
     open_logit_cache,
 )
 from components.training import resolve_device
-from flows.stage import Outcome, Record, Ref, Stage, StageContext
+from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
 from flows.stages.prepare_data import DataRef, PrepareData
 from flows.stages.teacher import Teacher
 from flows.stages.training import ModelRef
@@ -66,22 +67,26 @@ class LogitCacheStage(Stage[CacheRef]):
         config = ctx.config
         data = ctx.input(PrepareData, DataRef)
         teacher = ctx.input(Teacher, ModelRef)
+        dataset = data.load(ctx.work_dir)
         spec = CacheSpec.create(
             teacher.sha256,
             data.fingerprint,
             config.student.train.augment,
             config.seed,
             config.cache,
+            teacher_input=teacher.input_spec,
+            class_index=teacher.class_index,
         )
-        device = resolve_device(config.device)
-        model, _ = load_checkpoint(
-            ctx.work_dir / teacher.checkpoint, device, expected_sha256=teacher.sha256
-        )
+        problem = file_problem(ctx.work_dir, teacher.checkpoint, teacher.sha256)
+        if problem is not None:
+            raise CacheError(f"the teacher cannot be used: {problem}")
+        # ONNX Runtime runs on the CPU here; PyTorch teachers on the configured device.
+        device = resolve_device(config.device) if teacher.format != "onnx" else torch.device("cpu")
         started = time.perf_counter()
         info = build_logit_cache(
-            model,
+            teacher.view(ctx.work_dir, dataset.info),
             spec,
-            data.load(ctx.work_dir),
+            dataset,
             ctx.root,
             config.cache.chunk_rows,
             device,

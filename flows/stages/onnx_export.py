@@ -74,6 +74,7 @@ class OnnxExport(Stage[OnnxRef]):
                 "student_run_id": student.run_id,
                 "student_checkpoint_sha256": student.sha256,
                 "student_test_accuracy": f"{student.test_accuracy:.6f}",
+                "teacher_input_recipe": teacher.input_recipe(dataset.info),
             },
         )
         path = ctx.directory / "model.onnx"

@@ -10,8 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.data import Dataset, DatasetInfo, load_dataset, prepare_dataset
-from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
+from components.config import PipelineConfig
+from components.data import (
+    DataError,
+    Dataset,
+    DatasetInfo,
+    check_source,
+    load_dataset,
+    prepare_dataset,
+)
+from flows.stage import Outcome, PreflightError, Record, Ref, Stage, StageContext, file_problem
 
 
 class DataRef(Ref):
@@ -37,6 +45,12 @@ class PrepareData(Stage[DataRef]):
     output = DataRef
     reads = ("data", "split")
     cached = False
+
+    def preflight(self, config: PipelineConfig) -> None:
+        try:
+            check_source(config.data)
+        except DataError as err:
+            raise PreflightError(str(err)) from None
 
     def run(self, ctx: StageContext) -> Outcome[DataRef]:
         info = prepare_dataset(ctx.config.data, ctx.config.split, ctx.root)

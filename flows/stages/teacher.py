@@ -1,18 +1,220 @@
-"""``teacher``: train the teacher on the labels, a fresh augmented view every epoch."""
+"""``teacher``: train the teacher here, or bring in the one you already have.
+
+``teacher.source`` says which (components/config.py):
+1. ``train``: the teacher recipe, a fresh augmented view every epoch (components/recipes.py);
+2. ``checkpoint``: a checkpoint of this pipeline, or a plain ``state_dict`` of an architecture;
+3. ``torchvision``: a torchvision architecture with a local weights file;
+4. ``onnx``: an ONNX file, then run by ONNX Runtime for the cache;
+5. ``mlflow``: a model URI MLflow resolves, ONNX or PyTorch flavour (the latter exported with
+   ``torch.export``, so that loading it again runs none of its authors' Python).
+
+A teacher from elsewhere is trained by nobody here: the stage copies or converts it into its
+folder (sha256 recorded), resolves its input recipe and class map against the data, evaluates
+it on validation and test through them, and hands on the reference the cache reads. The
+fingerprint includes the source's content (file sha256, or the registry version an alias
+points at now), so a new teacher version invalidates exactly the cache and what depends on it.
+"""
 
 from __future__ import annotations
 
-from components.config import PipelineConfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.config import (
+    CheckpointTeacher,
+    MlflowTeacher,
+    OnnxTeacher,
+    PipelineConfig,
+    TeacherSource,
+    TorchvisionTeacher,
+    TrainedTeacher,
+)
+from components.data import source_signature
+from components.io import sha256_file, write_json
 from components.recipes import Recipe, teacher_recipe
-from flows.stages.prepare_data import PrepareData
-from flows.stages.training import TrainingStage
+from components.teachers import (
+    InputSpec,
+    TeacherError,
+    TeacherFormat,
+    TeacherView,
+    class_index,
+    import_checkpoint,
+    import_module,
+    import_onnx,
+    import_torchvision,
+    load_teacher,
+    output_count,
+    parameter_count,
+    teacher_accuracy,
+)
+from components.training import place, resolve_device
+from flows.stage import Outcome, PreflightError, Record, StageContext
+from flows.stages.prepare_data import DataRef, PrepareData
+from flows.stages.training import ModelRef, TrainingStage
+from flows.tracking import Tracker, TrackingError, resolve_tracking_uri
+
+
+def bring_in(
+    source: TeacherSource, spec: InputSpec, directory: Path, tracker: Tracker
+) -> tuple[Path, TeacherFormat, list[str] | None, str]:
+    """The teacher as a file of ours in ``directory``: (path, format, the class names it
+    knows, what it was made from)."""
+    match source:
+        case CheckpointTeacher():
+            path = directory / "model.pt"
+            names = import_checkpoint(source.path, source.arch, path)
+            return path, "checkpoint", names, str(source.path)
+        case TorchvisionTeacher():
+            path = directory / "model.pt"
+            import_torchvision(source.name, source.weights, path)
+            return path, "checkpoint", None, f"torchvision:{source.name} + {source.weights}"
+        case OnnxTeacher():
+            path = directory / "model.onnx"
+            return path, "onnx", import_onnx(source.path, path), str(source.path)
+        case MlflowTeacher():
+            with tempfile.TemporaryDirectory() as scratch:
+                flavour, found = tracker.fetch_model(source.uri, Path(scratch))
+                if flavour == "onnx":
+                    path = directory / "model.onnx"
+                    return path, "onnx", import_onnx(found, path), source.uri
+                path = directory / "model.pt2"
+                import_module(found, spec, path)
+                return path, "exported", None, source.uri
+        case TrainedTeacher():
+            raise ValueError("a trained teacher is not brought in")
 
 
 class Teacher(TrainingStage):
     name = "teacher"
-    # The device and the process count change the weights (kernels, per-process BatchNorm).
+    # The device and the process count change a trained teacher's weights (kernels,
+    # per-process BatchNorm).
     reads = ("teacher", "seed", "device", "distributed")
     needs = (PrepareData,)
 
     def recipe(self, config: PipelineConfig) -> Recipe:
         return teacher_recipe(config)
+
+    def environment(self, config: PipelineConfig) -> dict[str, Any]:
+        match source := config.teacher.source:
+            case TrainedTeacher():
+                return {}
+            case CheckpointTeacher() | OnnxTeacher():
+                return {"sha256": sha256_file(source.path)}
+            case TorchvisionTeacher():
+                return {"sha256": sha256_file(source.weights)}
+            case MlflowTeacher():
+                return {"model": Tracker(resolve_tracking_uri()).resolve_model(source.uri)[1]}
+
+    def preflight(self, config: PipelineConfig) -> None:
+        teacher = config.teacher
+        if isinstance(teacher.source, TrainedTeacher):
+            super().preflight(config)
+            return
+        # Bring the teacher into a scratch folder and check it against the data, as the run
+        # will: a missing file, a URI that does not resolve, weights of another architecture,
+        # classes that do not match, all stop here.
+        classes, channels, size = source_signature(config.data)
+        recipe = teacher.input
+        spec = InputSpec(
+            recipe.channels or channels,
+            (recipe.image_size or size,) * 2,
+            recipe.mean or (0.5,) * (recipe.channels or channels),
+            recipe.std or (0.25,) * (recipe.channels or channels),
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                tracker = Tracker(resolve_tracking_uri())
+                path, kind, names, _ = bring_in(teacher.source, spec, Path(scratch), tracker)
+                model = load_teacher(path, kind)
+                outputs = output_count(model, spec)
+                class_index(classes, teacher.classes or names, outputs, teacher.class_map)
+            except (TeacherError, TrackingError) as err:
+                raise PreflightError(f"teacher.source ({teacher.source.kind}): {err}") from None
+
+    def run(self, ctx: StageContext) -> Outcome[ModelRef]:
+        if isinstance(ctx.config.teacher.source, TrainedTeacher):
+            return super().run(ctx)
+        return self.bring(ctx)
+
+    def bring(self, ctx: StageContext) -> Outcome[ModelRef]:
+        """A teacher from elsewhere: copied or converted, checked, evaluated; never trained."""
+        teacher = ctx.config.teacher
+        data = ctx.input(PrepareData, DataRef)
+        dataset = data.load(ctx.work_dir)
+        spec = InputSpec.resolve(teacher.input, dataset.info)
+        ctx.directory.mkdir(parents=True, exist_ok=True)
+        path, kind, names, origin = bring_in(teacher.source, spec, ctx.directory, ctx.tracker)
+        model = load_teacher(path, kind)
+        index = class_index(
+            dataset.info.class_names,
+            teacher.classes or names,
+            output_count(model, spec),
+            teacher.class_map,
+        )
+        # ONNX Runtime runs on the CPU here; PyTorch teachers on the configured device.
+        device = resolve_device(ctx.config.device) if kind != "onnx" else torch.device("cpu")
+        view = TeacherView(place(model, device).eval(), spec, index)
+        metrics = {
+            **teacher_accuracy(view, dataset, "val", device),
+            **teacher_accuracy(view, dataset, "test", device),
+        }
+        history = write_json(ctx.directory / "history.json", [])  # trained elsewhere
+        sha256, size = sha256_file(path), path.stat().st_size
+        parameters = parameter_count(model, path, kind)
+        arch = _describe(teacher.source, kind)
+        ctx.log.info(
+            "teacher from %s (%s, %d parameters, sha256 %s): input %s; test accuracy %.4f",
+            origin,
+            kind,
+            parameters,
+            sha256[:12],
+            spec.describe(),
+            metrics["test_accuracy"],
+        )
+        record = Record(
+            params={
+                "model.name": arch,
+                "model.parameters": parameters,
+                "model.format": kind,
+                "model.runtime": "onnxruntime" if kind == "onnx" else "pytorch",
+                "teacher.origin": origin,
+                "teacher.input_recipe": spec.describe(),
+                "teacher.class_index": index if index is not None else "identity",
+                "dataset.fingerprint": data.fingerprint,
+            },
+            metrics={**metrics, "checkpoint_bytes": size},
+            tags={"checkpoint_sha256": sha256, "teacher_source": teacher.source.kind},
+            files=[(path, "checkpoint")],
+        )
+        ref = ModelRef(
+            arch=arch,
+            checkpoint=ctx.relative(path),
+            sha256=sha256,
+            history=ctx.relative(history),
+            parameters=parameters,
+            size_bytes=size,
+            test_accuracy=metrics["test_accuracy"],
+            format=kind,
+            # the data's own recipe is no recipe of its own: the cache is then the one a
+            # trained teacher of the same bytes has
+            input_spec=None if spec == InputSpec.of_data(dataset.info) else spec.as_dict(),
+            class_index=index,
+        )
+        return Outcome(ref, record)
+
+
+def _describe(source: TeacherSource, kind: TeacherFormat) -> str:
+    match source:
+        case CheckpointTeacher():
+            return source.arch or f"checkpoint {source.path.name}"
+        case TorchvisionTeacher():
+            return f"torchvision:{source.name}"
+        case OnnxTeacher():
+            return f"onnx {source.path.name}"
+        case MlflowTeacher():
+            return f"{source.uri} ({kind})"
+        case TrainedTeacher():
+            return "trained here"

@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.checkpoint import save_checkpoint
+from components.data import DatasetInfo, source_signature
 from components.io import write_json
-from components.models import count_parameters
+from components.models import build_model, count_parameters
 from components.recipes import Recipe, fit
+from components.teachers import InputSpec, TeacherFormat, TeacherView, load_teacher
 from components.training import resolve_device
-from flows.stage import Outcome, Record, Ref, Stage, StageContext, Variant, file_problem
+from flows.stage import (
+    Outcome,
+    PreflightError,
+    Record,
+    Ref,
+    Stage,
+    StageContext,
+    Variant,
+    file_problem,
+)
 from flows.stages.prepare_data import DataRef, PrepareData
 
 if TYPE_CHECKING:
@@ -27,15 +38,34 @@ if TYPE_CHECKING:
 
 class ModelRef(Ref):
     arch: str
-    checkpoint: str  # relative to the work dir
+    checkpoint: str  # relative to the work dir: model.pt, or model.onnx / model.pt2 (teachers)
     sha256: str
     history: str  # history.json beside the checkpoint: metrics per epoch
     parameters: int
     size_bytes: int
     test_accuracy: float
+    format: TeacherFormat = "checkpoint"
+    # A teacher from elsewhere: its own input recipe (None: the data's) and, per dataset
+    # class, the output that scores it (None: the dataset's classes in order).
+    input_spec: dict[str, Any] | None = None
+    class_index: list[int] | None = None
 
     def identity(self) -> Any:
-        return self.sha256
+        return [self.sha256, self.input_spec, self.class_index]
+
+    def view(self, work_dir: Path, info: DatasetInfo) -> TeacherView:
+        """The model behind its input recipe and class map (see components/teachers.py)."""
+        model = load_teacher(work_dir / self.checkpoint, self.format)
+        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
+        return TeacherView(model, spec, self.class_index)
+
+    def input_recipe(self, info: DatasetInfo) -> str:
+        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
+        return spec.describe()
+
+    def input_shape(self, info: DatasetInfo) -> tuple[int, int, int]:
+        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
+        return (spec.channels, *spec.image_size)
 
     def verify(self, work_dir: Path) -> str | None:
         return file_problem(work_dir, self.checkpoint, self.sha256) or file_problem(
@@ -82,6 +112,23 @@ class TrainingStage(Stage[ModelRef]):
     def recipe(self, config: Any) -> Recipe:
         raise NotImplementedError
 
+    def preflight(self, config: Any) -> None:
+        """The architecture must take the data's images: one forward pass of a blank batch."""
+        import torch
+
+        recipe = self.recipe(config)
+        _, channels, size = source_signature(config.data)
+        try:
+            model = build_model(recipe.arch, channels, 2, size).eval()
+            with torch.no_grad():
+                model(torch.zeros(2, channels, size, size))
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise PreflightError(
+                f"{self.name}: {recipe.arch} does not take {channels}x{size}x{size} images "
+                f"({reason})"
+            ) from None
+
     def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
         """The teacher's logits to learn from (None: labels only), and params saying which."""
         return None, {}
@@ -119,6 +166,8 @@ class TrainingStage(Stage[ModelRef]):
             arch=recipe.arch,
             in_channels=dataset.info.in_channels,
             num_classes=dataset.info.num_classes,
+            image_size=min(dataset.info.image_size),
+            class_names=dataset.info.class_names,
             config=ctx.declared_config(),
             metrics=result.final,
             dataset_fingerprint=data.fingerprint,

@@ -49,7 +49,11 @@ def test_measurement_covers_runtimes_batches_and_threads(
     config = BenchmarkConfig(batch_sizes=(1, 4), threads=(1, 0), warmup=1, iterations=5)
     other = build_model("cnn_small", 1, 10)
     rows, report = measure_inference(
-        ("s", model), [("s-onnx", path)], [("t", other)], (1, 28, 28), config
+        ("s", model),
+        [("s-onnx", path)],
+        [("t", other, (1, 28, 28)), ("t-onnx", path, (1, 28, 28))],  # a module, an ONNX file
+        (1, 28, 28),
+        config,
     )
     keys = {(r.variant, r.runtime, r.threads, r.batch_size) for r in rows}
     for threads in (1, cores()):
@@ -64,6 +68,7 @@ def test_measurement_covers_runtimes_batches_and_threads(
         (cores(), 1),
         (cores(), 4),
     }
+    assert {r.runtime for r in rows if r.variant == "t-onnx"} == {"onnxruntime"}
     for r in rows:
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
         assert r.throughput_per_s == pytest.approx(r.batch_size / r.mean_ms * 1e3)

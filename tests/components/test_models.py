@@ -80,3 +80,34 @@ def test_literature_config_takes_one_step(path: Path) -> None:
     # then the loss is finite and the student moved
     assert torch.isfinite(loss.total) and loss.parts["kd"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18"])
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (3, 96)])
+def test_any_torchvision_classifier_is_a_student(arch: str, channels: int, size: int) -> None:
+    model = build_model(f"torchvision:{arch}", channels, 7, size).eval()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    # the stem takes the data's channels, and keeps the resolution of small images
+    assert first.in_channels == channels
+    assert (first.stride == (1, 1)) == (size < 64)
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_a_native_torchvision_architecture_is_built_as_torchvision_builds_it() -> None:
+    model = build_model("torchvision:resnet18", 1, 1000, 28, native=True)
+    assert model.conv1.in_channels == 3 and model.conv1.stride == (2, 2)
+    assert isinstance(model.maxpool, torch.nn.MaxPool2d) and model.fc.out_features == 1000
+    with pytest.raises(ValueError, match="unknown torchvision architecture"):
+        build_model("torchvision:no_such_net", 1, 10)
+
+
+@pytest.mark.slow
+def test_a_torchvision_student_exports_through_the_gates(mnist_dataset, tmp_path: Path) -> None:
+    from components.config import ExportConfig
+    from components.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("torchvision:mobilenet_v3_small", 1, 10, 28).eval()
+    result = export_onnx(model, mnist_dataset, tmp_path / "m.onnx", ExportConfig(int8=False), {})
+    assert result.top1_agreement == 1.0 and result.max_abs_diff < 1e-4

@@ -74,6 +74,18 @@ BAD_INPUTS = {
         "data.name",
     ),
     "unknown data kind": (lambda t: ["--set", "data.kind=imagenet"], "data"),
+    "student architecture that cannot take the images": (
+        lambda t: ["--set", "student.model.name=torchvision:vgg11"],
+        "torchvision:vgg11 does not take 1x28x28 images",
+    ),
+    "unknown torchvision architecture": (
+        lambda t: ["--set", "student.model.name=torchvision:no_such_net"],
+        "unknown torchvision architecture",
+    ),
+    "input recipe for a teacher trained here": (
+        lambda t: ["--set", "teacher.input.image_size=64"],
+        "teacher.input",
+    ),
     "views without augmentation": (
         lambda t: ["--set", "student.train.augment.enabled=false"],
         "cache.views",

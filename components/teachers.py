@@ -1,0 +1,421 @@
+"""Teachers from anywhere, as the logit cache sees them.
+
+A teacher trained elsewhere arrives as a PyTorch file (a checkpoint of this pipeline, or a
+plain ``state_dict`` of a named architecture), a torchvision architecture with local weights,
+an exported program (``torch.export``: what an MLflow PyTorch model becomes here), or an ONNX
+file run by ONNX Runtime. ``TeacherView`` puts any of them behind one call: the augmented view
+the student sees (uint8 pixels, or float in [0, 255] when mixed) goes through the teacher's
+own input recipe (channels, size, normalisation), the model, and the class map, so the cache
+holds logits over the dataset's classes, in the dataset's order.
+
+Left out on purpose: feature (intermediate-layer) distillation, which would need the teacher
+to be a PyTorch module of known structure; every source here gives logits only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.config import InputRecipe
+from components.data import Dataset, DatasetInfo, standardize_pixels
+
+if TYPE_CHECKING:
+    from components.logit_cache import LogitCache
+
+TeacherFormat = Literal["checkpoint", "exported", "onnx"]
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be loaded or does not fit the data; the message names both."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A resolved input recipe: what the model is fed, every field set."""
+
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of_data(cls, info: DatasetInfo) -> InputSpec:
+        return cls(info.in_channels, info.image_size, tuple(info.mean), tuple(info.std))
+
+    @classmethod
+    def resolve(cls, recipe: InputRecipe, info: DatasetInfo) -> InputSpec:
+        """The recipe, with every unset field taken from the data (its size, channels and
+        training-split statistics); the statistics of other channels must be given."""
+        channels = recipe.channels or info.in_channels
+        size = (recipe.image_size,) * 2 if recipe.image_size else info.image_size
+        if recipe.mean is not None and recipe.std is not None:
+            mean, std = tuple(recipe.mean), tuple(recipe.std)
+        elif channels == info.in_channels:
+            mean, std = tuple(info.mean), tuple(info.std)
+        else:
+            raise TeacherError(
+                f"teacher.input: {channels} channels for data with {info.in_channels}: give "
+                "teacher.input.mean and .std (the statistics the teacher was trained with)"
+            )
+        if len(mean) != channels or len(std) != channels:
+            raise TeacherError(
+                f"teacher.input: mean and std need {channels} values, got {len(mean)}, {len(std)}"
+            )
+        return cls(channels, (int(size[0]), int(size[1])), mean, std)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-plain (lists, not tuples): compares equal to itself read back from a file."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> InputSpec:
+        return cls(
+            int(value["channels"]),
+            (int(value["image_size"][0]), int(value["image_size"][1])),
+            tuple(value["mean"]),
+            tuple(value["std"]),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.channels}x{self.image_size[0]}x{self.image_size[1]}, "
+            f"(pixel / 255 - {list(self.mean)}) / {list(self.std)}"
+        )
+
+
+def prepare(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Views in [0, 255] (N, C, H, W) -> the model's input: channels converted, resized
+    (bilinear), standardised. With the data's own recipe this is exactly ``normalize``."""
+    x = pixels
+    if x.shape[1] != spec.channels:
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, spec.channels, -1, -1)
+        else:
+            weights = torch.tensor(LUMINANCE, device=x.device).view(1, 3, 1, 1)
+            x = (x * weights).sum(1, keepdim=True)
+    if tuple(x.shape[-2:]) != spec.image_size:
+        x = F.interpolate(x.float(), size=spec.image_size, mode="bilinear", align_corners=False)
+    return standardize_pixels(x, spec.mean, spec.std)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX model run by ONNX Runtime behind ``nn.Module``'s call (inputs and outputs are
+    CPU tensors). Picklable: each process opens its own session."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = str(path)
+        self._session: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_session": None}
+
+    def session(self) -> Any:
+        if self._session is None:
+            from components.onnx_export import onnx_session
+
+            self._session = onnx_session(self.path)
+        return self._session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        session = self.session()
+        name = session.get_inputs()[0].name
+        feed = {name: x.detach().cpu().contiguous().numpy().astype(np.float32)}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+
+class Exported(nn.Module):
+    """An exported program's module, which refuses ``train()`` and ``eval()`` (it has no
+    training mode): held outside the module tree for those, moved with it by ``to()``."""
+
+    program: nn.Module
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "program", program)  # not a registered child
+
+    def train(self, mode: bool = True) -> Exported:
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Exported:
+        self.program._apply(fn, recurse)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+class TeacherView(nn.Module):
+    """A teacher as the cache and the evaluation see it: views in [0, 255] -> logits over the
+    dataset's classes, through its own input recipe and class map."""
+
+    def __init__(
+        self, model: nn.Module, spec: InputSpec, class_index: Sequence[int] | None
+    ) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+        self.class_index = list(class_index) if class_index is not None else None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(prepare(pixels, self.spec))
+        return logits if self.class_index is None else logits[:, self.class_index]
+
+
+def class_index(
+    dataset_classes: Sequence[str],
+    teacher_classes: Sequence[str] | None,
+    outputs: int,
+    class_map: Mapping[str, int | str] | None,
+) -> list[int] | None:
+    """For each dataset class, the teacher's output that scores it; None when they are the
+    same classes in the same order. Raises ``TeacherError`` naming both class lists when
+    they differ and no map says how they correspond."""
+    dataset = list(dataset_classes)
+    shown = list(teacher_classes) if teacher_classes is not None else f"{outputs} unnamed outputs"
+    if class_map is None:
+        if teacher_classes is not None and list(teacher_classes) == dataset:
+            return None
+        if teacher_classes is None and outputs == len(dataset):
+            return None  # unnamed outputs, as many as classes: taken in the dataset's order
+        raise TeacherError(
+            f"the teacher's classes ({shown}) are not the dataset's ({dataset}): declare "
+            "teacher.class_map (dataset class -> teacher class index or name)"
+        )
+    missing = [name for name in dataset if name not in class_map]
+    if missing:
+        raise TeacherError(f"teacher.class_map has no entry for dataset classes {missing}")
+    index = []
+    for name in dataset:
+        target = class_map[name]
+        if isinstance(target, str):
+            if teacher_classes is None or target not in teacher_classes:
+                raise TeacherError(
+                    f"teacher.class_map: {name!r} -> {target!r}, not one of the teacher's "
+                    f"classes {shown} (give teacher.classes, or an index)"
+                )
+            target = list(teacher_classes).index(target)
+        if not 0 <= target < outputs:
+            raise TeacherError(
+                f"teacher.class_map: {name!r} -> {target}, outside the teacher's {outputs} outputs"
+            )
+        index.append(target)
+    return index
+
+
+def load_teacher(path: Path, kind: TeacherFormat) -> nn.Module:
+    """A materialised teacher file (see the teacher stage) as a module in eval mode."""
+    from components.checkpoint import load_checkpoint
+
+    match kind:
+        case "checkpoint":
+            return load_checkpoint(path)[0]
+        case "exported":
+            return Exported(torch.export.load(str(path)).module())
+        case "onnx":
+            return OnnxModule(path).eval()
+
+
+def output_count(model: nn.Module, spec: InputSpec) -> int:
+    """How many logits the model gives, from one forward pass of a blank input."""
+    with torch.no_grad():
+        blank = torch.zeros(2, spec.channels, *spec.image_size, dtype=torch.uint8)
+        out = model(prepare(blank, spec))
+    if out.ndim != 2:
+        raise TeacherError(f"the teacher gives outputs of shape {list(out.shape)}, not logits")
+    return int(out.shape[1])
+
+
+@torch.no_grad()
+def teacher_accuracy(
+    view: nn.Module, dataset: Dataset, split: str, device: torch.device, batch: int = 256
+) -> dict[str, float]:
+    """Loss and accuracy of a teacher (behind its view) on a split of the dataset."""
+    images, labels = dataset.split(split)
+    logits = []
+    for start in range(0, len(images), batch):
+        pixels = torch.as_tensor(np.asarray(images[start : start + batch])).to(device)
+        logits.append(view(pixels).float().cpu())
+    stacked = torch.cat(logits)
+    targets = torch.as_tensor(labels)
+    return {
+        f"{split}_loss": F.cross_entropy(stacked, targets).item(),
+        f"{split}_accuracy": (stacked.argmax(1) == targets).float().mean().item(),
+    }
+
+
+def infer_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(input channels, classes) of a plain classifier ``state_dict``: the first convolution's
+    input channels and the last matrix's rows."""
+    convs = [t for t in state.values() if t.ndim == 4]
+    matrices = [t for t in state.values() if t.ndim == 2]
+    if not convs or not matrices:
+        raise TeacherError("the weights are not those of a convolutional classifier")
+    return int(convs[0].shape[1]), int(matrices[-1].shape[0])
+
+
+# --- bringing a teacher into the work dir --------------------------------------------------
+
+
+def _read_torch_file(path: Path) -> Any:
+    if not path.is_file():
+        raise TeacherError(f"teacher file {path}: does not exist")
+    try:
+        # weights_only: a teacher file is data, never code to unpickle.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TeacherError(f"teacher file {path}: not a PyTorch weights file ({err})") from err
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise TeacherError(f"{what}: the weights do not fit that architecture ({first})") from err
+
+
+def import_checkpoint(path: Path, arch: str | None, destination: Path) -> list[str] | None:
+    """A checkpoint of this pipeline, or a plain ``state_dict`` of ``arch`` (ours, or
+    ``torchvision:<name>`` as torchvision builds it), as a checkpoint of ours at
+    ``destination``; returns the class names the file knows (None: unnamed outputs)."""
+    import shutil
+
+    from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from components.models import TORCHVISION, build_model
+
+    raw = _read_torch_file(path)
+    if isinstance(raw, dict) and {"arch", "model"} <= set(raw):
+        # One of ours: checked by loading it, then copied byte for byte (same sha256, so the
+        # same logit cache as the run that trained it).
+        try:
+            load_checkpoint(path)
+        except CheckpointError as err:
+            raise TeacherError(str(err)) from err
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+        names = raw.get("class_names")
+        return list(names) if names is not None else None
+    if arch is None:
+        raise TeacherError(
+            f"teacher file {path}: a plain state_dict; say which architecture it belongs to "
+            "with teacher.source.arch"
+        )
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
+    if not isinstance(state, Mapping):
+        raise TeacherError(f"teacher file {path}: holds no state_dict")
+    native = arch.startswith(TORCHVISION)
+    channels, classes = infer_shapes(state)
+    size = 224 if native else 32  # only decides an adapted stem, which a teacher never has
+    try:
+        model = build_model(arch, channels, classes, size, native=native)
+    except ValueError as err:
+        raise TeacherError(f"teacher file {path}: {err}") from err
+    _load_strict(model, state, f"teacher file {path} as {arch}")
+    save_checkpoint(
+        destination,
+        model,
+        arch=arch,
+        in_channels=channels,
+        num_classes=classes,
+        image_size=size,
+        native=native,
+        config={"imported_from": str(path)},
+        metrics={},
+        dataset_fingerprint="",
+    )
+    return None
+
+
+def import_torchvision(name: str, weights: Path, destination: Path) -> None:
+    """torchvision's ``name``, built as torchvision builds it, with the local weights file
+    (a ``state_dict``): written as a checkpoint of ours. Never downloads anything."""
+    from components.models import TORCHVISION
+
+    import_checkpoint(weights, f"{TORCHVISION}{name}", destination)
+
+
+def import_onnx(path: Path, destination: Path) -> list[str] | None:
+    """An ONNX classifier, checked and copied; returns its class names when its metadata
+    has them (as this pipeline's exports do)."""
+    import json
+    import shutil
+
+    import onnx
+
+    if not path.is_file():
+        raise TeacherError(f"teacher file {path}: does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        raise TeacherError(f"teacher file {path}: not a valid ONNX model ({err})") from err
+    meta = {p.key: p.value for p in proto.metadata_props}
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, destination)
+    return json.loads(meta["class_labels"]) if "class_labels" in meta else None
+
+
+def import_module(module: nn.Module, spec: InputSpec, destination: Path) -> None:
+    """A PyTorch module of unknown code (an MLflow PyTorch model) as an exported program
+    (``torch.export``, dynamic batch) traced on the teacher's input: loading it later runs a
+    graph of tensor operations, none of its authors' Python."""
+    from components.io import atomic_path
+
+    example = prepare(torch.zeros(2, spec.channels, *spec.image_size), spec)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with contextlib.suppress(NotImplementedError):  # an exported program has no modes
+            module.eval()
+        program = torch.export.export(module.cpu(), (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:
+        reason = str(err).splitlines()[0]
+        raise TeacherError(f"the PyTorch model cannot be exported on its input ({reason})") from err
+    with atomic_path(destination) as tmp:
+        torch.export.save(program, str(tmp))
+
+
+def parameter_count(model: nn.Module, path: Path, kind: TeacherFormat) -> int:
+    """Parameters of a materialised teacher (an ONNX file's: its initialisers)."""
+    if kind != "onnx":
+        return sum(p.numel() for p in model.parameters())
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return int(sum(np.prod(t.dims) for t in graph.initializer))
+
+
+class OnlineTeacher:
+    """The usual online loop's teacher, to measure the cache against: a forward pass of the
+    teacher on every batch's views. It answers what ``LogitCache.logits`` answers (the same
+    rows at the same replayed views), so the identical training loop runs with either."""
+
+    def __init__(self, view: nn.Module, dataset: Dataset, cache: LogitCache) -> None:
+        from components.config import AugmentConfig
+
+        self.view, self.dataset = view.eval(), dataset
+        self.manifest, self.rows, self.directory = cache.manifest, cache.rows, "online teacher"
+        spec = cache.manifest["spec"]
+        self.seed, self.policy = spec["view_seed"], AugmentConfig(**spec["augment"])
+
+    @torch.no_grad()
+    def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        from components.augment import render_views
+
+        train = self.dataset.splits["train"]
+
+        def fetch(r: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(self.dataset.images[train[r]]))
+
+        rendered = render_views(fetch, rows, train, views, self.policy, self.seed)
+        return self.view(rendered.images)
