@@ -35,6 +35,7 @@ from components.data import Dataset, load_dataset, normalize, prepare_dataset
 from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
 from components.recipes import fit, student_recipe, teacher_recipe
+from components.stats import mean_interval
 from components.teachers import InputSpec, OnlineTeacher, TeacherView
 from flows.cli import add_config_arguments
 
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     epoch = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     accuracy = {name: mean_std([r[0] for r in rs]) for name, rs in runs.items()}
 
+    def interval(name: str) -> str:
+        lo, hi = mean_interval([r[0] for r in runs[name]]).interval
+        return f"[{lo:.4f}, {hi:.4f}]"
+
     # 5. K sweep: accuracy and storage
     sweep = []
     for views in [int(v) for v in args.views_sweep.split(",")]:
@@ -228,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---|",
         *(f"| {name} | {value:.2f} | {goal} |" for name, value, goal in goals),
         "",
-        f"| student | epoch s (median) | test accuracy (mean ± std, {args.seeds} seeds) |",
-        "|---|---:|---|",
+        f"| student | epoch s (median) | test accuracy (mean ± std, {args.seeds} seeds) | "
+        f"95% CI of the mean (t), n = {info.split_sizes['test']} test images per seed |",
+        "|---|---:|---|---|",
         *(
-            f"| {name} | {epoch[key]:.3f} | {accuracy[key][0]:.4f} ± {accuracy[key][1]:.4f} |"
+            f"| {name} | {epoch[key]:.3f} | {accuracy[key][0]:.4f} ± {accuracy[key][1]:.4f} | "
+            f"{interval(key)} |"
             for name, key in (
                 ("distilled from cache", "cached"),
                 ("distilled from live teacher", "live"),

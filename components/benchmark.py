@@ -20,7 +20,6 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from components.config import BenchmarkConfig
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session
@@ -149,6 +148,9 @@ def benchmark_onnx(
 def flops_per_image(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Floating-point operations of one forward pass, by torch's FlopCounterMode (which
     counts a multiply-add as 2 FLOPs, for convolutions and matrix products only)."""
+    # Imported here: it imports triton, a third of a second every `kd` process would pay.
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model.cpu().eval()(torch.randn(1, *input_shape))

@@ -297,8 +297,9 @@ class ExportConfig(Strict):
     Parity, on the whole test split: every logit within ``max_abs_diff + rtol * |torch|`` of
     PyTorch's, top-1 agreement at least ``min_top1_agreement``, accuracy change at most
     ``max_accuracy_change``. INT8: static QDQ quantization calibrated on
-    ``calibration_images`` training images, kept only within ``int8_max_accuracy_drop`` and
-    when measured faster than float32.
+    ``calibration_images`` training images, kept only when, on validation, it is not worse
+    than float32 by ``int8_max_accuracy_drop`` and is measured faster by
+    ``int8_latency_margin`` (both judged on their intervals).
     """
 
     opset_version: int = Field(18, ge=13, le=23)
@@ -309,7 +310,19 @@ class ExportConfig(Strict):
     check_batch_sizes: tuple[int, ...] = Field((1, 3, 64), min_length=1)
     int8: bool = True
     calibration_images: int = Field(256, gt=0)
-    int8_max_accuracy_drop: float = Field(0.01, ge=0, description="0.01 = 1 point.")
+    int8_max_accuracy_drop: float = Field(
+        0.01,
+        ge=0,
+        description="INT8 kept only if the interval of its validation accuracy minus float32's "
+        "lies above -int8_max_accuracy_drop; 0.01 = 1 point.",
+    )
+    int8_latency_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="INT8 kept only if the interval of its p50 / float32's lies below "
+        "1 - margin (timed as promotion times: promotion.threads, interleaved rounds).",
+    )
 
 
 class RegistryConfig(Strict):
@@ -320,21 +333,42 @@ class RegistryConfig(Strict):
 
 
 class PromotionConfig(Strict):
-    """When the new model (the challenger) takes the champion alias. Both are scored at
-    promotion time through ONNX Runtime on this run's test split, never from old logs."""
+    """When the new model (the challenger) takes the champion alias. Both are scored now,
+    through ONNX Runtime, each on inputs prepared by its own recipe, on this run's
+    validation images that neither trained on (by content hash): never from old logs, never
+    on the test split. Accuracy: non-inferiority on a paired bootstrap interval; latency:
+    interleaved rounds with a bootstrap interval on the ratio (components/promotion.py)."""
 
     enabled: bool = True
     champion_alias: str = Field("champion", min_length=1)
     max_accuracy_drop: float = Field(
-        0.002, ge=0, le=1, description="Largest accepted accuracy drop; 0.002 = 0.2 point."
+        0.005,
+        ge=0,
+        le=1,
+        description="Non-inferiority margin: promoted only if the interval of challenger - "
+        "champion accuracy lies above -max_accuracy_drop; 0.005 = half a point.",
     )
     max_latency_ratio: float = Field(
-        1.2, gt=0, description="Largest accepted challenger / champion p50 at batch 1."
+        1.2,
+        gt=0,
+        description="Rejected when the interval of challenger / champion p50 at batch 1 lies "
+        "above this.",
     )
+    min_examples: int = Field(
+        100,
+        ge=1,
+        description="Fewer leakage-free validation examples than this: incomparable, the "
+        "champion is kept.",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Of every interval.")
+    resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
     promote_first: bool = Field(True, description="Promote when there is no champion yet.")
-    threads: int = Field(1, ge=1, description="ONNX Runtime threads for the latency check.")
+    threads: int = Field(
+        1, ge=1, description="ONNX Runtime threads for every latency decision (INT8 too)."
+    )
     warmup: int = Field(20, ge=1)
     iterations: int = Field(400, ge=5, description="Timed calls per model, interleaved.")
+    rounds: int = Field(10, ge=3, description="Interleaved rounds the calls are split into.")
 
 
 class SweepConfig(Strict):

@@ -342,3 +342,22 @@ def source_signature(source: DataSource) -> tuple[list[str], int, int]:
             return list(split.classes), channels, int(sample.shape[1])
         case _:
             assert_never(source)
+
+
+def example_hashes(images: np.ndarray) -> list[str]:
+    """An identity per image, independent of where it lies in any split: sha256 of its uint8
+    (C, H, W) bytes, 16 hex digits (64 bits: a collision among a billion images is unlikely).
+    The same image after a reshuffle, or in a data pool that grew, has the same hash."""
+    return [hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()[:16] for image in images]
+
+
+def training_set_record(dataset: Dataset) -> dict[str, Any]:
+    """What a model was trained on, exactly: the hashes of its training split's images."""
+    hashes = sorted(example_hashes(np.asarray(dataset.split("train")[0])))
+    return {
+        "hash": "sha256 of the uint8 (C, H, W) image bytes, first 16 hex digits",
+        "dataset_fingerprint": dataset.info.fingerprint,
+        "count": len(hashes),
+        "set_fingerprint": sha256_json(hashes)[:16],
+        "examples": hashes,
+    }

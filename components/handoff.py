@@ -20,6 +20,7 @@ from typing import Any
 
 from components.data import DatasetInfo
 from components.io import atomic_dir, sha256_file
+from components.stats import format_accuracy
 
 
 def preprocessing_spec(info: DatasetInfo) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def model_card(
     (variant, threads, batch, p50 ms, images /s)."""
     prep = preprocessing_spec(data)
     colour = "grayscale" if prep["color_mode"] == "L" else "RGB"
+    n_test = data.split_sizes.get("test", 0)
     lines = [
         f"# {title}",
         "",
@@ -91,14 +93,14 @@ def model_card(
         f"- Source: {data_source}; dataset fingerprint `{data.fingerprint}`.",
         f"- Split sizes: {data.split_sizes}; classes: {', '.join(data.class_names)}.",
         "",
-        "## Accuracy (held-out test split)",
-        "| model | runtime | test accuracy | parameters |",
+        f"## Accuracy (held-out test split, n = {n_test}: reported, never decided on)",
+        "| model | runtime | test accuracy [95% interval] | parameters |",
         "|---|---|---:|---:|",
-        *(f"| {m} | {r} | {a:.4f} | {p:,} |" for m, r, a, p in accuracy_rows),
+        *(f"| {m} | {r} | {format_accuracy(a, n_test)} | {p:,} |" for m, r, a, p in accuracy_rows),
         "",
         f"Parity of `model.onnx` against PyTorch on {parity['inputs']} test images: max |diff| "
         f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.4f}.",
-        f"INT8: {int8_reason}.",
+        f"INT8 (decided on the validation split): {int8_reason}.",
         "",
         "## Latency (ONNX Runtime, CPU of the exporting machine)",
         "| variant | threads | batch | p50 ms | images/s |",

@@ -3,8 +3,9 @@
 Pre-processing (``quant_pre_process``: graph optimisation and shape inference), then static
 quantization in QDQ format with per-channel weights (signed int8) and unsigned int8
 activations, calibrated with MinMax on training images. The INT8 model is kept for the
-handoff only if its test accuracy drops by at most the configured amount and it is measured
-faster than the float32 model on this machine; both outcomes are reported with the reason.
+handoff only if, on validation, its accuracy is not worse than float32's by more than the
+configured margin and it is measured faster by the configured margin, both judged on their
+intervals; both outcomes are reported with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import (
@@ -25,6 +27,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from components.data import Dataset, normalize
 from components.io import atomic_path
 from components.onnx_export import INPUT_NAME, onnx_session, run_onnx
+from components.stats import Estimate, paired_difference, ratio_of_medians
 
 
 class _Calibration(CalibrationDataReader):
@@ -61,43 +64,68 @@ def quantize_int8(
     return out_path
 
 
-def onnx_accuracy(path: Path, dataset: Dataset, split: str = "test") -> float:
+def onnx_correct(path: Path, dataset: Dataset, split: str) -> np.ndarray:
+    """Per example of the split: whether the ONNX model classifies it right."""
     images, labels = dataset.split(split)
     inputs = normalize(np.asarray(images), dataset.info).contiguous().numpy()
-    return float((run_onnx(onnx_session(path), inputs).argmax(1) == labels).mean())
+    return np.asarray(run_onnx(onnx_session(path), inputs).argmax(1) == labels)
+
+
+def onnx_accuracy(path: Path, dataset: Dataset, split: str = "test") -> float:
+    return float(onnx_correct(path, dataset, split).mean())
 
 
 @dataclass(frozen=True)
 class Int8Decision:
     keep: bool
     reason: str
-    accuracy_drop: float
-    latency_ratio: float  # int8 p50 / float32 p50 at batch 1
+    accuracy: Estimate | None  # INT8 - float32 on validation, paired
+    latency: Estimate | None  # INT8 p50 / float32 p50 at batch 1, interleaved rounds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "keep": self.keep,
+            "reason": self.reason,
+            "accuracy_difference": self.accuracy.as_dict() if self.accuracy else None,
+            "latency_ratio": self.latency.as_dict() if self.latency else None,
+        }
 
 
 def int8_decision(
-    fp32_accuracy: float,
-    int8_accuracy: float,
-    fp32_p50_ms: float | None,
-    int8_p50_ms: float | None,
+    fp32_correct: np.ndarray,
+    int8_correct: np.ndarray,
+    fp32_rounds_ms: np.ndarray | None,
+    int8_rounds_ms: np.ndarray | None,
     max_accuracy_drop: float,
+    latency_margin: float,
+    confidence: float = 0.95,
+    resamples: int = 2000,
 ) -> Int8Decision:
-    """Keep INT8 only within ``max_accuracy_drop`` and when measured faster than float32; a
-    latency that was not measured never counts as faster."""
-    drop = fp32_accuracy - int8_accuracy
-    if drop > max_accuracy_drop:
+    """Keep INT8 only when, on the same validation examples, it is not worse than float32 by
+    more than ``max_accuracy_drop`` (the lower end of the paired interval), and its latency
+    interval lies below float32's by ``latency_margin`` (the upper end of the ratio's
+    interval under ``1 - latency_margin``). A latency not measured never counts as faster."""
+    accuracy = paired_difference(int8_correct, fp32_correct, confidence, resamples)
+    lo, hi = accuracy.interval
+    if lo < -max_accuracy_drop - 1e-12:
         reason = (
-            f"dropped: accuracy falls {drop * 100:.2f} points (limit {max_accuracy_drop * 100:.2f})"
+            f"dropped: accuracy {accuracy.estimate * 100:+.2f} points on validation, interval "
+            f"[{lo * 100:+.2f}, {hi * 100:+.2f}] reaches below -{max_accuracy_drop * 100:.2f}"
         )
-        return Int8Decision(False, reason, drop, float("nan"))
-    if not fp32_p50_ms or not int8_p50_ms:
-        return Int8Decision(False, "dropped: latency not measured", drop, float("nan"))
-    ratio = int8_p50_ms / fp32_p50_ms
-    if ratio >= 1:
+        return Int8Decision(False, reason, accuracy, None)
+    if fp32_rounds_ms is None or int8_rounds_ms is None or not len(fp32_rounds_ms):
+        return Int8Decision(False, "dropped: latency not measured", accuracy, None)
+    latency = ratio_of_medians(int8_rounds_ms, fp32_rounds_ms, confidence, resamples)
+    if latency.interval[1] >= 1 - latency_margin:
         reason = (
-            f"dropped: not faster on this CPU (p50 at batch 1 {int8_p50_ms:.3f} ms vs "
-            f"{fp32_p50_ms:.3f} ms float32)"
+            f"dropped: not faster by {latency_margin:.0%} on this CPU (p50 at batch 1 "
+            f"{latency.estimate:.2f}x float32's, interval [{latency.interval[0]:.2f}, "
+            f"{latency.interval[1]:.2f}])"
         )
-        return Int8Decision(False, reason, drop, ratio)
-    reason = f"kept: {1 / ratio:.2f}x faster at batch 1, accuracy change {-drop * 100:+.2f} points"
-    return Int8Decision(True, reason, drop, ratio)
+        return Int8Decision(False, reason, accuracy, latency)
+    reason = (
+        f"kept: {1 / latency.estimate:.2f}x faster at batch 1 (ratio interval "
+        f"[{latency.interval[0]:.2f}, {latency.interval[1]:.2f}]), accuracy "
+        f"{accuracy.estimate * 100:+.2f} points on validation"
+    )
+    return Int8Decision(True, reason, accuracy, latency)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from components.io import atomic_path
+from components.stats import format_accuracy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,7 +23,7 @@ COLUMNS = (
     "run",
     "variant",
     "runtime",
-    "test accuracy",
+    "test accuracy [95% CI]",
     "parameters",
     "size (KiB)",
     "p50 ms @ batch 1",
@@ -47,6 +48,7 @@ class VariantRow:
     size_bytes: int | None
     p50_ms_batch1: float | None
     images_per_s_batch32: float | None
+    test_n: int | None = None  # test examples behind test_accuracy
     speedup_vs_teacher: float | None = None  # filled by with_relative_figures
     accuracy_retained: float | None = None  # filled by with_relative_figures
 
@@ -82,18 +84,30 @@ def with_relative_figures(rows: list[VariantRow]) -> list[VariantRow]:
     return filled
 
 
+def accuracy_cell(row: VariantRow) -> str:
+    """``0.9780 [0.9601, 0.9880]``: the test accuracy with its Wilson interval, when n is known."""
+    if row.test_accuracy is None:
+        return "-"
+    if not row.test_n:
+        return f"{row.test_accuracy:.4f}"
+    return format_accuracy(row.test_accuracy, row.test_n)
+
+
 def summary_markdown(rows: list[VariantRow], p50_ms: dict[tuple[str, int], float]) -> str:
-    """The run summary: every variant of one run with its p50 at each benchmarked batch size
-    (``p50_ms``: (variant, batch) -> ms; '-' where a variant was not measured)."""
+    """The run summary: every variant of one run with its test accuracy and 95% interval, and
+    its p50 at each benchmarked batch size (``p50_ms``: (variant, batch) -> ms; '-' where a
+    variant was not measured)."""
     batches = sorted({batch for _, batch in p50_ms})
-    head = "| model | runtime | test accuracy | parameters | size (KiB) | "
+    n = next((r.test_n for r in rows if r.test_n), None)
+    accuracy = f"test accuracy [95% CI], n = {n}" if n else "test accuracy"
+    head = f"| model | runtime | {accuracy} | parameters | size (KiB) | "
     head += " | ".join(f"p50 ms @ batch {b}" for b in batches) + " |"
     lines = [head, "|" + "---|" * (5 + len(batches))]
     for r in rows:
         latency = " | ".join(_cell(p50_ms.get((r.variant, b)), ".3f") for b in batches)
         size = None if r.size_bytes is None else r.size_bytes / 1024
         lines.append(
-            f"| {r.variant} | {r.runtime} | {_cell(r.test_accuracy, '.4f')} | "
+            f"| {r.variant} | {r.runtime} | {accuracy_cell(r)} | "
             f"{_cell(r.parameters, ',')} | {_cell(size, '.1f')} | {latency} |"
         )
     return "\n".join(lines) + "\n"
@@ -118,7 +132,7 @@ def comparison_markdown(rows: list[VariantRow]) -> str:
             f"{r.run_name} ({r.run_id[:8]})",
             r.variant,
             r.runtime,
-            _cell(r.test_accuracy, ".4f"),
+            accuracy_cell(r),
             _cell(r.parameters, ","),
             _cell(None if r.size_bytes is None else r.size_bytes / 1024, ".1f"),
             _cell(r.p50_ms_batch1, ".3f"),

@@ -23,6 +23,7 @@ from components.report import (
 )
 from flows.stage import Stage
 from flows.stages.benchmark import Benchmark
+from flows.stages.prepare_data import PrepareData
 from flows.tracking import RunRecord, Tracker, TrackingError
 
 _LATENCY_KEY = re.compile(
@@ -64,6 +65,8 @@ def variant_rows(
     """The model variants of one pipeline (or sweep) run, in pipeline order."""
     children = tracker.children(parent)
     latency = _latency(children.get(Benchmark.name))
+    data = children.get(PrepareData.name)
+    test_n = _int(data.params.get("dataset.test_size")) if data else None
     run_name = parent.name or parent.run_id[:8]
     rows = []
     for stage in stages:
@@ -86,6 +89,7 @@ def variant_rows(
                         size_bytes=_int(run.metrics.get(variant.size)),
                         p50_ms_batch1=latency.get((name, 1, "p50_ms")),
                         images_per_s_batch32=latency.get((name, 32, "images_per_s")),
+                        test_n=test_n,
                     )
                 )
     return rows

@@ -17,9 +17,11 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from components.config import PipelineConfig, SweepConfig, sweep_points
+from components.stats import format_accuracy, wilson
 from flows.pipeline import PIPELINE, parent_run
 from flows.runner import Runner, publish_table, resolve_force
 from flows.stage import Stage
+from flows.stages.prepare_data import DataRef, PrepareData
 from flows.stages.student_baseline import StudentBaseline
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
@@ -59,16 +61,22 @@ def shared_stages(stages: tuple[Stage[Any], ...]) -> list[Stage[Any]]:
     return [stage for stage in stages if stage.name in wanted]
 
 
-def sweep_table(baseline: ModelRef, students: dict[str, ModelRef]) -> str:
+def sweep_table(baseline: ModelRef, students: dict[str, ModelRef], n_val: int, n_test: int) -> str:
+    """Ranked by validation accuracy, which chooses; test accuracy beside it, reported."""
     lines = [
-        "| student | test accuracy | vs baseline (points) |",
-        "|---|---:|---:|",
-        f"| {StudentBaseline.name} (labels only) | {baseline.test_accuracy:.4f} | |",
+        f"| student | val accuracy [95% CI], n = {n_val} (chooses) | "
+        f"test accuracy [95% CI], n = {n_test} (reported) | val vs baseline (points) |",
+        "|---|---:|---:|---:|",
+        f"| {StudentBaseline.name} (labels only) | {format_accuracy(baseline.val_accuracy, n_val)} "
+        f"| {format_accuracy(baseline.test_accuracy, n_test)} | |",
     ]
-    ranked = sorted(students.items(), key=lambda item: -item[1].test_accuracy)
+    ranked = sorted(students.items(), key=lambda item: -item[1].val_accuracy)
     for name, ref in ranked:
-        gain = (ref.test_accuracy - baseline.test_accuracy) * 100
-        lines.append(f"| {name} | {ref.test_accuracy:.4f} | {gain:+.2f} |")
+        gain = (ref.val_accuracy - baseline.val_accuracy) * 100
+        lines.append(
+            f"| {name} | {format_accuracy(ref.val_accuracy, n_val)} | "
+            f"{format_accuracy(ref.test_accuracy, n_test)} | {gain:+.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -102,13 +110,22 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
         students = {name: ref for name, ref in trained.items() if isinstance(ref, ModelRef)}
         baseline, teacher = (runner.refs[s.name] for s in (StudentBaseline, Teacher))
         assert isinstance(baseline, ModelRef) and isinstance(teacher, ModelRef)
-        table = sweep_table(baseline, students)
+        data = runner.refs[PrepareData.name]
+        assert isinstance(data, DataRef)
+        n_val, n_test = data.split_sizes["val"], data.split_sizes["test"]
+        table = sweep_table(baseline, students, n_val, n_test)
         tracker.log_text(parent, table, "sweep.md")
-        best = max(students.items(), key=lambda item: item[1].test_accuracy)
+        # Validation chooses: the test split is only reported beside it.
+        best = max(students.items(), key=lambda item: item[1].val_accuracy)
+        lo, hi = wilson(round(best[1].val_accuracy * n_val), n_val)
         tracker.set_tags(
             parent,
             {
                 "sweep_best": best[0][len(StudentKD.name) + 1 : -1],
+                "sweep_best.rule": "highest validation accuracy",
+                "sweep_best.val_accuracy": f"{best[1].val_accuracy:.6f}",
+                "sweep_best.val_interval": f"[{lo:.6f}, {hi:.6f}]",
+                "sweep_best.n": n_val,
                 "reused_stages": ",".join(runner.reused) or "none",
             },
         )
@@ -117,13 +134,19 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
             {
                 "teacher_test_accuracy": teacher.test_accuracy,
                 "baseline_test_accuracy": baseline.test_accuracy,
+                "best_kd_val_accuracy": best[1].val_accuracy,
                 "best_kd_test_accuracy": best[1].test_accuracy,
             },
         )
         publish_table(
             "kd-sweep",
             [
-                {"setting": name, "test_accuracy": ref.test_accuracy, "run_id": ref.run_id}
+                {
+                    "setting": name,
+                    "val_accuracy": ref.val_accuracy,
+                    "test_accuracy": ref.test_accuracy,
+                    "run_id": ref.run_id,
+                }
                 for name, ref in students.items()
             ],
             f"kd-sweep {parent}: one distilled student per setting",

@@ -251,6 +251,22 @@ class Tracker:
                 )
             )
 
+    def training_examples(self, name: str, version: str, destination: Path) -> list[str] | None:
+        """The image hashes a registered version records it was trained on (its handoff run's
+        ``training_examples.json``); None when it records none."""
+        import json
+
+        try:
+            run_id = self.client.get_model_version(name, version).run_id
+            if run_id is None:
+                return None
+            path = self.client.download_artifacts(
+                run_id, "training_examples.json", str(destination)
+            )
+        except (MlflowException, OSError):
+            return None
+        return list(json.loads(Path(path).read_text())["examples"])
+
     def copy_outcome(self, source_run_id: str, target_run_id: str) -> bool:
         """Params and latest metrics of an earlier run, so a reusing run compares like it;
         False when that run is not in this store (the work dir was moved between stores)."""

@@ -6,25 +6,29 @@ Not cached: every run registers its own version and writes its own bundle.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from components.benchmark import p50_of
-from components.data import normalize
+from components.data import Dataset, normalize, training_set_record
 from components.handoff import handoff_card, write_bundle
 from components.onnx_export import onnx_session, run_onnx
-from components.quantize import int8_decision
+from components.promotion import interleaved_rounds
+from components.quantize import Int8Decision, int8_decision, onnx_correct
 from components.teachers import InputSpec
 from flows.stage import Outcome, Record, Ref, Stage, StageContext
 from flows.stages.benchmark import Benchmark, BenchmarkRef
-from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport, OnnxRef
+from flows.stages.onnx_export import OnnxExport, OnnxRef
 from flows.stages.prepare_data import DataRef, PrepareData
 from flows.stages.student_baseline import StudentBaseline
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
 from flows.stages.training import ModelRef
+
+TRAINING_EXAMPLES = "training_examples.json"  # on the handoff run: see training_set_record
 
 
 class HandoffRef(Ref):
@@ -42,7 +46,13 @@ class Handoff(Stage[HandoffRef]):
     reads = (
         "registry",
         "export.int8_max_accuracy_drop",
-        "benchmark.batch_sizes",
+        "export.int8_latency_margin",
+        "promotion.threads",
+        "promotion.warmup",
+        "promotion.iterations",
+        "promotion.rounds",
+        "promotion.confidence",
+        "promotion.resamples",
         "distill.kind",
         "data.kind",
     )
@@ -56,25 +66,22 @@ class Handoff(Stage[HandoffRef]):
         teacher, _, student = models
         onnx = ctx.input(OnnxExport, OnnxRef)
         exported = onnx.export
+        model_path = ctx.work_dir / exported.path
         bench = ctx.input(Benchmark, BenchmarkRef)
 
-        # 1. INT8 earns its place only by the figures measured in this run.
+        # 1. INT8 earns its place only by figures measured now, on validation, timed as
+        #    promotion times (the same threads, interleaved rounds).
         int8_kept, int8_reason = False, "not built (export.int8 is off)"
         metrics: dict[str, float] = {}
-        if onnx.int8_model is not None and onnx.int8_test_accuracy is not None:
-            batch = min(config.benchmark.batch_sizes)
-            decision = int8_decision(
-                exported.onnx_test_accuracy,
-                onnx.int8_test_accuracy,
-                p50_of(bench.results, ONNX_VARIANT, batch),
-                p50_of(bench.results, INT8_VARIANT, batch),
-                config.export.int8_max_accuracy_drop,
-            )
+        texts: dict[str, str | dict[str, Any]] = {}
+        if onnx.int8_model is not None:
+            decision = self.decide_int8(ctx, dataset, model_path, ctx.work_dir / onnx.int8_model)
             int8_kept, int8_reason = decision.keep, decision.reason
-            metrics = {
-                "int8_accuracy_drop": decision.accuracy_drop,
-                "int8_latency_ratio": decision.latency_ratio,
-            }
+            texts["int8_decision.json"] = decision.as_dict()
+            if decision.accuracy is not None:
+                metrics["int8_val_accuracy_difference"] = decision.accuracy.estimate
+            if decision.latency is not None:
+                metrics["int8_latency_ratio"] = decision.latency.estimate
 
         # 2. The bundle, with its model card.
         accuracy_rows = [
@@ -120,7 +127,6 @@ class Handoff(Stage[HandoffRef]):
                 "ONNX sha256": exported.sha256,
             },
         )
-        model_path = ctx.work_dir / exported.path
         bundle = write_bundle(
             ctx.directory,
             model_path,
@@ -131,7 +137,9 @@ class Handoff(Stage[HandoffRef]):
             card,
         )
 
-        # 3. The MLflow model (onnx flavor, signature, input example), registered under the alias.
+        # 3. The MLflow model (onnx flavor, signature, input example), registered under the
+        #    alias with the record of its training examples.
+        training = training_set_record(dataset)
         example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
         example_input = example.contiguous().numpy()
         outputs = run_onnx(onnx_session(model_path), example_input)
@@ -149,6 +157,8 @@ class Handoff(Stage[HandoffRef]):
                 "parity_top1_agreement": f"{exported.top1_agreement:.6f}",
                 "test_accuracy": f"{exported.onnx_test_accuracy:.6f}",
                 "dataset_fingerprint": dataset.info.fingerprint,
+                "training_set_fingerprint": training["set_fingerprint"],
+                "training_examples": f"runs:/{ctx.run_id}/{TRAINING_EXAMPLES}",
                 "pipeline_run_id": ctx.pipeline.parent_run_id,
                 "int8": int8_reason,
             },
@@ -165,6 +175,9 @@ class Handoff(Stage[HandoffRef]):
             metrics=metrics,
             tags={"model_name": registry.model_name, "model_version": version, "int8": int8_reason},
             files=[(bundle, "handoff")],
+            # What the model was trained on, exactly: a later promotion removes these images
+            # from the examples it compares this model on.
+            texts={**texts, TRAINING_EXAMPLES: training},
         )
         ref = HandoffRef(
             bundle=ctx.relative(bundle),
@@ -175,6 +188,28 @@ class Handoff(Stage[HandoffRef]):
             int8_reason=int8_reason,
         )
         return Outcome(ref, record)
+
+    def decide_int8(
+        self, ctx: StageContext, dataset: Dataset, fp32: Path, int8: Path
+    ) -> Int8Decision:
+        policy, export = ctx.config.promotion, ctx.config.export
+        images, _ = dataset.split("val")
+        one = normalize(np.asarray(images[:1]), dataset.info).contiguous().numpy()
+        calls = {}
+        for name, path in (("fp32", fp32), ("int8", int8)):
+            session = onnx_session(path, threads=policy.threads)
+            calls[name] = functools.partial(session.run, ["logits"], {"input": one})
+        rounds = interleaved_rounds(calls, policy.warmup, policy.iterations, policy.rounds)
+        return int8_decision(
+            onnx_correct(fp32, dataset, "val"),
+            onnx_correct(int8, dataset, "val"),
+            rounds["fp32"],
+            rounds["int8"],
+            export.int8_max_accuracy_drop,
+            export.int8_latency_margin,
+            policy.confidence,
+            policy.resamples,
+        )
 
     def summary(self, ref: HandoffRef, work_dir: Path) -> list[str]:
         return [

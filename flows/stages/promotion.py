@@ -1,9 +1,14 @@
 """``promotion``: the new model (challenger) against the registered champion.
 
-Both are fetched as ONNX models (the champion through the registry, wherever it lives),
-scored now on this run's test split (components/promotion.py), and the champion alias moves
-only when the policy says so. The decision is recorded on both model versions, on the parent
-run and as ``promotion.md`` / ``promotion.json``; a rejected challenger keeps its alias.
+1. The champion is fetched through the registry (wherever it lives), with the record of the
+   images it was trained on (``training_examples.json`` of its handoff run).
+2. Both are scored now (components/promotion.py), each on its own input recipe, on this
+   run's validation images minus those the champion trained on; fewer than
+   ``promotion.min_examples`` left, or a champion that records no training examples or takes
+   other inputs: incomparable, the champion is kept, and a person decides.
+3. The champion alias moves only when the paired accuracy interval and the latency interval
+   say so. The record, with the estimates, intervals, n and the rule, goes on both model
+   versions, the parent run and this run (``promotion.md``, ``promotion.json``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from components.config import PipelineConfig
+from components.data import Dataset
 from components.promotion import (
     Decision,
+    EvaluationSet,
     IncomparableError,
+    Scores,
     decide,
     decision_markdown,
+    evaluation_set,
+    first_model,
     incomparable,
     score_models,
 )
@@ -30,6 +40,7 @@ from flows.stages.prepare_data import DataRef, PrepareData
 
 class PromotionRef(Ref):
     promoted: bool
+    decision: str
     reason: str
     model_name: str
     challenger_version: str
@@ -64,65 +75,22 @@ class Promotion(Stage[PromotionRef]):
         name = handoff.model_name
         before = tracker.alias_version(name, policy.champion_alias)
         with tempfile.TemporaryDirectory() as scratch:
-            decision: Decision
-            if before is None:
-                scores = score_models({"challenger": challenger_path}, dataset, policy)
-                decision = decide(scores["challenger"], None, policy)
-            else:
-                champion_path = _find_onnx(tracker.download_version(name, before, Path(scratch)))
-                try:
-                    scores = score_models(
-                        {"challenger": challenger_path, "champion": champion_path},
-                        dataset,
-                        policy,
-                    )
-                    decision = decide(scores["challenger"], scores["champion"], policy)
-                except IncomparableError as err:
-                    scores = score_models({"challenger": challenger_path}, dataset, policy)
-                    decision = incomparable(scores["challenger"], str(err), policy)
-
+            decision = self.judge(ctx, dataset, challenger_path, name, before, Path(scratch))
         if decision.promote:
             tracker.set_alias(name, policy.champion_alias, handoff.version)
         after = handoff.version if decision.promote else before
-        outcome = "promoted" if decision.promote else "rejected"
-        common = {
-            "promotion.decision": outcome,
-            "promotion.reason": decision.reason,
-            "promotion.policy": json.dumps(decision.policy, sort_keys=True),
-            "promotion.pipeline_run_id": ctx.pipeline.parent_run_id,
-            "promotion.challenger_version": handoff.version,
-            "promotion.champion_version": before or "none",
-            "promotion.challenger_accuracy": f"{decision.challenger.accuracy:.6f}",
-            "promotion.challenger_p50_ms": f"{decision.challenger.p50_ms:.6f}",
-        }
-        if decision.champion is not None:
-            common |= {
-                "promotion.champion_accuracy": f"{decision.champion.accuracy:.6f}",
-                "promotion.champion_p50_ms": f"{decision.champion.p50_ms:.6f}",
-            }
-        tracker.set_version_tags(name, handoff.version, common)
+        tags = self.tags(decision, handoff.version, before, ctx.pipeline.parent_run_id)
+        tracker.set_version_tags(name, handoff.version, tags)
         if before is not None:
             # The champion keeps its own promotion record; the challenge goes beside it.
-            tracker.set_version_tags(
-                name,
-                before,
-                {k.replace("promotion.", "last_challenge.", 1): v for k, v in common.items()},
-            )
-        metrics = {
-            "challenger_accuracy": decision.challenger.accuracy,
-            "challenger_p50_ms": decision.challenger.p50_ms,
-            "promoted": float(decision.promote),
-        }
-        if decision.champion is not None and decision.latency_ratio is not None:
-            metrics |= {
-                "champion_accuracy": decision.champion.accuracy,
-                "champion_p50_ms": decision.champion.p50_ms,
-                "accuracy_drop": decision.accuracy_drop or 0.0,
-                "latency_ratio": decision.latency_ratio,
-            }
+            challenge = {k.replace("promotion.", "last_challenge.", 1): v for k, v in tags.items()}
+            tracker.set_version_tags(name, before, challenge)
         markdown = decision_markdown(decision, name, handoff.version, before)
-        record = {**decision.as_dict(), "challenger_version": handoff.version}
-        record["champion_version"] = before
+        record = {
+            **decision.as_dict(),
+            "challenger_version": handoff.version,
+            "champion_version": before,
+        }
         texts: dict[str, str | dict[str, Any]] = {
             "promotion.md": markdown,
             "promotion.json": record,
@@ -131,13 +99,14 @@ class Promotion(Stage[PromotionRef]):
             "%s version %s %s (@%s now on version %s): %s",
             name,
             handoff.version,
-            outcome,
+            decision.decision,
             policy.champion_alias,
             after or "none",
             decision.reason,
         )
         ref = PromotionRef(
             promoted=decision.promote,
+            decision=decision.decision,
             reason=decision.reason,
             model_name=name,
             challenger_version=handoff.version,
@@ -147,9 +116,100 @@ class Promotion(Stage[PromotionRef]):
         )
         return Outcome(
             ref,
-            Record(metrics=metrics, tags=common, texts=texts),
-            parent=Record(tags=common, texts=texts),
+            Record(metrics=self.metrics(decision), tags=tags, texts=texts),
+            parent=Record(tags=tags, texts=texts),
         )
+
+    @staticmethod
+    def judge(
+        ctx: StageContext,
+        dataset: Dataset,
+        challenger: Path,
+        name: str,
+        champion: str | None,
+        scratch: Path,
+    ) -> Decision:
+        """In order: 1. no champion: the first model; 2. a champion that records no training
+        examples, or leaves too few clean validation examples: incomparable; 3. both scored
+        on the clean examples; 4. a champion that takes other inputs: incomparable."""
+        policy, tracker, info = ctx.config.promotion, ctx.tracker, dataset.info
+
+        def alone(evaluation: EvaluationSet) -> Scores:
+            return score_models({"challenger": challenger}, evaluation, info, policy)["challenger"]
+
+        if champion is None:
+            evaluation = evaluation_set(dataset)
+            return first_model(alone(evaluation), evaluation, policy)
+        trained_on = tracker.training_examples(name, champion, scratch)
+        evaluation = evaluation_set(dataset, trained_on or ())
+        if trained_on is None:
+            why = f"version {champion} records no training examples to leave out"
+            return incomparable(alone(evaluation), why, evaluation, policy)
+        if len(evaluation.labels) < policy.min_examples:
+            why = (
+                f"{len(evaluation.labels)} of {evaluation.pool} validation examples remain after "
+                f"removing {evaluation.overlap_removed} the champion was trained on; "
+                f"promotion.min_examples is {policy.min_examples}"
+            )
+            return incomparable(alone(evaluation), why, evaluation, policy)
+        champion_path = _find_onnx(tracker.download_version(name, champion, scratch / "champion"))
+        paths = {"challenger": challenger, "champion": champion_path}
+        try:
+            scores = score_models(paths, evaluation, info, policy)
+        except IncomparableError as err:
+            return incomparable(alone(evaluation), str(err), evaluation, policy)
+        return decide(scores["challenger"], scores["champion"], evaluation, policy)
+
+    @staticmethod
+    def tags(decision: Decision, challenger: str, champion: str | None, run: str) -> dict[str, Any]:
+        tags: dict[str, Any] = {
+            "promotion.decision": decision.decision,
+            "promotion.reason": decision.reason,
+            "promotion.rule": decision.rule,
+            "promotion.policy": json.dumps(decision.policy, sort_keys=True),
+            "promotion.pipeline_run_id": run,
+            "promotion.challenger_version": challenger,
+            "promotion.champion_version": champion or "none",
+            "promotion.n_evaluated": decision.n_evaluated,
+            "promotion.n_overlap_removed": decision.n_overlap_removed,
+        }
+        for side in ("challenger", "champion"):
+            figures = getattr(decision, side)
+            if figures:
+                lo, hi = figures["accuracy_interval"]
+                tags[f"promotion.{side}_accuracy"] = f"{figures['accuracy']:.6f}"
+                tags[f"promotion.{side}_accuracy_interval"] = f"[{lo:.6f}, {hi:.6f}]"
+                tags[f"promotion.{side}_p50_ms"] = f"{figures['p50_ms']:.6f}"
+        if decision.accuracy_difference is not None:
+            d = decision.accuracy_difference
+            tags["promotion.accuracy_difference"] = f"{d.estimate:.6f}"
+            tags["promotion.accuracy_difference_interval"] = (
+                f"[{d.interval[0]:.6f}, {d.interval[1]:.6f}]"
+            )
+            tags["promotion.mcnemar_p_value"] = f"{d.p_value:.6g}"
+        if decision.latency_ratio is not None:
+            r = decision.latency_ratio
+            tags["promotion.latency_ratio"] = f"{r.estimate:.4f}"
+            tags["promotion.latency_ratio_interval"] = f"[{r.interval[0]:.4f}, {r.interval[1]:.4f}]"
+        return tags
+
+    @staticmethod
+    def metrics(decision: Decision) -> dict[str, float]:
+        metrics = {
+            "promoted": float(decision.promote),
+            "n_evaluated": float(decision.n_evaluated),
+            "n_overlap_removed": float(decision.n_overlap_removed),
+        }
+        for side in ("challenger", "champion"):
+            figures = getattr(decision, side)
+            if figures:
+                metrics[f"{side}_accuracy"] = figures["accuracy"]
+                metrics[f"{side}_p50_ms"] = figures["p50_ms"]
+        if decision.accuracy_difference is not None:
+            metrics["accuracy_difference"] = decision.accuracy_difference.estimate
+        if decision.latency_ratio is not None:
+            metrics["latency_ratio"] = decision.latency_ratio.estimate
+        return metrics
 
     def summary(self, ref: PromotionRef, work_dir: Path) -> list[str]:
         return [f"Promotion: {ref.reason}"]

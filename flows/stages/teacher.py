@@ -197,6 +197,7 @@ class Teacher(TrainingStage):
             parameters=parameters,
             size_bytes=size,
             test_accuracy=metrics["test_accuracy"],
+            val_accuracy=metrics["val_accuracy"],
             format=kind,
             # the data's own recipe is no recipe of its own: the cache is then the one a
             # trained teacher of the same bytes has

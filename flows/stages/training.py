@@ -43,7 +43,8 @@ class ModelRef(Ref):
     history: str  # history.json beside the checkpoint: metrics per epoch
     parameters: int
     size_bytes: int
-    test_accuracy: float
+    test_accuracy: float  # reported, never decided on
+    val_accuracy: float  # what any choice between models reads
     format: TeacherFormat = "checkpoint"
     # A teacher from elsewhere: its own input recipe (None: the data's) and, per dataset
     # class, the output that scores it (None: the dataset's classes in order).
@@ -183,6 +184,7 @@ class TrainingStage(Stage[ModelRef]):
         ctx.log.info("%s: test accuracy %.4f", ctx.run_name, result.final["test_accuracy"])
         # val_* of the last epoch is already logged at its step; add the test figures.
         test_metrics = {k: v for k, v in result.final.items() if k.startswith("test_")}
+        test_metrics["final_val_accuracy"] = result.final["val_accuracy"]
         record = Record(
             params={
                 "model.name": recipe.arch,
@@ -204,5 +206,6 @@ class TrainingStage(Stage[ModelRef]):
             parameters=parameters,
             size_bytes=size,
             test_accuracy=result.final["test_accuracy"],
+            val_accuracy=result.final["val_accuracy"],
         )
         return Outcome(ref, record)

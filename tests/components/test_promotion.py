@@ -1,3 +1,6 @@
+"""Champion/challenger decisions on constructed prediction vectors, and scoring real ONNX
+models on a leakage-free evaluation set, each on its own input recipe."""
+
 from pathlib import Path
 
 import numpy as np
@@ -5,55 +8,103 @@ import pytest
 import torch
 
 from components.config import ExportConfig, PromotionConfig
-from components.data import Dataset
+from components.data import Dataset, example_hashes
 from components.models import build_model
 from components.onnx_export import export_onnx
 from components.promotion import (
+    EvaluationSet,
     IncomparableError,
     Scores,
     decide,
     decision_markdown,
+    evaluation_set,
+    first_model,
     incomparable,
+    own_inputs,
     score_models,
 )
-from components.quantize import onnx_accuracy
 
-POLICY = PromotionConfig(max_accuracy_drop=0.002, max_latency_ratio=1.2)
-
-
-@pytest.mark.parametrize(
-    ("challenger", "promote", "why"),
-    [
-        (Scores(0.970, 0.10), True, "promoted"),  # better and as fast
-        (Scores(0.959, 0.10), True, "promoted"),  # 0.1 point lower: within the margin
-        (Scores(0.957, 0.10), False, "0.30 points below"),  # 0.3 point lower: too much
-        (Scores(0.990, 0.13), False, "1.30x the champion"),  # more accurate, too slow
-        (Scores(0.950, 0.13), False, "points below"),  # both, both named
-    ],
-)
-def test_policy_compares_accuracy_and_latency(challenger: Scores, promote: bool, why: str) -> None:
-    decision = decide(challenger, Scores(0.960, 0.10), POLICY)
-    assert decision.promote is promote and why in decision.reason
-    assert decision.accuracy_drop == pytest.approx(0.960 - challenger.accuracy)
-    assert decision.latency_ratio == pytest.approx(challenger.p50_ms / 0.10)
-    if challenger == Scores(0.950, 0.13):
-        assert "1.30x" in decision.reason
+POLICY = PromotionConfig()  # the default policy: these are its promises
 
 
-def test_first_model_is_promoted_unless_the_policy_says_otherwise() -> None:
-    assert decide(Scores(0.5, 1.0), None, POLICY).promote
-    decision = decide(Scores(0.5, 1.0), None, POLICY.model_copy(update={"promote_first": False}))
-    assert not decision.promote and "promote_first is off" in decision.reason
+def scores(correct: np.ndarray, p50: float = 0.1) -> Scores:
+    rounds = p50 * (1 + 0.01 * np.sin(np.arange(10)))  # a little round-to-round noise
+    return Scores(np.asarray(correct, bool), rounds)
 
 
-def test_decision_record_holds_both_sides_and_the_policy() -> None:
-    decision = decide(Scores(0.957, 0.11), Scores(0.960, 0.10), POLICY)
-    record = decision_markdown(decision, "kd-student", "7", "5")
-    assert "NOT PROMOTED" in record
-    assert "| challenger (version 7) | 0.9570 | 0.1100 |" in record
-    assert "| champion (version 5) | 0.9600 | 0.1000 |" in record
-    assert "max_accuracy_drop = 0.002" in record and "max_latency_ratio = 1.2" in record
-    assert decision.as_dict()["champion"] == {"accuracy": 0.96, "p50_ms": 0.1}
+def evaluation(n: int, removed: int = 0) -> EvaluationSet:
+    return EvaluationSet(
+        np.zeros((n, 1, 2, 2), np.uint8), np.zeros(n, int), "val", n + removed, removed
+    )
+
+
+def vectors(n: int, accuracy: float, extra_wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A champion right on ``accuracy`` of ``n`` examples, and a challenger wrong on
+    ``extra_wrong`` more of them (right where the champion is)."""
+    champion = np.arange(n) >= round(n * (1 - accuracy))
+    challenger = champion.copy()
+    challenger[np.flatnonzero(champion)[:extra_wrong]] = False
+    return challenger, champion
+
+
+def test_two_identical_models_are_never_judged_different() -> None:
+    rng = np.random.default_rng(0)
+    for n in (50, 500, 2000):
+        correct = rng.random(n) < 0.95
+        decision = decide(scores(correct), scores(correct), evaluation(n), POLICY)
+        assert decision.promote and decision.accuracy_difference is not None
+        assert decision.accuracy_difference.interval == (0.0, 0.0)
+        assert decision.accuracy_difference.p_value == 1.0
+
+
+def test_a_challenger_one_point_worse_on_2000_examples_is_always_rejected() -> None:
+    challenger, champion = vectors(2000, 0.98, extra_wrong=20)
+    for seed in range(5):  # the latency noise differs; the verdict does not
+        jitter = 1 + 0.001 * seed
+        decision = decide(
+            scores(challenger, 0.1 * jitter), scores(champion), evaluation(2000), POLICY
+        )
+        assert decision.decision == "rejected" and "reaches below -0.50" in decision.reason
+        assert decision.accuracy_difference is not None
+        assert decision.accuracy_difference.estimate == pytest.approx(-0.01)
+        assert decision.accuracy_difference.interval[1] < 0  # clearly worse
+
+
+def test_a_challenger_within_the_margin_and_a_slower_one() -> None:
+    # two errors more on 2,000 (0.1 point): inside the half-point margin
+    challenger, champion = vectors(2000, 0.98, extra_wrong=2)
+    assert decide(scores(challenger), scores(champion), evaluation(2000), POLICY).promote
+    # as accurate but clearly 1.5x slower than the champion
+    slow = decide(scores(champion, 0.15), scores(champion, 0.10), evaluation(2000), POLICY)
+    assert slow.decision == "rejected" and "1.50x the champion's" in slow.reason
+    assert slow.latency_ratio is not None and slow.latency_ratio.interval[0] > 1.2
+
+
+def test_first_model_and_incomparable() -> None:
+    first = first_model(scores(np.ones(10)), evaluation(10), POLICY)
+    assert first.promote and "no champion yet" in first.reason
+    off = first_model(scores(np.ones(10)), evaluation(10), PromotionConfig(promote_first=False))
+    assert not off.promote and "promote_first is off" in off.reason
+    kept = incomparable(scores(np.ones(10)), "7 output classes", evaluation(10, 490), POLICY)
+    assert kept.decision == "incomparable" and not kept.promote
+    assert kept.reason == "incomparable: champion kept (7 output classes)"
+    assert (kept.n_evaluated, kept.n_overlap_removed) == (10, 490)
+
+
+def test_the_decision_record_has_the_figures_the_checks_read() -> None:
+    challenger, champion = vectors(1000, 0.97, extra_wrong=15)
+    decision = decide(scores(challenger, 0.11), scores(champion), evaluation(1000, 250), POLICY)
+    record = decision.as_dict()
+    assert record["decision"] == "rejected" and record["n_evaluated"] == 1000
+    assert record["n_overlap_removed"] == 250
+    difference = record["accuracy_difference"]
+    assert difference["estimate"] == pytest.approx(-0.015) and len(difference["interval"]) == 2
+    assert "McNemar" in difference["test"] and 0 < difference["p_value"] < 0.001
+    markdown = decision_markdown(decision, "kd-student", "7", "5")
+    assert "**REJECTED**" in markdown and "250 removed as images the champion" in markdown
+    assert "| challenger (version 7) | 0.9550 [" in markdown
+    assert "| champion (version 5) | 0.9700 [" in markdown
+    assert "max_accuracy_drop = 0.005" in markdown and "Rule: promote when" in markdown
 
 
 def _export(tmp_path: Path, name: str, dataset: Dataset, seed: int) -> Path:
@@ -62,18 +113,45 @@ def _export(tmp_path: Path, name: str, dataset: Dataset, seed: int) -> Path:
     return Path(export_onnx(model, dataset, tmp_path / f"{name}.onnx", ExportConfig(), {}).path)
 
 
-def test_scores_are_measured_now_on_the_test_split(tmp_path: Path, mnist_dataset: Dataset) -> None:
+def test_the_evaluation_leaves_out_what_the_champion_trained_on(mnist_dataset: Dataset) -> None:
+    images, _ = mnist_dataset.split("val")
+    trained_on = example_hashes(np.asarray(images[:120]))  # as if the champion saw these
+    chosen = evaluation_set(mnist_dataset, trained_on)
+    assert (chosen.pool, chosen.overlap_removed, len(chosen.labels)) == (500, 120, 380)
+    assert np.array_equal(chosen.images, np.asarray(images[120:]))
+
+
+def test_scores_are_measured_now_each_on_its_own_recipe(
+    tmp_path: Path, mnist_dataset: Dataset
+) -> None:
     paths = {
         "challenger": _export(tmp_path, "a", mnist_dataset, 0),
         "champion": _export(tmp_path, "b", mnist_dataset, 1),
     }
-    policy = PromotionConfig(warmup=2, iterations=20)
-    scores = score_models(paths, mnist_dataset, policy)
+    chosen = evaluation_set(mnist_dataset)
+    policy = PromotionConfig(warmup=2, iterations=20, rounds=4)
+    measured = score_models(paths, chosen, mnist_dataset.info, policy)
     for name, path in paths.items():
-        assert scores[name].accuracy == onnx_accuracy(path, mnist_dataset)
-        assert scores[name].p50_ms > 0
+        inputs = own_inputs(chosen.images, path, mnist_dataset.info)
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path))
+        expected = session.run(["logits"], {"input": inputs})[0].argmax(1) == chosen.labels
+        assert np.array_equal(measured[name].correct, expected)
+        assert len(measured[name].rounds_ms) == 4 and measured[name].p50_ms > 0
     # two different random models really are scored separately
-    assert scores["challenger"].accuracy != scores["champion"].accuracy
+    assert measured["challenger"].accuracy != measured["champion"].accuracy
+
+
+def test_a_champion_is_fed_its_own_normalisation(tmp_path: Path, mnist_dataset: Dataset) -> None:
+    # a champion trained on data with other statistics records them in its metadata
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny", 1, 10).eval()
+    meta = {"normalization_mean": "[0.5]", "normalization_std": "[0.25]"}
+    path = Path(export_onnx(model, mnist_dataset, tmp_path / "c.onnx", ExportConfig(), meta).path)
+    images = np.asarray(mnist_dataset.split("val")[0][:4])
+    expected = (images.astype(np.float32) / 255 - 0.5) / 0.25
+    assert np.allclose(own_inputs(images, path, mnist_dataset.info), expected, atol=1e-6)
 
 
 def test_a_champion_for_other_classes_cannot_be_scored(
@@ -91,7 +169,9 @@ def test_a_champion_for_other_classes_cannot_be_scored(
         dynamo=False,
     )
     with pytest.raises(IncomparableError, match="7 output classes, the dataset has 10"):
-        score_models({"champion": path}, mnist_dataset, PromotionConfig(iterations=5))
-    decision = incomparable(Scores(0.9, 0.1), "7 output classes", POLICY)
-    assert not decision.promote and "cannot be scored" in decision.reason
-    assert np.isclose(decision.challenger.accuracy, 0.9)
+        score_models(
+            {"champion": path},
+            evaluation_set(mnist_dataset),
+            mnist_dataset.info,
+            PromotionConfig(iterations=5, rounds=5),
+        )

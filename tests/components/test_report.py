@@ -104,7 +104,7 @@ def test_markdown_formats_each_cell() -> None:
 
     # then: header, separator, one line per row
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert lines[0].startswith("| run | variant | runtime | test accuracy | parameters |")
+    assert lines[0].startswith("| run | variant | runtime | test accuracy [95% CI] | parameters |")
     assert set(lines[1]) <= set("|-:") and lines[1].count("|") == len(COLUMNS) + 1
     assert len(lines) == 4
     assert lines[2] == (

@@ -1,18 +1,28 @@
 """Champion/challenger on real runs: a real Prefect server, a real MLflow registry in SQLite.
 The warm store's first run registered version 1, the champion."""
 
-import mlflow.artifacts
-import pytest
+import json
+from pathlib import Path
 
+import mlflow.artifacts
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.data import example_hashes, load_dataset
 from flows.cli import main
 from tests.flows.conftest import Store
-from tests.helpers import pipeline_runs
+from tests.helpers import pipeline_runs, run_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 WEAK = "student.train.lr=1e-7"  # one epoch at this rate stays near chance
 # Same architecture on both sides: latency is a tie up to noise, which this test is not about.
 LATENCY_TIE = "promotion.max_latency_ratio=5"
+
+
+def record(client, parent) -> dict:
+    return mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/promotion.json")
 
 
 def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
@@ -26,18 +36,17 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     assert main(warm_store.args(LATENCY_TIE)) == 0  # version 3: the champion's equal
 
     assert str(client.get_model_version_by_alias("kd-student", "champion").version) == "3"
-    assert str(client.get_model_version_by_alias("kd-student", "challenger").version) == "3"
     first, second, third = (client.get_model_version("kd-student", v) for v in ("1", "2", "3"))
     assert first.tags["promotion.decision"] == "promoted"
     assert "no champion yet" in first.tags["promotion.reason"]
     assert second.tags["promotion.decision"] == "rejected"
     assert second.tags["promotion.champion_version"] == "1"
     assert third.tags["promotion.decision"] == "promoted"
-    assert third.tags["promotion.champion_version"] == "1"
-    # both sides were scored now, and the champion's record of the challenge sits beside its own
+    # both sides were scored now, on the run's validation split; the same model is the same
     assert float(second.tags["promotion.champion_accuracy"]) > float(
         second.tags["promotion.challenger_accuracy"]
     )
+    assert third.tags["promotion.accuracy_difference_interval"] == "[0.000000, 0.000000]"
     assert first.tags["last_challenge.decision"] == "promoted"
     assert first.tags["last_challenge.challenger_version"] == "3"
     assert first.tags["promotion.decision"] == "promoted"  # its own record is kept
@@ -49,13 +58,96 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
         "promoted",
     ]
     parent, children = runs[1]
-    record = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/promotion.json")
-    assert record["promote"] is False and record["champion_version"] == "1"
-    assert record["policy"]["max_accuracy_drop"] == 0.002
-    assert record["champion"]["accuracy"] == float(second.tags["promotion.champion_accuracy"])
+    decision = record(client, parent)
+    assert decision["decision"] == "rejected" and decision["champion_version"] == "1"
+    assert decision["n_evaluated"] == 500 and decision["n_overlap_removed"] == 0  # same split
+    difference = decision["accuracy_difference"]
+    assert difference["estimate"] < 0 and difference["interval"][0] < -0.005
+    assert "McNemar" in difference["test"] and 0 <= difference["p_value"] <= 1
+    assert decision["policy"]["max_accuracy_drop"] == 0.005
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/promotion.md")
-    assert "NOT PROMOTED" in markdown and "champion (version 1)" in markdown
+    assert "**REJECTED**" in markdown and "champion (version 1)" in markdown
     assert children["promotion"].data.metrics["promoted"] == 0.0
-    # the champion's accuracy is measured now, equal to what its own export measured
-    first_export = runs[0][1]["onnx-export"].data.metrics["onnx_test_accuracy"]
-    assert children["promotion"].data.metrics["champion_accuracy"] == first_export
+
+
+def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
+    warm_store: Store,
+) -> None:
+    # given a champion trained on split seed 0; when the split is reshuffled (seed 1)
+    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=50")) == 0
+    (_, first), (parent, second) = pipeline_runs(warm_store.client)
+    decision = record(warm_store.client, parent)
+
+    # then every image of the new validation split that the champion trained on is left out
+    work = warm_store.work
+    datasets = {
+        children["prepare-data"].data.params["dataset.fingerprint"]: children
+        for children in (first, second)
+    }
+    assert len(datasets) == 2
+    old, new = (
+        load_dataset(work / "prepare-data" / c["prepare-data"].data.params["dataset.fingerprint"])
+        for c in (first, second)
+    )
+    old_train = set(example_hashes(np.asarray(old.split("train")[0])))
+    new_val = example_hashes(np.asarray(new.split("val")[0]))
+    overlap = sum(h in old_train for h in new_val)
+    assert overlap > 300  # most of the new validation images were old training images
+    assert decision["n_overlap_removed"] == overlap
+    assert decision["n_evaluated"] == len(new_val) - overlap
+    assert decision["decision"] in {"promoted", "rejected"}
+    assert "removed as images the champion" in mlflow.artifacts.load_text(
+        f"runs:/{parent.info.run_id}/promotion.md"
+    )
+    # with the default minimum, that is too few to decide on: the champion is kept
+    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=400")) == 0
+    *_, (parent, _) = pipeline_runs(warm_store.client)
+    kept = record(warm_store.client, parent)
+    assert kept["decision"] == "incomparable" and "promotion.min_examples is 400" in kept["reason"]
+
+
+def _image_folder(root: Path, per_class: int, start: int) -> None:
+    """Four classes of 8x8 grey images, told apart by which quadrant is bright."""
+    rng = np.random.default_rng(start)
+    for label in range(4):
+        (root / f"c{label}").mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            pixels = rng.integers(0, 60, size=(8, 8)).astype(np.uint8)
+            y, x = divmod(label, 2)
+            pixels[4 * y : 4 * y + 4, 4 * x : 4 * x + 4] += 180
+            Image.fromarray(pixels, mode="L").save(root / f"c{label}" / f"{i}.png")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "images"
+    _image_folder(root, per_class=60, start=0)
+    data = [
+        "data.kind=image_folder",
+        f"data.root={root}",
+        "data.image_size=8",
+        "data.channels=1",
+        "promotion.min_examples=5",
+        LATENCY_TIE,
+    ]
+    work = tmp_path / "work"
+    assert main(run_args(work, *data)) == 0  # the champion
+    _image_folder(root, per_class=30, start=60)  # new images arrive
+    assert main(run_args(work, *data)) == 0
+    store = Store(tmp_path)
+    (_, first), (parent, _) = pipeline_runs(store.client)
+    decision = record(store.client, parent)
+    old_hashes = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                f"runs:/{first['handoff'].info.run_id}/training_examples.json",
+                dst_path=str(tmp_path / "download"),
+            )
+        ).read_text()
+    )["examples"]
+    assert len(old_hashes) == first["prepare-data"].data.metrics["train_images"]
+    assert decision["n_overlap_removed"] > 0  # the reshuffled pool put old training images in val
+    assert decision["n_evaluated"] + decision["n_overlap_removed"] == 36  # 10% of 360 images
+    assert decision["decision"] in {"promoted", "rejected"}

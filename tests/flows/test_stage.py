@@ -99,6 +99,7 @@ def test_references_verify_their_files(tmp_path: Path) -> None:
         parameters=1,
         size_bytes=7,
         test_accuracy=0.5,
+        val_accuracy=0.5,
     )
     assert ref.verify(tmp_path) is None
     (tmp_path / "m" / "model.pt").write_bytes(b"changed")

@@ -1,0 +1,149 @@
+"""The statistics behind every decision and every accuracy printed.
+
+- ``wilson``: the Wilson score interval of a proportion (Wilson 1927), which unlike the normal
+  approximation stays inside [0, 1] and keeps its coverage near 0 and 1, where accuracies of
+  good models live.
+- ``mcnemar_exact``: the exact McNemar test of two classifiers on the same examples: under
+  equal accuracy, each of the ``b + c`` examples on which exactly one of them is right is a
+  fair coin, so the two-sided p-value is ``min(1, 2 * P(Binomial(b + c, 1/2) <= min(b, c)))``.
+- ``paired_difference``: accuracy of A minus accuracy of B on the same examples, with a
+  percentile interval from a paired bootstrap (resampling examples, both models together).
+- ``ratio_of_medians``: the ratio of two latencies measured in interleaved rounds, with a
+  bootstrap interval over the rounds (resampling rounds keeps each round's pairing).
+
+Bootstraps are seeded: the same inputs give the same interval, so a decision is repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of ``successes / n``; (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = _z(confidence)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At 0 and n the bounds are exactly 0 and 1 (rounding would leave 1 - 1e-16).
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _z(confidence: float) -> float:
+    """The two-sided normal quantile: 1.959964 for 95%."""
+    from scipy import stats
+
+    return float(stats.norm.ppf((1 + confidence) / 2))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value; ``b``, ``c``: the examples only A, only B got right."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def format_accuracy(accuracy: float, n: int, confidence: float = 0.95) -> str:
+    """``0.9780 [0.9601, 0.9880]``: the accuracy and its Wilson interval."""
+    lo, hi = wilson(round(accuracy * n), n, confidence)
+    return f"{accuracy:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A difference or ratio with its interval and how it was obtained."""
+
+    estimate: float
+    interval: tuple[float, float]
+    confidence: float
+    n: int  # examples (accuracy) or rounds (latency)
+    test: str
+    p_value: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "interval": list(self.interval)}
+
+
+def paired_difference(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """Accuracy of A minus accuracy of B on the same examples (booleans, one per example),
+    with a paired-bootstrap percentile interval and the exact McNemar p-value."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired predictions of one example each, got {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        raise ValueError("no examples to compare on")
+    difference = a.astype(np.int8) - b.astype(np.int8)  # +1 only A right, -1 only B right
+    rng = np.random.default_rng(seed)
+    samples = difference[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(samples, [tail, 1 - tail])
+    only_a, only_b = int((difference == 1).sum()), int((difference == -1).sum())
+    return Estimate(
+        estimate=float(difference.mean()),
+        interval=(float(lo), float(hi)),
+        confidence=confidence,
+        n=n,
+        test="paired bootstrap of the accuracy difference; exact McNemar p-value",
+        p_value=mcnemar_exact(only_a, only_b),
+    )
+
+
+def ratio_of_medians(
+    rounds_a: np.ndarray,
+    rounds_b: np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """Median latency of A over median latency of B, from per-round medians measured in
+    interleaved rounds, with a bootstrap interval over the rounds."""
+    a, b = np.asarray(rounds_a, float), np.asarray(rounds_b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"one median per round for each, got {a.shape} and {b.shape}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("latencies must be positive")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(a), size=(resamples, len(a)))
+    samples = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(samples, [tail, 1 - tail])
+    return Estimate(
+        estimate=float(np.median(a) / np.median(b)),
+        interval=(float(lo), float(hi)),
+        confidence=confidence,
+        n=len(a),
+        test="bootstrap over interleaved rounds of the ratio of median latencies",
+    )
+
+
+def mean_interval(values: list[float] | np.ndarray, confidence: float = 0.95) -> Estimate:
+    """The mean of independent repeats (seeds) with its Student-t interval."""
+    from scipy import stats
+
+    x = np.asarray(values, float)
+    if len(x) == 0:
+        raise ValueError("no values")
+    mean = float(x.mean())
+    if len(x) == 1:
+        return Estimate(mean, (mean, mean), confidence, 1, "a single repeat: no interval")
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return Estimate(
+        mean, (mean - half, mean + half), confidence, len(x), "mean over repeats, Student t"
+    )
