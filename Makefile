@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test quick lint format clean
+.PHONY: install run test quick lint format lock clean
 
-# The venv is (re)built whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The venv is (re)built whenever pyproject.toml or a lock changes. It installs exactly the
+# versions the suite was run with: the locks, as pip constraints (`make lock` rewrites them).
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -c requirements-dev.lock -e '.[dev]'
 	touch $@
 
 install: $(STAMP)
@@ -35,6 +36,25 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+LOCK_VENV := .lock-venv
+# CUDA-only wheels that torch's default (CUDA) build pulls in here: not part of the CPU image.
+CUDA_ONLY := ^(nvidia-|triton==|cuda-)
+FREEZE := $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -Ev '^kd-pipeline( |=|@)'
+lock:  ## re-resolve pyproject.toml's ranges in a fresh venv: requirements.lock (what the
+       ## package needs: the image's lock) and requirements-dev.lock (what the dev tools add)
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet .
+	{ echo '# What kd-pipeline needs, exactly (pip constraints for `make install` and the image).'; \
+	  echo '# Written by `make lock` from a fresh venv; run `make test` on it before committing.'; \
+	  $(FREEZE) | grep -Ev '$(CUDA_ONLY)'; } > requirements.lock.tmp
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[dev]'
+	{ echo '# What the dev tools (pytest, ruff, mypy) add to requirements.lock. Written by `make lock`.'; \
+	  $(FREEZE) | grep -Ev '$(CUDA_ONLY)' | grep -vxFf requirements.lock.tmp; } > requirements-dev.lock
+	mv requirements.lock.tmp requirements.lock
+	rm -rf $(LOCK_VENV) build
 
 clean:
 	rm -rf kd-work mlflow.db mlruns .pytest_cache .ruff_cache

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for override in args.overrides:
         command += ["--set", override]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}"}
-    env.pop("PREFECT_API_URL", None)  # Prefect's temporary server, as on a fresh machine
+    env.pop("PREFECT_API_URL", None)  # kd starts the work dir's own server, as on a fresh machine
     started = time.perf_counter()
     done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "default_run.json", report)
     header = (
         f"`kd run` on the built-in defaults, {report['cores']} cores ({report['cpu']}): the whole "
-        f"process took {seconds:.0f} s (Prefect's temporary server and imports included).\n\n"
+        f"process took {seconds:.0f} s (starting its Prefect server and imports included).\n\n"
     )
     write_text(args.out / "default_run.md", header + "```\n" + summary + "```\n")
     print(header + summary)

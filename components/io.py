@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -103,6 +104,48 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def _git(where: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, check=True, cwd=where
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """Which code this process runs: git commit, branch and whether the tree had changes not
+    committed (``unknown`` outside a git checkout), and the versions of kd-pipeline and of
+    the packages whose behaviour the results depend on."""
+    from importlib import metadata
+
+    where = Path(__file__).resolve().parent
+    status = _git(where, "status", "--porcelain", "--untracked-files=no")
+    info = {
+        "git_commit": _git(where, "rev-parse", "HEAD") or "unknown",
+        "git_branch": _git(where, "rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "source": str(where.parent),
+    }
+    for package in ("kd-pipeline", "torch", "onnx", "onnxruntime", "prefect", "mlflow"):
+        try:
+            info[f"{package}_version"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[f"{package}_version"] = "not installed"
+    return info
+
+
+def code_description() -> str:
+    """The code version in one line, for model cards: commit, branch, uncommitted changes."""
+    code = code_version()
+    dirty = {"true": ", with uncommitted changes", "false": ""}.get(code["git_dirty"], "")
+    return (
+        f"git {code['git_commit']} ({code['git_branch']}{dirty}), kd {code['kd-pipeline_version']}"
+    )
+
+
 def git_commit(directory: Path | None = None) -> str:
     """The commit of the checkout the code runs from (``unknown`` outside a git checkout)."""
     where = directory or Path(__file__).resolve().parent
@@ -118,3 +161,93 @@ def git_commit(directory: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip()
+
+
+class WorkDirBusy(WorkDirError):
+    """Another live process holds the work directory's lock."""
+
+
+_HELD: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth) held by this process
+
+
+@contextlib.contextmanager
+def work_dir_lock(directory: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold ``directory``'s lock for the block: one pipeline at a time per work dir.
+
+    An advisory ``flock`` on ``directory/.kd-lock``, released by the kernel when the holder
+    dies (even by SIGKILL), so a killed run never leaves a stale lock. The holder writes
+    who it is into the file; a second process either waits for it (``wait``) or gets
+    :class:`WorkDirBusy` naming it. Re-entrant within one process: the CLI takes it before
+    the flow starts and the flow takes it again.
+    """
+    import fcntl
+    import socket
+    import time
+
+    path = ensure_writable(directory) / ".kd-lock"
+    if path in _HELD:
+        fd, depth = _HELD[path]
+        _HELD[path] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _HELD[path]
+            _HELD[path] = (fd, depth - 1)
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            if not wait:
+                raise WorkDirBusy(
+                    f"work_dir {directory} is in use by {holder}; wait for it to finish, or "
+                    "give this run another work_dir (--set work_dir=DIR)"
+                ) from None
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the holder ends
+        owner = {
+            "what": what,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        _HELD[path] = (fd, 1)
+        try:
+            yield
+        finally:
+            del _HELD[path]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def lock_holder(directory: Path) -> str | None:
+    """Who holds ``directory``'s lock now (``None`` when nobody does)."""
+    import fcntl
+
+    path = directory / ".kd-lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        owner = {}
+    if not owner:
+        return "another process (it has not said who it is yet)"
+    return f"{owner['what']} (pid {owner['pid']} on {owner['host']}, started {owner['started']})"

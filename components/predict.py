@@ -7,6 +7,7 @@ deploys the model runs, with nothing but the bundle, numpy, Pillow and onnxrunti
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,69 @@ class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, probability), best first
     error: str | None = None
+
+
+SELF_CHECK = "self_check.json"  # the bundle's test vector: raw images and their logits
+
+
+def preprocess_file(path: Path, prep: dict) -> np.ndarray:
+    """One image file -> (C, H, W) float32, as the bundle's preprocessing.json says."""
+    size = prep["resize"]
+    with Image.open(path) as image:
+        resized = image.convert(prep["color_mode"]).resize(
+            (size["width"], size["height"]), Image.Resampling.BILINEAR
+        )
+        pixels = np.asarray(resized, dtype=np.float32)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    mean = np.asarray(prep["mean"], np.float32)[:, None, None]
+    std = np.asarray(prep["std"], np.float32)[:, None, None]
+    return (pixels * np.float32(prep["scale"]) - mean) / std
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """A deployment against the bundle's test vector."""
+
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+    failures: list[str]  # one line per image whose logits are out of tolerance
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED on {len(self.failures)} image(s)"
+        return (
+            f"self-check {verdict}: {self.images} images, max |logit diff| "
+            f"{self.max_abs_diff:.2e}, top-1 agreement {self.top1_agreement:.3f}"
+        )
+
+
+def self_check(
+    directory: Path, preprocess: Callable[[Path], np.ndarray] | None = None
+) -> SelfCheck:
+    """Decode, preprocess and run the bundle's test images as a deployment would (here:
+    this module's ``preprocess_file``, or your own ``preprocess``) and compare the logits
+    with those the pipeline recorded for the same images."""
+    bundle = Bundle(directory)
+    vector = json.loads((directory / SELF_CHECK).read_text())
+    prepare = preprocess or bundle.preprocess
+    inputs = np.stack([prepare(directory / item["file"]) for item in vector["images"]])
+    got = bundle.logits(inputs.astype(np.float32))
+    expected = np.asarray([item["logits"] for item in vector["images"]], np.float32)
+    atol, rtol = vector["tolerance"]["atol"], vector["tolerance"]["rtol"]
+    diff = np.abs(got - expected)
+    failures = [
+        f"{item['file']}: max |logit diff| {row.max():.2e} > {atol} + {rtol} * |expected|"
+        for item, row, bad in zip(
+            vector["images"], diff, (diff > atol + rtol * np.abs(expected)).any(1), strict=True
+        )
+        if bad
+    ]
+    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    return SelfCheck(len(inputs), float(diff.max()), agreement, failures)
 
 
 def verify_bundle(directory: Path) -> None:
@@ -56,16 +120,10 @@ class Bundle:
 
     def preprocess(self, path: Path) -> np.ndarray:
         """One image file -> (C, H, W) float32, exactly as preprocessing.json says."""
-        size = self.prep["resize"]
-        with Image.open(path) as image:
-            resized = image.convert(self.prep["color_mode"]).resize(
-                (size["width"], size["height"]), Image.Resampling.BILINEAR
-            )
-            pixels = np.asarray(resized, dtype=np.float32)
-        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        mean = np.asarray(self.prep["mean"], np.float32)[:, None, None]
-        std = np.asarray(self.prep["std"], np.float32)[:, None, None]
-        return (pixels * np.float32(self.prep["scale"]) - mean) / std
+        return preprocess_file(path, self.prep)
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"input": inputs})[0]
 
     def classify(self, paths: list[Path], top_k: int = 3) -> list[Prediction]:
         """Top-k classes per file; an unreadable file gets its error, the others still run."""
@@ -83,7 +141,7 @@ class Bundle:
                 )
                 results[i] = Prediction(str(path), [], f"{path}: {reason}")
         if batch:
-            logits = self.session.run(["logits"], {"input": np.stack(batch)})[0]
+            logits = self.logits(np.stack(batch))
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs = shifted / shifted.sum(axis=1, keepdims=True)
             for row, i in enumerate(where):

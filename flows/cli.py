@@ -4,12 +4,14 @@ kd run [--config FILE] [--set dotted.key=value ...] [--force | --force-stage S .
                                                       run the pipeline
 kd serve --cron EXPR [--config FILE] [--set ...]      serve it as a scheduled Prefect deployment
 kd sweep [--config FILE] [--set sweep.grid=...]     distil several settings in parallel
-kd compare [--experiment NAME] [--last N | RUN_ID ...] [--out DIR]
+kd compare [--experiment NAME] [--last N | RUN_ID ...] [--dataset D | --all-datasets]
+           [--out DIR]
                                                       compare model variants across runs
 kd config [--config FILE] [--set ...]                 print the resolved, validated config
 kd schema                                             print the config's JSON schema
 kd stages                                             list the pipeline's stages
-kd predict BUNDLE IMAGE... [--top-k K]                classify images with a handoff bundle
+kd predict BUNDLE [IMAGE...] [--top-k K] [--self-check]
+                                                      classify images with a handoff bundle
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from components.config import (
     load_config,
     union_kinds,
 )
-from components.io import WorkDirError, ensure_writable
+from components.io import WorkDirBusy, WorkDirError, ensure_writable, work_dir_lock
 
 DEPLOYMENT_NAME = "kd-scheduled"
 
@@ -140,7 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--experiment", default=PipelineConfig().experiment_name)
     compare.add_argument("--last", type=int, help="the last N runs (default 3)")
     compare.add_argument(
-        "--out", type=Path, default=Path("kd-compare"), help="output directory (kd-compare)"
+        "--dataset", help="runs of this dataset (default: the newest run's; `dataset` tag)"
+    )
+    compare.add_argument(
+        "--all-datasets", action="store_true", help="runs of every dataset, each labelled"
+    )
+    default_out = PipelineConfig().work_dir / "compare"
+    compare.add_argument(
+        "--out", type=Path, default=default_out, help=f"output directory ({default_out})"
     )
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
     add_config_arguments(show)
@@ -154,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify PNG/JPEG files with a handoff bundle, using ONNX Runtime alone.",
     )
     predict.add_argument("bundle", type=Path, help="handoff bundle directory")
-    predict.add_argument("images", type=Path, nargs="+", help="image files")
+    predict.add_argument("images", type=Path, nargs="*", help="image files")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--self-check",
+        action="store_true",
+        help="run the bundle's own test images and compare with the logits it records "
+        "(exit 1 when this deployment does not reproduce them)",
+    )
     return parser
 
 
@@ -229,15 +244,27 @@ class ServerUnreachable(RuntimeError):
     pass
 
 
-def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
+def _predict(bundle_dir: Path, images: list[Path], top_k: int, check: bool) -> int:
     # No torch here: the bundle is all a deployment has.
-    from components.predict import Bundle
+    from components.predict import Bundle, self_check
 
+    if not images and not check:
+        print("kd: predict: give image files, or --self-check", file=sys.stderr)
+        return EXIT_USAGE
     try:
         bundle = Bundle(bundle_dir)
-    except ValueError as err:
+        checked = self_check(bundle_dir) if check else None
+    except (ValueError, OSError, KeyError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if checked is not None:
+        print(f"{bundle_dir}: {checked.describe()}")
+        for failure in checked.failures:
+            print(f"  {failure}")
+        if not checked.passed:
+            return EXIT_FAILED
+    if not images:
+        return 0
     failed = False
     for result in bundle.classify(images, top_k):
         if result.error is not None:
@@ -247,6 +274,11 @@ def _predict(bundle_dir: Path, images: list[Path], top_k: int) -> int:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
         print(f"{result.path}: {ranked}")
     return EXIT_USAGE if failed else 0
+
+
+def _invocation(argv: Sequence[str] | None) -> str:
+    """How this process was started, for the work dir's lock ('kd run --set seed=1')."""
+    return " ".join(["kd", *(sys.argv[1:] if argv is None else argv)])[:200]
 
 
 def _quiet_prefect_server() -> None:
@@ -288,33 +320,23 @@ def _stages() -> int:
 
 
 def _serve(args: argparse.Namespace, work_dir: Path) -> int:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.schedule import cron_schedule, local_prefect_server, serve_pipeline
+    from flows.schedule import cron_schedule, serve_pipeline
+    from flows.servers import configured_prefect_api, work_dir_prefect
 
     try:
         cron_schedule(args.cron, args.timezone)
     except ValueError as err:
         print(f"kd: --cron {args.cron!r} --timezone {args.timezone!r}: {err}", file=sys.stderr)
         return EXIT_USAGE
-
-    def serve() -> None:
+    if not configured_prefect_api():
+        print(f"kd: no PREFECT_API_URL: starting a local Prefect server ({work_dir / 'prefect'})")
+    # Scheduled runs start in processes of their own: they find the URL in the environment.
+    with work_dir_prefect(work_dir) as url:
+        print(f"kd: Prefect server {url} (UI: {url.removesuffix('/api')}); Ctrl-C stops both")
         print(f"kd: serving kd-retrain/{args.name} on cron {args.cron!r} ({args.timezone})")
         serve_pipeline(
             args.name, args.cron, args.timezone, args.config, args.overrides, _force(args)
         )
-
-    if os.environ.get("PREFECT_API_URL"):
-        serve()
-        return 0
-    log = work_dir / "prefect-server.log"
-    print(f"kd: no PREFECT_API_URL: starting a local Prefect server (log: {log})")
-    with local_prefect_server(log) as url:
-        print(f"kd: Prefect server {url} (UI: {url.removesuffix('/api')}); Ctrl-C stops both")
-        # Scheduled runs are started in their own processes: they read the URL from the env.
-        os.environ["PREFECT_API_URL"] = url
-        with temporary_settings({PREFECT_API_URL: url}):
-            serve()
     return 0
 
 
@@ -353,7 +375,13 @@ def _compare(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rows = compare_runs(
-            resolve_tracking_uri(), args.experiment, PIPELINE, args.last or 3, args.run_ids
+            resolve_tracking_uri(),
+            args.experiment,
+            PIPELINE,
+            args.last or 3,
+            args.run_ids,
+            dataset=args.dataset,
+            all_datasets=args.all_datasets,
         )
     except TrackingError as err:
         print(f"kd: {err}", file=sys.stderr)
@@ -370,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_prefect_server()  # before anything imports Prefect
     if args.command == "predict":
-        return _predict(args.bundle, args.images, args.top_k)
+        return _predict(args.bundle, args.images, args.top_k, args.self_check)
     if args.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0
@@ -394,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from components.teachers import TeacherError
     from flows.pipeline import PIPELINE
     from flows.runner import StageError, resolve_force
+    from flows.servers import work_dir_prefect
     from flows.stage import PreflightError
 
     # Bad input is the user's to fix: one line, exit 2, before any run is opened or any file
@@ -410,9 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args, config.work_dir)
-        if args.command == "sweep":
-            return _sweep(config, _force(args))
-        return _run(config, _force(args))
+        # One pipeline at a time per work dir: a second refuses here, before any run opens.
+        with work_dir_lock(config.work_dir, _invocation(argv)), work_dir_prefect(config.work_dir):
+            if args.command == "sweep":
+                return _sweep(config, _force(args))
+            return _run(config, _force(args))
+    except WorkDirBusy as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("kd: interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ shows up here without a change to this module.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from components.report import (
 from flows.stage import Stage
 from flows.stages.benchmark import Benchmark
 from flows.stages.prepare_data import PrepareData
-from flows.tracking import RunRecord, Tracker, TrackingError
+from flows.tracking import DATASET_TAG, RunRecord, Tracker, TrackingError
 
 _LATENCY_KEY = re.compile(
     r"^(?P<variant>.+)\.(?P<runtime>pytorch|onnxruntime)\.threads(?P<threads>\d+)"
@@ -101,16 +102,34 @@ def compare_runs(
     stages: Sequence[Stage[Any]],
     last: int | None = None,
     run_ids: Sequence[str] = (),
+    dataset: str | None = None,
+    all_datasets: bool = False,
 ) -> list[VariantRow]:
     """Rows of the chosen runs (newest first), with speed-up and accuracy kept vs the teacher.
-    Raises ``TrackingError`` for an unknown experiment or run."""
+
+    Without ``run_ids``: the last runs of one dataset (``dataset``, else the newest run's),
+    or of every dataset with ``all_datasets``. Runs of more than one dataset are labelled
+    with theirs. Raises ``TrackingError`` for an unknown experiment or run."""
     tracker = Tracker(tracking_uri)
-    runs = tracker.pipeline_runs(experiment_name, last, run_ids)
-    if not runs:
-        raise TrackingError(f"experiment {experiment_name!r}: no kd-pipeline runs yet")
-    return with_relative_figures(
-        [row for run in runs for row in variant_rows(tracker, run, stages)]
+    if not run_ids and not all_datasets and dataset is None:
+        newest = tracker.pipeline_runs(experiment_name, 1)
+        dataset = newest[0].tags.get(DATASET_TAG) if newest else None
+    runs = tracker.pipeline_runs(
+        experiment_name, last, run_ids, dataset=None if all_datasets else dataset
     )
+    if not runs:
+        which = f" on dataset {dataset}" if dataset else ""
+        raise TrackingError(f"experiment {experiment_name!r}: no kd-pipeline runs{which} yet")
+    label = len({run.tags.get(DATASET_TAG) for run in runs}) > 1
+    rows = []
+    for run in runs:
+        for row in variant_rows(tracker, run, stages):
+            if label:
+                row = dataclasses.replace(
+                    row, run_name=f"{row.run_name} ({run.tags.get(DATASET_TAG, 'dataset?')})"
+                )
+            rows.append(row)
+    return with_relative_figures(rows)
 
 
 def write_comparison(rows: list[VariantRow], out_dir: Path) -> dict[str, Path]:

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
-from components.io import ensure_writable
+from components.io import ensure_writable, lock_holder, work_dir_lock
 from flows.runner import Runner, resolve_force
 from flows.stage import PipelineContext, Ref, Stage
 from flows.stages.benchmark import Benchmark
@@ -34,7 +34,7 @@ from flows.stages.report import Report, ReportRef
 from flows.stages.student_baseline import StudentBaseline
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
-from flows.tracking import PIPELINE_TAG, Tracker, resolve_tracking_uri, ui_command
+from flows.tracking import DATASET_TAG, PIPELINE_TAG, Tracker, resolve_tracking_uri, ui_command
 
 PIPELINE: tuple[Stage[Any], ...] = (
     PrepareData(),
@@ -82,7 +82,12 @@ def retrain(
     """The scheduled entry point: the config file is read when the run starts, so an edited
     config or new data is picked up; unchanged stages are reused from the cache."""
     config = load_config(Path(config_path) if config_path else None, overrides or [])
-    return run_pipeline(config, force)
+    holder = lock_holder(config.work_dir)
+    if holder:
+        get_run_logger().warning("work_dir %s is in use by %s: waiting", config.work_dir, holder)
+    # A scheduled run that finds a manual one going waits for it rather than skip a retrain.
+    with work_dir_lock(config.work_dir, f"scheduled run {flow_run.name}", wait=True):
+        return run_pipeline(config, force)
 
 
 @contextlib.contextmanager
@@ -90,30 +95,37 @@ def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, P
     """The MLflow parent run of a pipeline or sweep, with the whole config logged to it;
     ended FINISHED, FAILED or KILLED with the block."""
     work_dir = ensure_writable(config.work_dir)
-    tracker = Tracker(resolve_tracking_uri())
-    experiment_id = tracker.experiment_id(config.experiment_name)
-    for orphan in tracker.close_orphans(experiment_id):
-        get_run_logger().warning(
-            "MLflow run %s was left RUNNING by a killed process: ended KILLED", orphan
+    # Re-entrant: the CLI (or a scheduled run) already holds it; a plain Python caller gets
+    # it here, before any run is opened.
+    with work_dir_lock(work_dir, f"the {prefix} flow run {flow_run.name}"):
+        tracker = Tracker(resolve_tracking_uri())
+        experiment_id = tracker.experiment_id(config.experiment_name)
+        for orphan in tracker.close_orphans(experiment_id):
+            get_run_logger().warning(
+                "MLflow run %s was left RUNNING by a killed process: ended KILLED", orphan
+            )
+        parent_run_id = tracker.create_run(
+            experiment_id,
+            f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "prefect_flow_run_id": str(flow_run.id),
+                PIPELINE_TAG[0]: PIPELINE_TAG[1],
+                DATASET_TAG: config.dataset_name,
+            },
         )
-    parent_run_id = tracker.create_run(
-        experiment_id,
-        f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"prefect_flow_run_id": str(flow_run.id), PIPELINE_TAG[0]: PIPELINE_TAG[1]},
-    )
-    get_run_logger().info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
-    with tracker.running(parent_run_id):
-        tracker.log_params(parent_run_id, flatten(config.model_dump(mode="json")))
-        tracker.log_text(parent_run_id, config_to_yaml(config), "config.yaml")
-        yield (
-            tracker,
-            PipelineContext(
-                tracking_uri=tracker.tracking_uri,
-                experiment_id=experiment_id,
-                parent_run_id=parent_run_id,
-                work_dir=str(work_dir),
-            ),
-        )
+        get_run_logger().info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
+        with tracker.running(parent_run_id):
+            tracker.log_params(parent_run_id, flatten(config.model_dump(mode="json")))
+            tracker.log_text(parent_run_id, config_to_yaml(config), "config.yaml")
+            yield (
+                tracker,
+                PipelineContext(
+                    tracking_uri=tracker.tracking_uri,
+                    experiment_id=experiment_id,
+                    parent_run_id=parent_run_id,
+                    work_dir=str(work_dir),
+                ),
+            )
 
 
 def record_reuse(tracker: Tracker, runner: Runner) -> None:

@@ -37,6 +37,7 @@ from flows.stage import (
     check_pipeline,
     config_params,
 )
+from flows.stages.prepare_data import DataRef
 from flows.tracking import Tracker
 
 
@@ -100,6 +101,15 @@ def _execute(
             forced=forced,
         )
         outcome = stage.run(ctx)
+        data = next((r for r in (*inputs.values(), outcome.ref) if isinstance(r, DataRef)), None)
+        if stage.splits and data is not None:
+            tracker.log_dataset_inputs(
+                run_id,
+                config.dataset_name,
+                data.fingerprint,
+                config.data_source_uri,
+                {split: data.split_sizes[split] for split in stage.splits},
+            )
         log_record(tracker, run_id, outcome.record)
         log_record(tracker, pipeline.parent_run_id, outcome.parent)
         return outcome.ref.model_copy(update={"run_id": run_id})
@@ -119,6 +129,9 @@ def log_record(tracker: Tracker, run_id: str, record: Record) -> None:
             tracker.log_dict(run_id, text, name)
         else:
             tracker.log_text(run_id, text, name)
+    if record.model is not None:
+        # After the metrics: MLflow links the run's metrics at this step to the model.
+        tracker.log_pytorch_model(run_id, *record.model, step=record.step)
 
 
 @functools.cache

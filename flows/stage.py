@@ -72,6 +72,8 @@ class Record:
     tags: dict[str, Any] = field(default_factory=dict)
     files: list[tuple[Path, str | None]] = field(default_factory=list)  # (file or dir, folder)
     texts: dict[str, str | dict[str, Any]] = field(default_factory=dict)  # artifact file -> text
+    # A PyTorch model to log as the run's MLflow model, with its input's (channels, (h, w)).
+    model: tuple[Any, int, tuple[int, int]] | None = None
 
 
 R = TypeVar("R", bound=Ref)
@@ -161,6 +163,9 @@ class Stage(Generic[R]):
     cached: ClassVar[bool] = True  # reused by Prefect while its fingerprint is unchanged
     version: ClassVar[int] = 1  # bump when the output changes meaning: old results then miss
     variants: ClassVar[tuple[Variant, ...]] = ()
+    # The data splits the stage reads ("train", "val", "test"): logged as the MLflow dataset
+    # inputs of its run, with their context (training, validation, testing).
+    splits: ClassVar[tuple[str, ...]] = ()
 
     def enabled(self, config: PipelineConfig) -> bool:
         return True

@@ -8,6 +8,7 @@ come out as plain ``RunRecord`` values, so no other module handles MLflow's own 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import socket
@@ -21,10 +22,29 @@ from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
+
+from components.io import code_version
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
@@ -32,6 +52,29 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 HOST = socket.gethostname()
 OWNER_HOST, OWNER_PID = "kd_host", "kd_pid"
 PIPELINE_TAG = ("pipeline", "kd-pipeline")  # set on every parent run (kd run, kd sweep)
+# What the run's data is (PipelineConfig.dataset_name), on parent runs and registered versions:
+# promotion, the run report and kd compare compare runs of one dataset only.
+DATASET_TAG = "dataset"
+
+
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
+# MLflow 3's UI opens an experiment on this kind's view (the runs table), not on traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def source_tags() -> dict[str, str]:
+    """The code version on every run: MLflow's own ``mlflow.source.*`` tags (its UI's Source
+    column), and kd's ``kd.*`` tags for what MLflow has no tag for."""
+    code = code_version()
+    tags = {
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_SOURCE_NAME: code["source"],
+        MLFLOW_GIT_COMMIT: code["git_commit"],
+        MLFLOW_GIT_BRANCH: code["git_branch"],
+        "kd.git_dirty": code["git_dirty"],
+    }
+    tags |= {f"kd.{key}": value for key, value in code.items() if key.endswith("_version")}
+    return tags
 
 
 class TrackingError(ValueError):
@@ -87,6 +130,35 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """``uri`` for the block, for the MLflow calls that read the process-wide tracking URI
+    rather than take a client (model logging; the registry resolving ``models:/<id>``).
+    MLflow's own helper: it restores the previous setting exactly, unset included, so a later
+    change of MLFLOW_TRACKING_URI still counts."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Without MLflow's advice on pickle (our own modules, loaded by us) and its check of
+    the stated requirements against this venv (the same venv): a warning per model."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("mlflow.pytorch", "mlflow.utils.requirements_utils")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _quiet_downloads() -> Iterator[None]:
     """No progress bar: it fills the run's log with a line per artifact file."""
     before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -123,10 +195,17 @@ class Tracker:
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
     def experiment_id(self, name: str) -> str:
+        """The experiment's id (created when new), marked as a model-training experiment so
+        that MLflow 3's UI opens on its runs rather than on GenAI traces."""
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return self.client.create_experiment(name)
+        if experiment is None:
+            experiment_id = self.client.create_experiment(name)
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND[0]) == EXPERIMENT_KIND[1]:
+                return experiment_id
+        self.client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+        return experiment_id
 
     def create_run(
         self,
@@ -137,6 +216,7 @@ class Tracker:
     ) -> str:
         # Which process owns the run: a later run can close it if that process was killed.
         all_tags = {MLFLOW_RUN_NAME: name, OWNER_HOST: HOST, OWNER_PID: str(os.getpid())}
+        all_tags |= source_tags()
         all_tags |= tags or {}
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -187,6 +267,27 @@ class Tracker:
         with self.running(run_id):
             yield run_id
 
+    def log_dataset_inputs(
+        self, run_id: str, name: str, digest: str, source: str, splits: dict[str, int]
+    ) -> None:
+        """The data splits a run read, as MLflow dataset inputs (the runs table's Dataset
+        column): ``<name>/<split>``, digest = the dataset fingerprint, with the split's
+        context (training, validation, testing) and its size."""
+        inputs = [
+            DatasetInput(
+                dataset=Dataset(
+                    name=f"{name}/{split}",
+                    digest=digest[:36],
+                    source_type="local",
+                    source=json.dumps({"uri": source}),
+                    profile=json.dumps({"num_rows": rows}),
+                ),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_CONTEXT[split])],
+            )
+            for split, rows in splits.items()
+        ]
+        self.client.log_inputs(run_id, datasets=inputs)
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
@@ -211,21 +312,48 @@ class Tracker:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
 
     def register(
-        self, name: str, run_id: str, artifact_path: str, alias: str, tags: dict[str, Any]
+        self,
+        name: str,
+        run_id: str,
+        model: tuple[str, str],
+        alias: str,
+        tags: dict[str, Any],
+        description: str,
+        model_description: str,
     ) -> str:
-        """A new version of registered model ``name`` from the run's artifact; alias moved to it."""
+        """A new version of registered model ``name`` from a logged model (id, URI), with
+        ``description`` (the model card) on the version; the alias moved to it. A new
+        registered model gets ``model_description``, an existing one keeps its own."""
         try:
-            self.client.get_registered_model(name)
+            registered = self.client.get_registered_model(name)
+            if not registered.description:
+                self.client.update_registered_model(name, description=model_description)
         except MlflowException:
-            self.client.create_registered_model(name)
-        version = self.client.create_model_version(
-            name,
-            f"runs:/{run_id}/{artifact_path}",
-            run_id=run_id,
-            tags={k: str(v) for k, v in tags.items()},
-        )
+            self.client.create_registered_model(name, description=model_description)
+        model_id, model_uri = model
+        with _fluent_tracking_uri(self.tracking_uri):  # the store resolves models:/<id> so
+            version = self.client.create_model_version(
+                name,
+                model_uri,
+                run_id=run_id,
+                tags={k: str(v) for k, v in tags.items()},
+                description=description,
+                model_id=model_id,
+            )
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+    def version_tagged(self, name: str, key: str, value: str) -> str | None:
+        """The oldest version of registered model ``name`` whose tag ``key`` is ``value``."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            return None
+        found = sorted(int(v.version) for v in versions if v.tags.get(key) == value)
+        return str(found[0]) if found else None
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags)
 
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version of registered model ``name`` holding ``alias``; None when there is none."""
@@ -280,22 +408,23 @@ class Tracker:
 
     def log_onnx_model(
         self, run_id: str, model_path: Path, example: np.ndarray, outputs: np.ndarray
-    ) -> str:
-        """The ONNX model as an MLflow model (onnx flavor, signature and input example),
-        logged under ``model/`` of the run; returns that artifact path."""
+    ) -> tuple[str, str]:
+        """The ONNX model through MLflow 3's model API: a logged model linked to the run (the
+        runs table's Models column), with signature and input example, and with the run's
+        metrics at step 0 linked to it. Returns (model id, model URI)."""
         import mlflow.onnx
         import onnx
         import onnxruntime
         from mlflow.models import infer_signature
 
-        with tempfile.TemporaryDirectory() as scratch:
-            local = Path(scratch) / "model"
-            mlflow.onnx.save_model(
+        with _fluent_tracking_uri(self.tracking_uri), _quiet_model_logging():
+            info = mlflow.onnx.log_model(
                 onnx.load(str(model_path)),
-                str(local),
+                name="model",
                 signature=infer_signature(example, outputs),
                 input_example=example,
                 save_as_external_data=False,
+                onnx_execution_providers=["CPUExecutionProvider"],
                 # What serving it takes, stated: MLflow would otherwise infer it by importing
                 # the model in a subprocess (2 s per run).
                 pip_requirements=[
@@ -303,9 +432,34 @@ class Tracker:
                     f"onnx=={onnx.__version__}",
                     f"onnxruntime=={onnxruntime.__version__}",
                 ],
+                run_id=run_id,
             )
-            self.log_artifacts(run_id, local, "model")
-        return "model"
+        return str(info.model_id), str(info.model_uri)
+
+    def log_pytorch_model(
+        self, run_id: str, model: Any, channels: int, size: tuple[int, int], step: int = 0
+    ) -> str:
+        """A PyTorch model through MLflow 3's model API, linked to the run and to its
+        metrics at ``step``; ``mlflow.pytorch.load_model(f"models:/{id}")`` loads it."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        example = torch.zeros(1, channels, *size)
+        with torch.no_grad():
+            outputs = model(example).numpy()
+        with _fluent_tracking_uri(self.tracking_uri), _quiet_model_logging():
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                signature=infer_signature(example.numpy(), outputs),
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__}"],
+                # pickle: our own modules, saved in milliseconds; "pt2" would trace each model
+                serialization_format="pickle",
+                run_id=run_id,
+                step=step,
+            )
+        return str(info.model_id)
 
     # --- models from the registry or a run -------------------------------------------------
 
@@ -369,9 +523,14 @@ class Tracker:
             raise TrackingError(f"run {run_id}: not found ({err})") from err
 
     def pipeline_runs(
-        self, experiment_name: str, last: int | None = None, run_ids: Sequence[str] = ()
+        self,
+        experiment_name: str,
+        last: int | None = None,
+        run_ids: Sequence[str] = (),
+        dataset: str | None = None,
     ) -> list[RunRecord]:
-        """Pipeline parent runs, newest first: the given ids, else the last ``last`` finished."""
+        """Pipeline parent runs, newest first: the given ids, else the last ``last`` finished
+        (of ``dataset`` only, when given: see ``DATASET_TAG``)."""
         if run_ids:
             runs = [self.run(run_id) for run_id in run_ids]
             for run in runs:
@@ -388,11 +547,20 @@ class Tracker:
             [experiment.experiment_id],
             filter_string=(
                 f"tags.{PIPELINE_TAG[0]} = '{PIPELINE_TAG[1]}' and attributes.status = 'FINISHED'"
+                + (f" and tags.{DATASET_TAG} = '{dataset}'" if dataset else "")
             ),
             order_by=["attributes.start_time DESC"],
             max_results=last or 1000,
         )
         return [RunRecord.of(run) for run in found]
+
+    def logged_model_ids(self, run_ids: Sequence[str]) -> list[str]:
+        """The logged models the runs output (MLflow 3 model outputs), in run order."""
+        found = []
+        for run_id in run_ids:
+            outputs = self.client.get_run(run_id).outputs
+            found += [output.model_id for output in (outputs.model_outputs if outputs else [])]
+        return found
 
     def children(self, parent: RunRecord) -> dict[str, RunRecord]:
         """Child runs by name; of two with one name (a retried stage), the later one."""
@@ -402,6 +570,11 @@ class Tracker:
             order_by=["attributes.start_time ASC"],
         )
         return {child.data.tags.get(MLFLOW_RUN_NAME, ""): RunRecord.of(child) for child in found}
+
+    def artifact_text(self, run_id: str, artifact_file: str) -> str:
+        """A text artifact of a run, read through the store (local or remote)."""
+        with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
+            return Path(self.client.download_artifacts(run_id, artifact_file, scratch)).read_text()
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)

@@ -17,6 +17,7 @@ from tests.conftest import TINY_OVERRIDES
 
 STAGES = [stage.name for stage in PIPELINE]  # every stage is a child run of the pipeline run
 CACHED = cached_names(PIPELINE)
+MODEL = PipelineConfig().registered_model_name  # the MNIST runs' registered model
 
 
 def run_args(work: Path, *overrides: str, base: tuple[str, ...] = TINY_OVERRIDES) -> list[str]:

@@ -1,7 +1,9 @@
 """``handoff``: decide on INT8, write the bundle for whoever deploys the model, log the ONNX
 student as an MLflow model and register it as a new version under ``registry.alias``.
 
-Not cached: every run registers its own version and writes its own bundle.
+Not registered (and no alias moves): a model below the registry's floors on validation, or
+one byte-identical to a registered version (the run records which version it equals).
+Not cached: every run writes its own bundle and makes its own registry decision.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from components.config import PipelineConfig
 from components.data import Dataset, normalize, training_set_record
-from components.handoff import handoff_card, write_bundle
+from components.handoff import expected_image, handoff_card, self_check_indices, write_bundle
+from components.io import code_description
 from components.onnx_export import onnx_session, run_onnx
 from components.promotion import interleaved_rounds
 from components.quantize import Int8Decision, int8_decision, onnx_correct
@@ -27,6 +31,7 @@ from flows.stages.student_baseline import StudentBaseline
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
 from flows.stages.training import ModelRef
+from flows.tracking import DATASET_TAG
 
 TRAINING_EXAMPLES = "training_examples.json"  # on the handoff run: see training_set_record
 
@@ -34,14 +39,34 @@ TRAINING_EXAMPLES = "training_examples.json"  # on the handoff run: see training
 class HandoffRef(Ref):
     bundle: str  # relative to the work dir
     model_name: str
-    version: str
+    version: str | None  # the new version; or the one it equals; None when below a floor
+    registered: bool  # a new version was registered by this run
+    registration: str  # what happened, in words
     alias: str
     int8_kept: bool
     int8_reason: str
 
 
+def registration_floor(student: float, control: float, config: PipelineConfig) -> str | None:
+    """Why a model with these validation accuracies is not registered (None: it may be)."""
+    registry = config.registry
+    if student < registry.min_val_accuracy:
+        return (
+            f"validation accuracy {student:.4f} is below registry.min_val_accuracy "
+            f"{registry.min_val_accuracy:.4f}"
+        )
+    gain = registry.min_gain_over_control
+    if gain is not None and student - control < gain:
+        return (
+            f"validation accuracy {student:.4f} minus its label-only control's {control:.4f} "
+            f"is {student - control:+.4f}, below registry.min_gain_over_control {gain:+.4f}"
+        )
+    return None
+
+
 class Handoff(Stage[HandoffRef]):
     name = "handoff"
+    splits = ("val", "test")
     output = HandoffRef
     reads = (
         "registry",
@@ -55,6 +80,9 @@ class Handoff(Stage[HandoffRef]):
         "promotion.resamples",
         "distill.kind",
         "data.kind",
+        "dataset_name",
+        "registered_model_name",
+        "experiment_name",
     )
     needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
     cached = False
@@ -63,7 +91,7 @@ class Handoff(Stage[HandoffRef]):
         config = ctx.config
         dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
         models = [ctx.input(s, ModelRef) for s in (Teacher, StudentBaseline, StudentKD)]
-        teacher, _, student = models
+        teacher, control, student = models
         onnx = ctx.input(OnnxExport, OnnxRef)
         exported = onnx.export
         model_path = ctx.work_dir / exported.path
@@ -91,7 +119,7 @@ class Handoff(Stage[HandoffRef]):
         accuracy_rows.append(
             ("model.onnx", "onnxruntime float32", exported.onnx_test_accuracy, student.parameters)
         )
-        if onnx.int8_test_accuracy is not None:
+        if int8_kept and onnx.int8_test_accuracy is not None:  # the card lists bundle files only
             accuracy_rows.append(
                 (
                     "model.int8.onnx",
@@ -101,8 +129,11 @@ class Handoff(Stage[HandoffRef]):
                 )
             )
         registry = config.registry
+        name = config.registered_model_name
+        appearance = expected_image(dataset.info, config.dataset_name)
         card = handoff_card(
-            model_name=registry.model_name,
+            appearance=appearance,
+            model_name=name,
             method=config.distill.kind,
             teacher=(teacher.arch, teacher.parameters),
             student=(student.arch, student.parameters),
@@ -121,12 +152,19 @@ class Handoff(Stage[HandoffRef]):
                 "student": InputSpec.of_data(dataset.info).describe(),
             },
             provenance={
+                "code": code_description(),
                 "pipeline run": ctx.pipeline.parent_run_id,
                 "teacher run": teacher.run_id,
                 "student run": student.run_id,
                 "ONNX sha256": exported.sha256,
             },
         )
+        # The test vector: the first test image of each class, with the logits the pipeline's
+        # own input path gives (write_bundle checks the bundle's recipe reproduces them).
+        test_images, test_labels = dataset.split("test")
+        chosen = self_check_indices(np.asarray(test_labels))
+        raw = np.asarray(test_images[chosen])
+        inputs = normalize(raw, dataset.info).contiguous().numpy()
         bundle = write_bundle(
             ctx.directory,
             model_path,
@@ -135,45 +173,35 @@ class Handoff(Stage[HandoffRef]):
             exported.parity,
             json.loads((ctx.work_dir / bench.json_path).read_text()),
             card,
+            appearance=appearance,
+            test_vector=(
+                raw,
+                np.asarray(test_labels)[chosen],
+                run_onnx(onnx_session(model_path), inputs),
+            ),
         )
 
-        # 3. The MLflow model (onnx flavor, signature, input example), registered under the
-        #    alias with the record of its training examples.
+        # 3. The registry: a new version under the alias, with the record of its training
+        #    examples; unless it is below a floor, or a version with the same bytes exists.
         training = training_set_record(dataset)
-        example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
-        example_input = example.contiguous().numpy()
-        outputs = run_onnx(onnx_session(model_path), example_input)
-        artifact = ctx.tracker.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
-        version = ctx.tracker.register(
-            registry.model_name,
-            ctx.run_id,
-            artifact,
-            registry.alias,
-            tags={
-                "opset": exported.opset,
-                "exporter": exported.exporter,
-                "onnx_sha256": exported.sha256,
-                "parity_max_abs_diff": f"{exported.max_abs_diff:.3g}",
-                "parity_top1_agreement": f"{exported.top1_agreement:.6f}",
-                "test_accuracy": f"{exported.onnx_test_accuracy:.6f}",
-                "dataset_fingerprint": dataset.info.fingerprint,
-                "training_set_fingerprint": training["set_fingerprint"],
-                "training_examples": f"runs:/{ctx.run_id}/{TRAINING_EXAMPLES}",
-                "pipeline_run_id": ctx.pipeline.parent_run_id,
-                "int8": int8_reason,
-            },
-        )
-        ctx.log.info(
-            "handoff bundle %s; registered %s version %s as @%s; INT8 %s",
-            bundle,
-            registry.model_name,
-            version,
-            registry.alias,
-            int8_reason,
-        )
+        below = registration_floor(student.val_accuracy, control.val_accuracy, config)
+        same = ctx.tracker.version_tagged(name, "onnx_sha256", exported.sha256)
+        version: str | None
+        if below is not None:
+            version, registration = None, f"not registered: {below}"
+        elif same is not None:
+            version, registration = same, f"not registered: byte-identical to version {same}"
+        else:
+            card = (bundle / "MODEL_CARD.md").read_text()  # as written: with its list of files
+            version = self.register(ctx, dataset, model_path, name, training, int8_reason, card)
+            registration = f"registered version {version} as @{registry.alias}"
+        ctx.log.info("handoff bundle %s; %s %s; INT8 %s", bundle, name, registration, int8_reason)
+        tags = {"model_name": name, "registration": registration, "int8": int8_reason}
+        if version is not None:
+            tags["model_version"] = version
         record = Record(
             metrics=metrics,
-            tags={"model_name": registry.model_name, "model_version": version, "int8": int8_reason},
+            tags=tags,
             files=[(bundle, "handoff")],
             # What the model was trained on, exactly: a later promotion removes these images
             # from the examples it compares this model on.
@@ -181,13 +209,72 @@ class Handoff(Stage[HandoffRef]):
         )
         ref = HandoffRef(
             bundle=ctx.relative(bundle),
-            model_name=registry.model_name,
+            model_name=name,
             version=version,
+            registered=below is None and same is None,
+            registration=registration,
             alias=registry.alias,
             int8_kept=int8_kept,
             int8_reason=int8_reason,
         )
         return Outcome(ref, record)
+
+    def register(
+        self,
+        ctx: StageContext,
+        dataset: Dataset,
+        model_path: Path,
+        name: str,
+        training: dict[str, Any],
+        int8_reason: str,
+        card: str,
+    ) -> str:
+        """The ONNX student as an MLflow logged model (onnx flavor, signature, input example;
+        its figures linked to it), registered from it as a new version of ``name`` under the
+        alias, with the model card as the version's description."""
+        exported = ctx.input(OnnxExport, OnnxRef).export
+        student = ctx.input(StudentKD, ModelRef)
+        # Logged before the model: MLflow links the run's step-0 metrics to the logged model.
+        ctx.tracker.log_metrics(
+            ctx.run_id,
+            {
+                "onnx_test_accuracy": exported.onnx_test_accuracy,
+                "val_accuracy": student.val_accuracy,
+                "parity_max_abs_diff": exported.max_abs_diff,
+                "parity_top1_agreement": exported.top1_agreement,
+            },
+        )
+        example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
+        example_input = example.contiguous().numpy()
+        outputs = run_onnx(onnx_session(model_path), example_input)
+        model = ctx.tracker.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
+        return ctx.tracker.register(
+            name,
+            ctx.run_id,
+            model,
+            ctx.config.registry.alias,
+            tags={
+                "opset": exported.opset,
+                "exporter": exported.exporter,
+                "onnx_sha256": exported.sha256,
+                "parity_max_abs_diff": f"{exported.max_abs_diff:.3g}",
+                "parity_top1_agreement": f"{exported.top1_agreement:.6f}",
+                "test_accuracy": f"{exported.onnx_test_accuracy:.6f}",
+                DATASET_TAG: ctx.config.dataset_name,
+                "dataset_fingerprint": dataset.info.fingerprint,
+                "training_set_fingerprint": training["set_fingerprint"],
+                "training_examples": f"runs:/{ctx.run_id}/{TRAINING_EXAMPLES}",
+                "pipeline_run_id": ctx.pipeline.parent_run_id,
+                "int8": int8_reason,
+            },
+            description=card,
+            model_description=(
+                f"Students distilled by kd-pipeline on dataset {ctx.config.dataset_name} "
+                f"(experiment {ctx.config.experiment_name}), exported to ONNX. Each version's "
+                "description is its model card; its tags record its parity, training examples "
+                "and promotion decisions."
+            ),
+        )
 
     def decide_int8(
         self, ctx: StageContext, dataset: Dataset, fp32: Path, int8: Path
@@ -212,7 +299,9 @@ class Handoff(Stage[HandoffRef]):
         )
 
     def summary(self, ref: HandoffRef, work_dir: Path) -> list[str]:
-        return [
-            f"Handoff bundle: {work_dir / ref.bundle} (INT8 {ref.int8_reason})",
-            f"Registered: models:/{ref.model_name}@{ref.alias} (version {ref.version})",
-        ]
+        registry = (
+            f"Registered: models:/{ref.model_name}@{ref.alias} (version {ref.version})"
+            if ref.registered
+            else f"Registry: {ref.model_name} {ref.registration}"
+        )
+        return [f"Handoff bundle: {work_dir / ref.bundle} (INT8 {ref.int8_reason})", registry]

@@ -48,6 +48,7 @@ class CacheRef(Ref):
 
 class LogitCacheStage(Stage[CacheRef]):
     name = "logit-cache"
+    splits = ("train",)
     output = CacheRef
     # The view policy is the student's: the cache holds the views the students train on.
     reads = (

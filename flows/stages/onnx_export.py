@@ -48,6 +48,7 @@ INT8_VARIANT = f"{ONNX_VARIANT}-int8"
 
 class OnnxExport(Stage[OnnxRef]):
     name = "onnx-export"
+    splits = ("test",)
     output = OnnxRef
     reads = ("export", "seed")
     needs = (PrepareData, Teacher, StudentKD)

@@ -42,6 +42,7 @@ class DataRef(Ref):
 
 class PrepareData(Stage[DataRef]):
     name = "prepare-data"
+    splits = ("train", "val", "test")
     output = DataRef
     reads = ("data", "split")
     cached = False

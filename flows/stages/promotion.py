@@ -36,6 +36,7 @@ from flows.stage import Outcome, Record, Ref, Stage, StageContext
 from flows.stages.handoff import Handoff, HandoffRef
 from flows.stages.onnx_export import OnnxExport, OnnxRef
 from flows.stages.prepare_data import DataRef, PrepareData
+from flows.tracking import DATASET_TAG
 
 
 class PromotionRef(Ref):
@@ -43,7 +44,7 @@ class PromotionRef(Ref):
     decision: str
     reason: str
     model_name: str
-    challenger_version: str
+    challenger_version: str | None  # None: nothing was registered (below a floor)
     champion_version_before: str | None
     champion_version_after: str | None
     markdown: str
@@ -58,8 +59,9 @@ def _find_onnx(directory: Path) -> Path:
 
 class Promotion(Stage[PromotionRef]):
     name = "promotion"
+    splits = ("val",)
     output = PromotionRef
-    reads = ("promotion",)
+    reads = ("promotion", "dataset_name")
     needs = (PrepareData, OnnxExport, Handoff)
     cached = False
 
@@ -74,21 +76,38 @@ class Promotion(Stage[PromotionRef]):
         challenger_path = ctx.work_dir / ctx.input(OnnxExport, OnnxRef).export.path
         name = handoff.model_name
         before = tracker.alias_version(name, policy.champion_alias)
+        if not handoff.registered or handoff.version is None:
+            # Nothing new to judge: no version, or the bytes of one judged before.
+            reason = f"nothing to judge: the model was {handoff.registration}"
+            ctx.log.info("%s: %s", name, reason)
+            skipped = PromotionRef(
+                promoted=False,
+                decision="skipped",
+                reason=reason,
+                model_name=name,
+                challenger_version=handoff.version,
+                champion_version_before=before,
+                champion_version_after=before,
+                markdown=f"# Promotion decision: {name}\n\n**SKIPPED**: {reason}\n",
+            )
+            tags = {"promotion.decision": "skipped", "promotion.reason": reason}
+            return Outcome(skipped, Record(tags=tags), parent=Record(tags=tags))
         with tempfile.TemporaryDirectory() as scratch:
             decision = self.judge(ctx, dataset, challenger_path, name, before, Path(scratch))
+        version = handoff.version
         if decision.promote:
-            tracker.set_alias(name, policy.champion_alias, handoff.version)
-        after = handoff.version if decision.promote else before
-        tags = self.tags(decision, handoff.version, before, ctx.pipeline.parent_run_id)
-        tracker.set_version_tags(name, handoff.version, tags)
+            tracker.set_alias(name, policy.champion_alias, version)
+        after = version if decision.promote else before
+        tags = self.tags(decision, version, before, ctx.pipeline.parent_run_id)
+        tracker.set_version_tags(name, version, tags)
         if before is not None:
             # The champion keeps its own promotion record; the challenge goes beside it.
             challenge = {k.replace("promotion.", "last_challenge.", 1): v for k, v in tags.items()}
             tracker.set_version_tags(name, before, challenge)
-        markdown = decision_markdown(decision, name, handoff.version, before)
+        markdown = decision_markdown(decision, name, version, before)
         record = {
             **decision.as_dict(),
-            "challenger_version": handoff.version,
+            "challenger_version": version,
             "champion_version": before,
         }
         texts: dict[str, str | dict[str, Any]] = {
@@ -98,7 +117,7 @@ class Promotion(Stage[PromotionRef]):
         ctx.log.info(
             "%s version %s %s (@%s now on version %s): %s",
             name,
-            handoff.version,
+            version,
             decision.decision,
             policy.champion_alias,
             after or "none",
@@ -109,7 +128,7 @@ class Promotion(Stage[PromotionRef]):
             decision=decision.decision,
             reason=decision.reason,
             model_name=name,
-            challenger_version=handoff.version,
+            challenger_version=version,
             champion_version_before=before,
             champion_version_after=after,
             markdown=markdown,
@@ -140,6 +159,15 @@ class Promotion(Stage[PromotionRef]):
         if champion is None:
             evaluation = evaluation_set(dataset)
             return first_model(alone(evaluation), evaluation, policy)
+        theirs = tracker.version_tags(name, champion).get(DATASET_TAG)
+        if theirs != ctx.config.dataset_name:
+            why = (
+                f"version {champion} was trained on dataset {theirs or 'unrecorded'}, this run "
+                f"on {ctx.config.dataset_name}"
+            )
+            return incomparable(
+                alone(evaluation_set(dataset)), why, evaluation_set(dataset), policy
+            )
         trained_on = tracker.training_examples(name, champion, scratch)
         evaluation = evaluation_set(dataset, trained_on or ())
         if trained_on is None:

@@ -40,8 +40,9 @@ class ReportRef(Ref):
 
 class Report(Stage[ReportRef]):
     name = "report"
+    splits = ("test",)
     output = ReportRef
-    reads = ("experiment_name",)
+    reads = ("experiment_name", "dataset_name")
     needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
     cached = False
 
@@ -82,7 +83,9 @@ class Report(Stage[ReportRef]):
             {key: value for key, value in p50.items() if value is not None},
         )
         experiment = ctx.config.experiment_name
-        earlier = ctx.tracker.pipeline_runs(experiment, last=RUNS_IN_REPORT - 1)
+        # Runs of this dataset only: another dataset's figures are not comparable.
+        data_name = ctx.config.dataset_name
+        earlier = ctx.tracker.pipeline_runs(experiment, last=RUNS_IN_REPORT - 1, dataset=data_name)
         run_ids = [parent.run_id, *(r.run_id for r in earlier)]
         rows = compare_runs(ctx.pipeline.tracking_uri, experiment, ctx.stages, run_ids=run_ids)
         files = write_comparison(rows, out_dir)
@@ -90,8 +93,8 @@ class Report(Stage[ReportRef]):
         publish_table(
             "kd-comparison",
             [{k: ("" if v is None else v) for k, v in row.__dict__.items()} for row in rows],
-            f"kd-pipeline: the last {RUNS_IN_REPORT} runs of experiment {experiment!r}, newest "
-            f"first (MLflow run {parent.run_id}).",
+            f"kd-pipeline: the last {RUNS_IN_REPORT} runs of experiment {experiment!r} on "
+            f"dataset {data_name}, newest first (MLflow run {parent.run_id}).",
         )
         ctx.log.info("comparison with recent runs:\n%s", comparison)
 

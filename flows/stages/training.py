@@ -108,6 +108,7 @@ class TrainingStage(Stage[ModelRef]):
     """Train ``recipe(config)`` on the prepared data; keep the checkpoint and its history."""
 
     output = ModelRef
+    splits = ("train", "val", "test")
     variants = (Variant("{run}", "pytorch", accuracy="test_accuracy", size="checkpoint_bytes"),)
 
     def recipe(self, config: Any) -> Recipe:
@@ -197,6 +198,8 @@ class TrainingStage(Stage[ModelRef]):
             step=recipe.train.epochs,
             tags=tags,
             files=[(checkpoint, "checkpoint"), (history, "checkpoint")],
+            # An MLflow model too: mlflow.pytorch.load_model / pyfunc on runs:/<id>/model.
+            model=(model.cpu().eval(), dataset.info.in_channels, dataset.info.image_size),
         )
         ref = ModelRef(
             arch=recipe.arch,

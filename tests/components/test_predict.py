@@ -10,10 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from components.config import ExportConfig
 from components.data import Dataset
+from components.handoff import write_bundle
 from components.models import build_model
-from components.predict import Bundle
+from components.onnx_export import export_onnx
+from components.predict import Bundle, preprocess_file, self_check
 from components.training import predict_logits
+from flows.cli import main
+from tests.components.conftest import vector_of
 
 
 def write_pngs(directory: Path, dataset: Dataset, count: int) -> list[Path]:
@@ -86,3 +91,57 @@ def test_bundle_files(bundle: Path, mnist_dataset: Dataset) -> None:
     assert json.loads((bundle / "labels.json").read_text())["3"] == "3"
     with pytest.raises(ValueError, match="not a readable handoff bundle"):
         Bundle(bundle / "missing")
+
+
+def test_the_bundle_checks_itself_and_a_deployment_that_prepares_images_otherwise_fails(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = self_check(bundle)
+    assert check.passed and check.images == 10 and check.max_abs_diff < 1e-4
+    vector = json.loads((bundle / "self_check.json").read_text())
+    assert [item["label"] for item in vector["images"]] == [str(d) for d in range(10)]
+    assert main(["predict", str(bundle), "--self-check"]) == 0
+    assert "self-check passed: 10 images" in capsys.readouterr().out
+
+    # a deployment feeding black-on-white digits, or forgetting to normalise, is caught
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    assert "white (light) strokes on a black background" in prep["expected_image"]
+
+    def inverted(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            flipped = Image.fromarray(255 - np.asarray(image.convert("L")))
+        scratch = path.with_name("inverted.png")
+        flipped.save(scratch)
+        try:
+            return preprocess_file(scratch, prep)
+        finally:
+            scratch.unlink()
+
+    def unnormalised(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), np.float32)[None] / 255
+
+    for wrong in (inverted, unnormalised):
+        failed = self_check(bundle, wrong)
+        assert not failed.passed and len(failed.failures) == 10, wrong.__name__
+
+
+def test_a_bundle_whose_recipe_does_not_reproduce_the_pipeline_is_never_written(
+    tmp_path: Path, mnist_dataset: Dataset
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny", 1, 10).eval()
+    result = export_onnx(model, mnist_dataset, tmp_path / "m.onnx", ExportConfig(int8=False), {})
+    with pytest.raises(ValueError, match="does not reproduce the pipeline's logits"):
+        write_bundle(
+            tmp_path / "bundle",
+            Path(result.path),
+            None,
+            mnist_dataset.info,
+            result.parity,
+            {},
+            "# card\n",
+            appearance="digits",
+            test_vector=vector_of(mnist_dataset, Path(result.path), shift=0.5),
+        )
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]

@@ -194,7 +194,7 @@ def test_unreachable_server_fails_fast_naming_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from flows.schedule import free_port
+    from flows.servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}" + ("/api" if variable == "PREFECT_API_URL" else "")
     monkeypatch.setenv(variable, url)

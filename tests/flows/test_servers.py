@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.schedule import free_port, local_prefect_server, server_process
+from flows.servers import free_port, local_prefect_server, server_process
 from tests.conftest import TINY_OVERRIDES
-from tests.helpers import STAGES, artifact_paths
+from tests.helpers import MODEL, STAGES, artifact_paths
 
 
 @contextlib.contextmanager
@@ -49,7 +49,10 @@ def test_pipeline_runs_against_real_servers_and_a_full_disk_keeps_their_records(
 ) -> None:
     with (
         mlflow_server(tmp_path / "mlflow-server", database=empty_mlflow_db) as tracking_uri,
-        local_prefect_server(tmp_path / "prefect-server.log") as prefect_api,
+        local_prefect_server(tmp_path / "prefect", tmp_path / "prefect-server.log") as (
+            prefect_api,
+            _,
+        ),
     ):
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_API_URL": prefect_api}
         client_dir = tmp_path / "client"  # nothing may land here but the work dir
@@ -76,7 +79,7 @@ def test_pipeline_runs_against_real_servers_and_a_full_disk_keeps_their_records(
         assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
         assert list((tmp_path / "mlflow-server" / "artifacts").rglob("model.pt"))
         assert not (client_dir / "mlruns").exists() and not (client_dir / "mlflow.db").exists()
-        version = client.get_model_version_by_alias("kd-student", "champion")
+        version = client.get_model_version_by_alias(MODEL, "champion")
         assert version.run_id == children["handoff"].info.run_id
 
         # Prefect: the flow run and its tasks are recorded on the server

