@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from components.config import load_config
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--dom", type=Path, help="also write the runs page as rendered (HTML)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
@@ -67,27 +69,45 @@ def main(argv: list[str] | None = None) -> int:
     (parent,) = tracker.pipeline_runs(config.experiment_name, last=1)
     children = tracker.children(parent)
     model_ids = tracker.logged_model_ids([run.run_id for run in children.values()])
+    (onnx_model,) = tracker.logged_model_ids([children["handoff"].run_id])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     server += ["--workers", "1", "--backend-store-uri", store]
     args.out.mkdir(parents=True, exist_ok=True)
     page = f"{url}/#/experiments/{experiment_id}/runs"
+    # The handoff stage's row: the ONNX model it logged and registered (rows of stage runs are
+    # folded under the pipeline's row; a search shows one of them).
+    handoff_rows = page + "?" + urllib.parse.urlencode({"searchFilter": "run_name = 'handoff'"})
+    run_page = f"{page}/{parent.run_id}"
     with server_process("mlflow server", server, url, scratch / "server.log", env, 120):
-        dom = chromium(args.chromium, page, "--dump-dom")
+        table = chromium(args.chromium, page, "--dump-dom")
         chromium(args.chromium, page, f"--screenshot={(args.out / 'mlflow_ui.png').resolve()}")
+        handoff = chromium(args.chromium, handoff_rows, "--dump-dom")
+        shot = (args.out / "mlflow_ui_handoff.png").resolve()
+        chromium(args.chromium, handoff_rows, f"--screenshot={shot}")
+        details = chromium(args.chromium, run_page, "--dump-dom")
+    if args.dom is not None:
+        args.dom.write_text(handoff)
     code = code_version()
+    # What the pipeline's row of the runs table shows, and its run page.
     expected = {
-        "dataset": f"{config.dataset_name}/train",
-        "source commit": code["git_commit"][:7],
-        "source branch": code["git_branch"],
-        "logged model": model_ids[0] if model_ids else "(no logged model)",
+        "Dataset column": (table, f"{config.dataset_name}/train"),
+        "Source column (branch)": (table, code["git_branch"]),
+        "Models column (handoff row)": (handoff, f"/models/{onnx_model}"),
+        "run page: git commit": (details, code["git_commit"][:7]),
     }
-    found = {what: text in dom for what, text in expected.items()}
-    report = {"page": page, "expected": expected, "found": found, "all_found": all(found.values())}
+    found = {what: text in dom for what, (dom, text) in expected.items()}
+    report = {
+        "pages": [page, handoff_rows, run_page],
+        "expected": {what: text for what, (_, text) in expected.items()},
+        "found": found,
+        "logged_models": model_ids,
+        "all_found": all(found.values()),
+    }
     write_json(args.out / "mlflow_ui.json", report)
-    for what, text in expected.items():
-        print(f"{what:15} {text!r}: {'shown' if found[what] else 'NOT SHOWN'}")
+    for what, (_, text) in expected.items():
+        print(f"{what:30} {text!r}: {'shown' if found[what] else 'NOT SHOWN'}")
     print(f"screenshot: {args.out / 'mlflow_ui.png'}")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0 if report["all_found"] else 1

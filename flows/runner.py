@@ -103,13 +103,17 @@ def _execute(
         outcome = stage.run(ctx)
         data = next((r for r in (*inputs.values(), outcome.ref) if isinstance(r, DataRef)), None)
         if stage.splits and data is not None:
-            tracker.log_dataset_inputs(
-                run_id,
-                config.dataset_name,
-                data.fingerprint,
-                config.data_source_uri,
-                {split: data.split_sizes[split] for split in stage.splits},
-            )
+            # On the stage's run; and, from the stage that prepares the data, on the parent
+            # run too: the pipeline's row in the runs table shows the data it ran on.
+            owners = [run_id] + ([pipeline.parent_run_id] if data is outcome.ref else [])
+            for owner in owners:
+                tracker.log_dataset_inputs(
+                    owner,
+                    config.dataset_name,
+                    data.fingerprint,
+                    config.data_source_uri,
+                    {split: data.split_sizes[split] for split in stage.splits},
+                )
         log_record(tracker, run_id, outcome.record)
         log_record(tracker, pipeline.parent_run_id, outcome.parent)
         return outcome.ref.model_copy(update={"run_id": run_id})

@@ -26,6 +26,7 @@ from mlflow.entities import (
     Dataset,
     DatasetInput,
     InputTag,
+    LoggedModelOutput,
     Metric,
     Param,
     Run,
@@ -553,6 +554,11 @@ class Tracker:
             max_results=last or 1000,
         )
         return [RunRecord.of(run) for run in found]
+
+    def link_model(self, run_id: str, model_id: str) -> None:
+        """Show a logged model as an output of another run too (the pipeline's parent run
+        shows the model it handed off)."""
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
     def logged_model_ids(self, run_ids: Sequence[str]) -> list[str]:
         """The logged models the runs output (MLflow 3 model outputs), in run order."""

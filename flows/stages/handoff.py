@@ -248,6 +248,8 @@ class Handoff(Stage[HandoffRef]):
         example_input = example.contiguous().numpy()
         outputs = run_onnx(onnx_session(model_path), example_input)
         model = ctx.tracker.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
+        # The pipeline's row in the runs table shows the model it handed off.
+        ctx.tracker.link_model(ctx.pipeline.parent_run_id, model[0])
         return ctx.tracker.register(
             name,
             ctx.run_id,

