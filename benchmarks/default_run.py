@@ -10,7 +10,6 @@ parent run's reuse tags). README quotes DIR/default_run.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -23,15 +22,11 @@ from pathlib import Path
 from components.benchmark import cpu_info
 from components.config import load_config
 from components.io import write_json, write_text
-from flows.cli import add_config_arguments
+from flows.cli import script_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, required=True)
-    add_config_arguments(parser)
+    parser = script_parser(__doc__)
     args = parser.parse_args(argv)
     load_config(args.config, args.overrides)  # a bad config fails here, not in the process
     scratch = Path(tempfile.mkdtemp(prefix="kd-default-run-"))

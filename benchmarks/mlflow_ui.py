@@ -13,7 +13,6 @@ and DIR/mlflow_ui.png.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from components.config import load_config
 from components.io import code_version, write_json
-from flows.cli import add_config_arguments
+from flows.cli import script_parser
 from flows.servers import free_port, server_process
 from flows.tracking import Tracker
 
@@ -41,13 +40,9 @@ def chromium(binary: str, url: str, *args: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, required=True)
+    parser = script_parser(__doc__)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
     parser.add_argument("--dom", type=Path, help="also write the runs page as rendered (HTML)")
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     if shutil.which(args.chromium) is None:

@@ -74,6 +74,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark script's parser: its docstring as help, ``--out DIR``, ``--config`` and
+    ``--set`` (the scripts that run the pipeline as a user would)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="where the results go")
+    add_config_arguments(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Knowledge-distillation pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
