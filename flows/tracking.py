@@ -134,12 +134,21 @@ def _alive(pid: int) -> bool:
 def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     """``uri`` for the block, for the MLflow calls that read the process-wide tracking URI
     rather than take a client (model logging; the registry resolving ``models:/<id>``).
-    MLflow's own helper: it restores the previous setting exactly, unset included, so a later
-    change of MLFLOW_TRACKING_URI still counts."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    Restored exactly afterwards, MLFLOW_TRACKING_URI included: MLflow's setter writes that
+    variable and, given None, deletes it, which would take the user's setting away from the
+    rest of the process and from the processes it starts."""
+    from mlflow.tracking._tracking_service import utils
 
-    with _use_tracking_uri(uri):
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
         yield
+    finally:
+        utils._tracking_uri = saved_uri  # (the setter refuses None, and deletes the variable)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 @contextlib.contextmanager

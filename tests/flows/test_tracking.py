@@ -1,3 +1,4 @@
+import os
 import re
 from importlib import metadata
 
@@ -114,3 +115,21 @@ def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> Non
     card = (session_runs.store.work / "handoff" / parent.info.run_id / "MODEL_CARD.md").read_text()
     assert version.description == card
     assert f"- code: `git {parent.data.tags['mlflow.source.git.commit']} (" in card
+
+
+def test_model_logging_leaves_the_tracking_uri_as_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from flows.tracking import _fluent_tracking_uri
+
+    store = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
+    with _fluent_tracking_uri(store):
+        assert mlflow.get_tracking_uri() == store
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"  # not deleted, not pinned
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///changed.db")
+    assert mlflow.get_tracking_uri() == "sqlite:///changed.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with _fluent_tracking_uri(store):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
