@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_FLUENT = threading.RLock()
+
+
 @contextlib.contextmanager
 def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     """``uri`` for the block, for the MLflow calls that read the process-wide tracking URI
@@ -139,16 +143,19 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     rest of the process and from the processes it starts."""
     from mlflow.tracking._tracking_service import utils
 
-    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved_uri  # (the setter refuses None, and deletes the variable)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    # One block at a time: a sweep's students log their models from parallel threads, and
+    # interleaved save/restore pairs would leave the process pinned to one store.
+    with _FLUENT:
+        saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            utils._tracking_uri = saved_uri  # (the setter refuses None, deletes the variable)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 @contextlib.contextmanager
