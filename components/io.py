@@ -148,19 +148,7 @@ def code_description() -> str:
 
 def git_commit(directory: Path | None = None) -> str:
     """The commit of the checkout the code runs from (``unknown`` outside a git checkout)."""
-    where = directory or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            cwd=where,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
+    return _git(directory or Path(__file__).resolve().parent, "rev-parse", "HEAD") or "unknown"
 
 
 class WorkDirBusy(WorkDirError):
