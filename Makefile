@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test quick lint format lock clean
+.PHONY: install system-deps run test quick lint format lock clean
 
 # The venv is (re)built whenever pyproject.toml or a lock changes. It installs exactly the
 # versions the suite was run with: the locks, as pip constraints (`make lock` rewrites them).
@@ -19,7 +19,18 @@ install: $(STAMP)
 run: $(STAMP)  ## kd run on the default config (extra arguments: make run ARGS="--set seed=1")
 	$(BIN)/kd run $(ARGS)
 
-test: $(STAMP)  ## lint, format check, type check, then the whole test suite
+# The team-stack test runs a throwaway PostgreSQL cluster: Debian's postgresql package,
+# installed here when missing (as root, e.g. on CI); without root, install it yourself.
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "make system-deps: PostgreSQL is missing; run as root or: sudo apt-get install postgresql" >&2; \
+	fi
+
+test: $(STAMP) system-deps  ## lint, format check, type check, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -33,7 +33,13 @@ from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig, PipelineConfig, load_config
 from components.data import Dataset, load_dataset, normalize, prepare_dataset
 from components.io import write_json, write_text
-from components.logit_cache import CacheSpec, LogitCache, build_logit_cache, open_logit_cache
+from components.logit_cache import (
+    CacheSpec,
+    LogitCache,
+    build_logit_cache,
+    open_logit_cache,
+    pipeline_cache_spec,
+)
 from components.recipes import fit, student_recipe, teacher_recipe
 from components.stats import mean_interval
 from components.teachers import InputSpec, OnlineTeacher, TeacherView
@@ -118,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cache_for(views: int) -> tuple[LogitCache, float, int]:
         config = with_views(views)
-        spec = CacheSpec.create(
-            teacher_sha, info.fingerprint, config.student.train.augment, config.seed, config.cache
-        )
+        spec = pipeline_cache_spec(config, teacher_sha, info.fingerprint)
         built = build_logit_cache(
             teacher, spec, dataset, work / "cache", config.cache.chunk_rows, CPU
         )

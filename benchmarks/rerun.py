@@ -10,13 +10,16 @@ command line three times as separate processes, the way a schedule does:
 3. ``kd run`` with only the student's learning rate changed: teacher and logit cache reused.
 
 Wall times are of the whole process (Python start-up, imports and starting the Prefect
-server included), so they are what a user waits. Writes DIR/rerun.json (top level:
-``rerun_vs_first_ratio`` = run 2 / run 1) and DIR/rerun.md.
+server included), so they are what a user waits; ``--in-process`` calls kd in this process
+instead (no start-up in the times: a quick check of the reuse, as the tests run it).
+Writes DIR/rerun.json (top level: ``rerun_vs_first_ratio`` = run 2 / run 1) and
+DIR/rerun.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 from components.config import load_config
 from components.io import write_json, write_text
@@ -33,20 +37,48 @@ from flows.tracking import Tracker
 STUDENT_CHANGE = "student.train.lr={lr}"
 
 
-def _kd_run(scratch: Path, config: Path | None, overrides: list[str], log: Path) -> float:
-    command = [sys.executable, "-m", "flows.cli", "run"]
+def _kd_run(
+    scratch: Path, config: Path | None, overrides: list[str], log: Path, in_process: bool
+) -> float:
+    arguments = ["run"]
     if config is not None:
-        command += ["--config", str(config.resolve())]
+        arguments += ["--config", str(config.resolve())]
     for override in overrides:
-        command += ["--set", override]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}"}
+        arguments += ["--set", override]
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
     started = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if in_process:
+            code = _kd_in_process(arguments, scratch, uri, out)
+        else:
+            command = [sys.executable, "-m", "flows.cli", *arguments]
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+            done = subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=out)
+            code = done.returncode
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"kd run failed (exit {done.returncode}); see {log}")
+    if code != 0:
+        raise SystemExit(f"kd run failed (exit {code}); see {log}")
     return seconds
+
+
+def _kd_in_process(arguments: list[str], scratch: Path, uri: str, out: TextIO) -> int:
+    """``kd`` called in this process: no start-up, imports or server start in the times."""
+    from flows.cli import main as kd
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        with (
+            contextlib.chdir(scratch),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+        ):
+            return kd(arguments)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def _last_parent_tags(scratch: Path, experiment: str) -> dict[str, str]:
@@ -60,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="call kd in this process (times without start-up; for a quick check)",
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)  # fail here on a bad config, not later
@@ -75,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         overrides = [*args.overrides, f"work_dir={scratch / 'kd-work'}", *extra]
         log = scratch / f"rerun-{len(runs) + 1}.log"  # kept with --keep
-        seconds = _kd_run(scratch, args.config, overrides, log)
+        seconds = _kd_run(scratch, args.config, overrides, log, args.in_process)
         tags = _last_parent_tags(scratch, config.experiment_name)
         runs.append(
             {
@@ -91,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         "rerun_vs_first_ratio": round(rerun / first, 4),
         "student_change_vs_first_ratio": round(changed / first, 4),
         "goal": "rerun_vs_first_ratio <= 0.2",
-        "measured": "wall time of the whole `kd run` process, start-up and Prefect server included",
+        "measured": (
+            "wall time of kd run called in one process, without start-up"
+            if args.in_process
+            else "wall time of the whole `kd run` process, start-up and Prefect server included"
+        ),
         "config": str(args.config) if args.config else "built-in defaults",
         "overrides": args.overrides,
         "cores": os.cpu_count(),

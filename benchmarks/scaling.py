@@ -30,7 +30,7 @@ from components.benchmark import cpu_info
 from components.config import load_config
 from components.data import load_dataset, prepare_dataset
 from components.io import write_json, write_text
-from components.logit_cache import CacheSpec, build_logit_cache
+from components.logit_cache import build_logit_cache, pipeline_cache_spec
 from components.models import build_model
 from components.recipes import fit, teacher_recipe
 from components.training import resolve_device
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(info.path)
         torch.manual_seed(config.seed)
         teacher = build_model(config.teacher.model.name, info.in_channels, info.num_classes)
-        spec = CacheSpec.create(
-            "0" * 64, info.fingerprint, config.student.train.augment, config.seed, config.cache
-        )
+        spec = pipeline_cache_spec(config, "0" * 64, info.fingerprint)
         # The pipeline's teacher recipe, one epoch of it.
         recipe = teacher_recipe(config)
         train = recipe.train.model_copy(update={"epochs": 1})

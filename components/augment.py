@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.config import AugmentConfig
+from components.config import AugmentConfig, StrongAugment
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -155,3 +155,165 @@ def view_targets(
     w = torch.as_tensor(views.weight, device=labels.device)[:, None]
     partner = train_labels[views.partner_rows].to(labels.device)
     return w * F.one_hot(labels, classes).float() + (1 - w) * F.one_hot(partner, classes).float()
+
+
+# --- strong views ---------------------------------------------------------------------------
+# A RandAugment-style policy (Cubuk et al. 2020) with TrivialAugment's uniformly drawn
+# strength (Mueller and Hutter 2021), laid over a weak view and replayed like it: the
+# operations, strengths, signs and cutout centres of view v of sample s are hashes of
+# (seed, s, v), so the cache and the student render the same strong image.
+STRONG_OPS = (
+    "identity",
+    "rotate",  # up to 30 degrees
+    "shear_x",  # up to 0.3
+    "shear_y",
+    "translate_x",  # up to 30% of the side
+    "translate_y",
+    "contrast",  # factor 1 +- 0.9 m
+    "brightness",
+    "solarize",  # invert pixels above 256 (1 - m)
+    "posterize",  # keep 8 - round(4 m) bits
+    "autocontrast",
+    "cutout",  # a zeroed square of side up to half the image
+)
+_STRONG_SALT = 0x57A0_96
+
+
+@dataclass(frozen=True)
+class StrongParams:
+    ops: np.ndarray  # (N, slots) index into STRONG_OPS
+    strength: np.ndarray  # (N, slots) in [0, magnitude]
+    sign: np.ndarray  # (N, slots) +1 or -1
+    centre: np.ndarray  # (N, slots, 2) in [0, 1): the cutout's centre (row, column)
+
+
+def _unit(h: np.ndarray) -> np.ndarray:
+    """uint64 hashes -> floats uniform in [0, 1) (the top 53 bits)."""
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def strong_params(
+    config: StrongAugment, seed: int, sample_ids: np.ndarray, view_ids: np.ndarray | int
+) -> StrongParams:
+    h = view_hash(seed ^ _STRONG_SALT, sample_ids, view_ids)
+    ops, strength, sign, centre = [], [], [], []
+    for _ in range(config.ops):
+        h = _splitmix(h)
+        ops.append((h % np.uint64(len(STRONG_OPS))).astype(np.int64))
+        h = _splitmix(h)
+        strength.append(_unit(h) * config.magnitude)
+        h = _splitmix(h)
+        sign.append(np.where(h & np.uint64(1), 1.0, -1.0))
+        h = _splitmix(h)
+        row = _unit(h)
+        h = _splitmix(h)
+        centre.append(np.stack([row, _unit(h)], axis=-1))
+    return StrongParams(
+        ops=np.stack(ops, axis=1),
+        strength=np.stack(strength, axis=1),
+        sign=np.stack(sign, axis=1),
+        centre=np.stack(centre, axis=1),
+    )
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample (n, C, H, W) through per-image 2x3 affine maps (output -> input), zeros
+    outside."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _strong_op(
+    name: str, x: torch.Tensor, m: torch.Tensor, sign: torch.Tensor, centre: torch.Tensor
+) -> torch.Tensor:
+    """One operation on float images in [0, 255], strength ``m`` (n,) in [0, 1]."""
+    n = len(x)
+    per_image = (n, 1, 1, 1)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    signed = sign * m
+    match name:
+        case "rotate":
+            angle = torch.deg2rad(30.0 * signed)
+            theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+            theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+            return _affine(x, theta)
+        case "shear_x":
+            theta[:, 0, 1] = 0.3 * signed
+            return _affine(x, theta)
+        case "shear_y":
+            theta[:, 1, 0] = 0.3 * signed
+            return _affine(x, theta)
+        case "translate_x":
+            theta[:, 0, 2] = 0.6 * signed  # normalised coordinates span 2
+            return _affine(x, theta)
+        case "translate_y":
+            theta[:, 1, 2] = 0.6 * signed
+            return _affine(x, theta)
+        case "contrast":
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            return mean + (x - mean) * (1 + 0.9 * signed).view(per_image)
+        case "brightness":
+            return x * (1 + 0.9 * signed).view(per_image)
+        case "solarize":
+            threshold = (256.0 * (1 - m)).view(per_image)
+            return torch.where(x >= threshold, 255.0 - x, x)
+        case "posterize":
+            step = torch.pow(2.0, torch.round(4.0 * m)).view(per_image)
+            return torch.floor(x / step) * step
+        case "autocontrast":
+            low = x.amin(dim=(2, 3), keepdim=True)
+            high = x.amax(dim=(2, 3), keepdim=True)
+            span = (high - low).clamp_min(1.0)
+            return torch.where(high > low, (x - low) * 255.0 / span, x)
+        case "cutout":
+            height, width = x.shape[2:]
+            side = torch.round(0.5 * m * min(height, width))
+            top = torch.floor(centre[:, 0] * height) - torch.floor(side / 2)
+            left = torch.floor(centre[:, 1] * width) - torch.floor(side / 2)
+            rows = torch.arange(height, dtype=x.dtype)[None, :, None]
+            cols = torch.arange(width, dtype=x.dtype)[None, None, :]
+            inside = (
+                (rows >= top[:, None, None])
+                & (rows < (top + side)[:, None, None])
+                & (cols >= left[:, None, None])
+                & (cols < (left + side)[:, None, None])
+            )
+            return x.masked_fill(inside[:, None], 0.0)
+        case _:
+            raise ValueError(f"unknown strong augmentation {name!r}")
+
+
+def apply_strong(images: torch.Tensor, params: StrongParams) -> torch.Tensor:
+    """The strong views of uint8 (N, C, H, W) images: each slot's operation applied to the
+    images that drew it, rounded back to uint8 after every operation (like PIL)."""
+    device = images.device
+    x = images.float().cpu()  # the same arithmetic whatever device renders
+    for slot in range(params.ops.shape[1]):
+        for index, name in enumerate(STRONG_OPS):
+            chosen = np.flatnonzero(params.ops[:, slot] == index)
+            if name == "identity" or len(chosen) == 0:
+                continue
+            pick = torch.as_tensor(chosen)
+            m = torch.as_tensor(params.strength[chosen, slot], dtype=x.dtype)
+            sign = torch.as_tensor(params.sign[chosen, slot], dtype=x.dtype)
+            centre = torch.as_tensor(params.centre[chosen, slot], dtype=x.dtype)
+            x[pick] = _strong_op(name, x[pick], m, sign, centre).round().clamp(0, 255)
+    return x.to(torch.uint8).to(device)
+
+
+def render_strong_views(
+    fetch: Callable[[np.ndarray], torch.Tensor],
+    rows: np.ndarray,
+    train_indices: np.ndarray,
+    view_ids: np.ndarray | int,
+    config: AugmentConfig,
+    seed: int,
+) -> torch.Tensor:
+    """The strong views (uint8) of training-split ``rows``: the strong policy laid over the
+    weak view of the same number."""
+    if config.strong is None:
+        raise ValueError("no strong augmentation configured (augment.strong)")
+    sample_ids = train_indices[rows]
+    weak = augment(fetch(rows), config, seed, sample_ids, view_ids)
+    return apply_strong(weak, strong_params(config.strong, seed, sample_ids, view_ids))

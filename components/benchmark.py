@@ -6,6 +6,7 @@ peak on the same threads, CPU model and ISA flags, package versions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import platform
@@ -157,9 +158,12 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     return int(counter.get_total_flops())
 
 
+@functools.cache
 def matmul_peak_flops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """Best float32 FLOP/s of a large square matrix product on ``threads`` threads, the
-    better of PyTorch's (MKL/oneDNN) and ONNX Runtime's (MLAS) own kernels."""
+    better of PyTorch's (MKL/oneDNN) and ONNX Runtime's (MLAS) own kernels. Measured once
+    per process (a second of work that a sweep or a schedule would repeat for the same
+    machine)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     with torch_threads(threads):
         torch.mm(a, b)

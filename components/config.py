@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, assert_never
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ArchName = Literal[
     "resnet_small",
@@ -100,6 +107,16 @@ class ModelConfig(Strict):
     name: ArchName | TorchvisionArch
 
 
+class StrongAugment(Strict):
+    """The strong view: a RandAugment-style policy (Cubuk et al. 2020) laid over the weak
+    crop view, replayed from (seed, sample, view) like the crop; see components/augment.py.
+    Each strong view applies ``ops`` operations drawn from the policy's list, each at a
+    magnitude drawn uniformly in [0, ``magnitude``]."""
+
+    ops: int = Field(2, ge=1, le=4, description="Operations per strong view.")
+    magnitude: float = Field(0.5, gt=0, le=1, description="Largest strength, 1 = the policy's max.")
+
+
 class AugmentConfig(Strict):
     """Random crop with zero padding, optional horizontal flip and mixup; training only."""
 
@@ -114,6 +131,17 @@ class AugmentConfig(Strict):
         description="Mixup (Zhang et al. 2018) with a partner and weight ~ Beta(a, a) replayed "
         "from the seed, so teacher and student see the same mixed image; 0 turns it off.",
     )
+    strong: StrongAugment | None = Field(
+        None,
+        description="A second, strong view of every cached view (two-view methods: "
+        "distill.kind=mlkd); null: weak crop views only.",
+    )
+
+    @model_validator(mode="after")
+    def _strong_over_plain_crops(self) -> AugmentConfig:
+        if self.strong is not None and self.mixup_alpha > 0:
+            raise ValueError("strong views are laid over crops, not mixed images: mixup_alpha=0")
+        return self
 
 
 class TrainConfig(Strict):
@@ -241,16 +269,37 @@ class TeacherConfig(Strict):
         return self
 
 
+class BaselineConfig(Strict):
+    """The label-only control's candidates: every combination of ``views`` and
+    ``label_smoothing``, each with the student's architecture, epochs and schedule; the one
+    with the best validation accuracy is the control (the test split is never read to
+    choose). ``cached``: one of the K cached views each epoch, the distilled student's inputs;
+    ``fresh``: a new view every epoch, as a student trained without a teacher would get.
+    Label smoothing is a known teacher-free stand-in for KD (Yuan et al. 2020)."""
+
+    views: tuple[Literal["cached", "fresh"], ...] = Field(("cached", "fresh"), min_length=1)
+    label_smoothing: tuple[float, ...] = Field((0.0, 0.1), min_length=1)
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _in_range(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= v < 1 for v in values):
+            raise ValueError("label smoothing must be in [0, 1)")
+        return values
+
+
 class StudentConfig(Strict):
     """The student; ``student-baseline`` and ``student-kd`` both train it with this budget.
 
     ``train.augment`` is the view policy: the logit cache holds the teacher's logits for
-    ``cache.views`` such views per sample, and both students train on exactly those views.
+    ``cache.views`` such views per sample, and the distilled student trains on exactly those
+    views. ``baseline``: the candidates for the label-only control (the best on validation).
     """
 
     model: ModelConfig = ModelConfig(name="cnn_small")
     # Chosen by benchmarks/distill_quality.py (README: "Choosing the defaults").
     train: TrainConfig = TrainConfig(epochs=24, augment=AugmentConfig(enabled=True))
+    baseline: BaselineConfig = BaselineConfig()
 
 
 class HintonDistill(Strict):
@@ -274,7 +323,58 @@ class DKDDistill(Strict):
     standardize: bool = Field(False, description="Z-score logits first (Sun et al. 2024).")
 
 
-DistillConfig = Annotated[HintonDistill | DKDDistill, Field(discriminator="kind")]
+class DISTDistill(Strict):
+    """DIST (Huang et al. 2022): ce_weight * CE + T^2 (beta * inter + gamma * intra), the
+    inter- and intra-class terms 1 - Pearson correlation of the softened distributions."""
+
+    kind: Literal["dist"] = "dist"
+    temperature: float = Field(4.0, gt=0, le=100)
+    beta: float = Field(2.0, ge=0, description="Weight of the inter-class (per sample) term.")
+    gamma: float = Field(2.0, ge=0, description="Weight of the intra-class (per class) term.")
+    ce_weight: float = Field(1.0, ge=0)
+
+
+class WTTMDistill(Strict):
+    """WTTM (Zheng and Yang 2024): ce_weight * CE + kd_weight * mean U(p_t) KL(p_t^power
+    renormalised || student at T = 1), U the sum of the powered probabilities."""
+
+    kind: Literal["wttm"] = "wttm"
+    power: float = Field(
+        0.2, gt=0, le=1, description="The teacher's transform p^power (power = 1 / T)."
+    )
+    kd_weight: float = Field(4.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+
+
+class MLKDDistill(Strict):
+    """Multi-level logit distillation (Jin et al. 2023) from a weak and a strong view of
+    every sample: instance, batch and class alignment at several temperatures."""
+
+    kind: Literal["mlkd"] = "mlkd"
+    temperatures: tuple[float, ...] = Field(
+        (2.0, 3.0, 4.0, 5.0, 6.0), min_length=1, description="Every level is summed over these."
+    )
+    kd_weight: float = Field(0.9, ge=0)
+    ce_weight: float = Field(0.1, ge=0)
+    standardize: bool = Field(
+        False, description="Z-score logits in the instance term (Sun et al. 2024)."
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, temperatures: tuple[float, ...]) -> tuple[float, ...]:
+        if any(t <= 0 for t in temperatures):
+            raise ValueError("temperatures must all be positive")
+        return temperatures
+
+
+DistillConfig = Annotated[
+    HintonDistill | DKDDistill | DISTDistill | WTTMDistill | MLKDDistill,
+    Field(discriminator="kind"),
+]
+
+# The methods that read a weak and a strong view of every sample.
+TWO_VIEW_METHODS = (MLKDDistill,)
 
 
 class CacheConfig(Strict):
@@ -495,8 +595,38 @@ class PipelineConfig(Strict):
                 assert_never(self.data)
 
     @property
+    def cache_readings(self) -> list[tuple[float, bool]] | None:
+        """Top-k storage: every (temperature, z-scored) at which the distill method reads the
+        teacher, which the cache must hold to rebuild it exactly; None for full storage (it
+        reads exactly anywhere, so the method does not change the cache)."""
+        if self.cache.storage != "topk":
+            return None
+        from components.losses import teacher_readings  # losses imports this module
+
+        return list(teacher_readings(self.distill))
+
+    @property
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"{self.experiment_name}-{self.dataset_name}"
+
+    @model_validator(mode="after")
+    def _strong_views_for_two_view_methods(self) -> PipelineConfig:
+        two_view = isinstance(self.distill, TWO_VIEW_METHODS)
+        strong = self.student.train.augment.strong is not None
+        if two_view and not (strong and self.student.train.augment.enabled):
+            raise ValueError(
+                f"distill.kind={self.distill.kind} reads a weak and a strong view of every "
+                "sample: set student.train.augment.enabled=true and "
+                "student.train.augment.strong (e.g. --set student.train.augment.strong={})"
+            )
+        if strong and not two_view:
+            raise ValueError(
+                "student.train.augment.strong: strong views are read by two-view methods "
+                f"only (distill.kind=mlkd), not by distill.kind={self.distill.kind}"
+            )
+        if self.teacher.train.augment.strong is not None:
+            raise ValueError("teacher.train.augment.strong: only students train on strong views")
+        return self
 
     @model_validator(mode="after")
     def _views_need_augmentation(self) -> PipelineConfig:

@@ -6,13 +6,23 @@ teacher's logits on exactly that input. The student later trains on the same vie
 caching never changes what it learns ("consistent teaching", Beyer et al. 2022; FKD, Shen &
 Xing 2022), and the cost of the teacher is paid once, not every epoch.
 
+Two views. With a strong policy in the view config (``augment.strong``), every view v of a
+sample also has a strong view: the strong augmentation of weak view v, replayed from (seed,
+sample, v) the same way (augment.py). The cache then holds the teacher on both, the strong
+arrays under the same names prefixed ``strong_``, for the two-view methods (MLKD).
+
 Storage (``storage``):
 - ``full``: ``logits.npy`` (rows, K, classes) in float16 (default) or float32.
-- ``topk``: ``values.npy`` (rows, K, k) float16, ``indices.npy`` (rows, K, k) in the smallest
-  unsigned type that holds the class count, and ``rest.npy`` (rows, K): the mean of the
-  other logits. Read back, every class outside the top k gets that mean logit, so at any
-  temperature the top-k classes keep their exact relative odds and the leftover probability
-  mass is spread evenly over the other classes.
+- ``topk``: ``values.npy`` (rows, K, k), ``indices.npy`` (rows, K, k) in the smallest
+  unsigned type that holds the class count, and ``rest_lse.npy`` (rows, K, R) float32: for
+  each of the R readings (temperature T, z-scored or not) the distillation method makes of
+  the teacher (losses.teacher_readings), the log-sum-exp of the other classes' logits / T;
+  with a z-scored reading also ``moments.npy`` (rows, K, 2), each logit vector's mean and
+  standard deviation. Read back at a reading's T, the top-k classes get their exact
+  probabilities and the other classes share the exact leftover mass, evenly: a mean of the
+  leftover logits instead (Jensen: (C - k) exp(mean / T) <= sum exp(z_j / T)) would
+  understate that mass. The readings are part of the key: another temperature is another
+  cache. Values that do not fit the storage dtype (float16 beyond 65504) refuse the chunk.
 
 Safety. The cache key hashes everything that produced the content (teacher weights sha256,
 dataset fingerprint, view policy and seed, K, storage format). A build writes chunks of rows
@@ -30,11 +40,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, assert_never
 
@@ -43,15 +54,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from components.augment import render_views
-from components.config import AugmentConfig, CacheConfig
+from components.augment import render_strong_views, render_views
+from components.config import AugmentConfig, CacheConfig, PipelineConfig
 from components.data import Dataset, DatasetInfo
 from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
+from components.losses import STANDARDIZE_EPS, Teacher, standardize
 from components.teachers import InputSpec, TeacherView
 from components.training import place, show_progress
 
-FORMAT_VERSION = 3  # 3: the teacher's input recipe and class map in the spec
+FORMAT_VERSION = 4  # 4: exact top-k (leftover log-sum-exp per reading), strong views
 
 
 class CacheError(ValueError):
@@ -74,6 +86,18 @@ class CacheSpec:
     # output that scores it (None: the same classes in the same order); see teachers.py.
     teacher_input: dict[str, Any] | None = None
     class_index: list[int] | None = None
+    # Top-k storage: the (temperature, z-scored) readings it can rebuild exactly.
+    readings: list[tuple[float, bool]] | None = None
+
+    @property
+    def strong(self) -> bool:
+        """Whether the cache also holds the teacher on each view's strong view."""
+        return self.augment.get("strong") is not None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The array-name prefixes: "" for the weak views, "strong_" for the strong ones."""
+        return ("", "strong_") if self.strong else ("",)
 
     @classmethod
     def create(
@@ -85,7 +109,13 @@ class CacheSpec:
         config: CacheConfig,
         teacher_input: dict[str, Any] | None = None,
         class_index: list[int] | None = None,
+        readings: list[tuple[float, bool]] | tuple[tuple[float, bool], ...] | None = None,
     ) -> CacheSpec:
+        """``readings``: for top-k storage, where the loss reads the teacher
+        (``PipelineConfig.cache_readings``); ignored for full storage, which reads anywhere."""
+        topk = config.storage == "topk"
+        if topk and not readings:
+            raise CacheError("top-k storage needs the readings (temperatures) it is built for")
         return cls(
             teacher_sha256=teacher_sha256,
             dataset_fingerprint=dataset_fingerprint,
@@ -97,11 +127,37 @@ class CacheSpec:
             dtype=config.dtype,
             teacher_input=teacher_input,
             class_index=class_index,
+            readings=[(float(t), bool(z)) for t, z in readings or ()] if topk else None,
         )
+
+    def __post_init__(self) -> None:
+        if self.readings is not None:  # JSON gives lists back: one form, for equality
+            object.__setattr__(self, "readings", [(float(t), bool(z)) for t, z in self.readings])
 
     @property
     def key(self) -> str:
         return sha256_json({"format": FORMAT_VERSION, **asdict(self)})[:16]
+
+
+def pipeline_cache_spec(
+    config: PipelineConfig,
+    teacher_sha256: str,
+    dataset_fingerprint: str,
+    teacher_input: dict[str, Any] | None = None,
+    class_index: list[int] | None = None,
+) -> CacheSpec:
+    """The spec of the cache a config's students read: the student's view policy, the run's
+    seed, the config's storage, and for top-k the readings its distill method makes."""
+    return CacheSpec.create(
+        teacher_sha256,
+        dataset_fingerprint,
+        config.student.train.augment,
+        config.seed,
+        config.cache,
+        teacher_input=teacher_input,
+        class_index=class_index,
+        readings=config.cache_readings,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,42 +180,78 @@ def index_dtype(num_classes: int) -> np.dtype:
     raise CacheError(f"{num_classes} classes do not fit a uint32 index")
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _layout(
     spec: CacheSpec, rows: int, classes: int
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Array name -> (shape, dtype) for this spec."""
     values = np.dtype(spec.dtype)
-    match spec.storage:
-        case "full":
-            return {"logits": ((rows, spec.views, classes), values)}
-        case "topk":
-            k = spec.top_k or 0
-            return {
-                "values": ((rows, spec.views, k), values),
-                "indices": ((rows, spec.views, k), index_dtype(classes)),
-                "rest": ((rows, spec.views), values),
-            }
-        case _:
-            assert_never(spec.storage)
+    layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for kind in spec.kinds:
+        match spec.storage:
+            case "full":
+                layout[f"{kind}logits"] = ((rows, spec.views, classes), values)
+            case "topk":
+                k, readings = spec.top_k or 0, spec.readings or []
+                layout[f"{kind}values"] = ((rows, spec.views, k), values)
+                layout[f"{kind}indices"] = ((rows, spec.views, k), index_dtype(classes))
+                layout[f"{kind}rest_lse"] = ((rows, spec.views, len(readings)), _F32)
+                if any(z for _, z in readings):
+                    layout[f"{kind}moments"] = ((rows, spec.views, 2), _F32)
+            case _:
+                assert_never(spec.storage)
+    return layout
 
 
-def encode(logits: torch.Tensor, spec: CacheSpec, classes: int) -> dict[str, np.ndarray]:
-    """Float32 logits (..., classes) -> the stored arrays of one chunk."""
+def encode(
+    logits: torch.Tensor, spec: CacheSpec, classes: int, kind: str = ""
+) -> dict[str, np.ndarray]:
+    """Float32 logits (..., classes) -> the stored arrays of one chunk; refuses values that
+    are not finite or do not fit the storage dtype, rather than storing inf."""
+    if not torch.isfinite(logits).all():
+        raise CacheError("the teacher's logits are not finite (NaN or inf): nothing stored")
     values = np.dtype(spec.dtype)
+    with np.errstate(over="ignore"):  # an overflowing cast is refused below, by name
+        arrays = _encode(logits, spec, classes, kind, values)
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            largest = float(logits.abs().max())
+            raise CacheError(
+                f"{name}: the teacher's logits (largest |z| = {largest:.4g}) do not fit "
+                f"{array.dtype.name} (finite only up to {np.finfo(array.dtype).max:.6g}): "
+                "set cache.dtype=float32"
+            )
+    return arrays
+
+
+def _encode(
+    logits: torch.Tensor, spec: CacheSpec, classes: int, kind: str, values: np.dtype
+) -> dict[str, np.ndarray]:
     match spec.storage:
         case "full":
-            return {"logits": logits.numpy().astype(values)}
+            arrays = {f"{kind}logits": logits.numpy().astype(values)}
         case "topk":
             k = spec.top_k or 0
             top = logits.topk(k, dim=-1)
-            rest = (logits.sum(-1) - top.values.sum(-1)) / (classes - k)
-            return {
-                "values": top.values.numpy().astype(values),
-                "indices": top.indices.numpy().astype(index_dtype(classes)),
-                "rest": rest.numpy().astype(values),
+            arrays = {
+                f"{kind}values": top.values.numpy().astype(values),
+                f"{kind}indices": top.indices.numpy().astype(index_dtype(classes)),
             }
+            readings = spec.readings or []
+            rest_lse = []
+            for temperature, standardized in readings:
+                z = standardize(logits) if standardized else logits
+                rest = z.scatter(-1, top.indices, float("-inf"))  # the top k masked out
+                rest_lse.append(torch.logsumexp(rest / temperature, dim=-1))
+            arrays[f"{kind}rest_lse"] = torch.stack(rest_lse, dim=-1).numpy()
+            if any(z for _, z in readings):
+                moments = torch.stack([logits.mean(-1), logits.std(-1)], dim=-1)
+                arrays[f"{kind}moments"] = moments.numpy()
         case _:
             assert_never(spec.storage)
+    return arrays
 
 
 def _chunk_digest(arrays: Mapping[str, np.ndarray], start: int, stop: int) -> str:
@@ -169,6 +261,69 @@ def _chunk_digest(arrays: Mapping[str, np.ndarray], start: int, stop: int) -> st
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class TopKReadings:
+    """A batch's teacher from top-k storage, rebuilt for the readings it was built for
+    (implements losses.TeacherReadings)."""
+
+    values: torch.Tensor  # (..., k) float32, the top-k logits
+    indices: torch.Tensor  # (..., k) int64
+    rest_lse: torch.Tensor  # (..., R): LSE of the other logits / T, per reading
+    moments: torch.Tensor | None  # (..., 2): mean and std of all the logits
+    readings: tuple[tuple[float, bool], ...]
+    num_classes: int
+
+    def at(self, temperature: float, standardized: bool = False) -> torch.Tensor:
+        """Logits (..., classes) whose softmax at ``temperature`` gives the top-k classes
+        their exact probabilities and the others, evenly, the exact leftover mass: each
+        other class gets T * (rest_lse - log(C - k)), so (C - k) exp(it / T) = exp(rest_lse)."""
+        reading = (float(temperature), bool(standardized))
+        if reading not in self.readings:
+            raise CacheError(
+                f"this top-k logit cache holds the teacher at {list(self.readings)} "
+                f"(temperature, z-scored), not at {reading}: it was built for another "
+                "distill config (the pipeline builds one per config)"
+            )
+        values = self.values
+        if standardized:
+            assert self.moments is not None  # written with every z-scored reading
+            mean, std = self.moments[..., :1], self.moments[..., 1:]
+            values = (values - mean) / (std + STANDARDIZE_EPS)
+        others = self.num_classes - values.shape[-1]
+        rest = self.rest_lse[..., self.readings.index(reading)]
+        leftover = temperature * (rest - math.log(others))
+        full = leftover[..., None].expand(*values.shape[:-1], self.num_classes).clone()
+        return full.scatter_(-1, self.indices, values)
+
+    @classmethod
+    def decode(
+        cls, arrays: Mapping[str, np.ndarray], spec: CacheSpec, num_classes: int, kind: str = ""
+    ) -> TopKReadings:
+        """The readings of stored top-k arrays (``encode``'s output, or rows of a cache)."""
+
+        def read(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(arrays[f"{kind}{name}"]))
+
+        return cls(
+            values=read("values").float(),
+            indices=read("indices").long(),
+            rest_lse=read("rest_lse").float(),
+            moments=read("moments").float() if f"{kind}moments" in arrays else None,
+            readings=tuple(spec.readings or ()),
+            num_classes=num_classes,
+        )
+
+    def to(self, device: torch.device) -> TopKReadings:
+        moments = self.moments.to(device) if self.moments is not None else None
+        return replace(
+            self,
+            values=self.values.to(device),
+            indices=self.indices.to(device),
+            rest_lse=self.rest_lse.to(device),
+            moments=moments,
+        )
+
+
 class LogitCache:
     """A verified cache, read through memory maps: random rows, any view."""
 
@@ -176,21 +331,46 @@ class LogitCache:
         self.directory = directory
         self.manifest = manifest
         self.arrays = arrays
+        self.spec = CacheSpec(**manifest["spec"])
         self.rows, self.views, self.num_classes = (
             manifest["rows"],
             manifest["views"],
             manifest["num_classes"],
         )
 
-    def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        """Float32 logits (len(rows), classes) of the given rows at the given views."""
-        if "logits" in self.arrays:
-            return torch.from_numpy(self.arrays["logits"][rows, views].astype(np.float32))
-        values = torch.from_numpy(self.arrays["values"][rows, views].astype(np.float32))
-        indices = torch.from_numpy(self.arrays["indices"][rows, views].astype(np.int64))
-        rest = torch.from_numpy(self.arrays["rest"][rows, views].astype(np.float32))
-        full = rest[:, None].expand(len(rows), self.num_classes).clone()
-        return full.scatter_(1, indices, values)
+    def _kind(self, strong: bool) -> str:
+        if strong and not self.spec.strong:
+            raise CacheError(f"logit cache {self.directory} holds no strong views")
+        return "strong_" if strong else ""
+
+    def logits(self, rows: np.ndarray, views: np.ndarray, strong: bool = False) -> torch.Tensor:
+        """Float32 logits (len(rows), classes) of the given rows at the given views (full
+        storage; a top-k cache is read through ``teacher``, per temperature)."""
+        name = f"{self._kind(strong)}logits"
+        if name not in self.arrays:
+            raise CacheError(f"logit cache {self.directory}: top-k storage, read per temperature")
+        return torch.from_numpy(self.arrays[name][rows, views].astype(np.float32))
+
+    def teacher(
+        self,
+        rows: np.ndarray,
+        views: np.ndarray,
+        device: torch.device | None = None,
+        strong: bool = False,
+    ) -> Teacher:
+        """What a loss reads of the teacher for these rows and views: the logits (full
+        storage) or the top-k readings, on ``device``."""
+        kind = self._kind(strong)
+        device = device or torch.device("cpu")
+        if f"{kind}logits" in self.arrays:
+            return self.logits(rows, views, strong).to(device)
+
+        picked = {
+            name: np.asarray(array[rows, views])
+            for name, array in self.arrays.items()
+            if name.startswith(kind) and (kind or not name.startswith("strong_"))
+        }
+        return TopKReadings.decode(picked, self.spec, self.num_classes, kind).to(device)
 
 
 def open_logit_cache(
@@ -204,7 +384,10 @@ def open_logit_cache(
         raise CacheError(f"logit cache manifest {manifest_path}: unreadable ({err})") from err
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"logit cache {directory}: format {manifest.get('format_version')!r}")
-    spec = CacheSpec(**manifest["spec"])
+    try:
+        spec = CacheSpec(**manifest["spec"])
+    except TypeError as err:
+        raise CacheError(f"logit cache manifest {manifest_path}: unreadable spec ({err})") from err
     if spec.key != manifest["key"] or (expected_key is not None and spec.key != expected_key):
         raise CacheError(
             f"logit cache {directory}: key {manifest['key']} does not match the request "
@@ -390,9 +573,16 @@ def _build_chunk(
 ) -> list[Any]:
     """Compute rows [start, stop), flush them, then journal their checksum (durably)."""
     started = time.perf_counter()
-    logits = teacher_view_logits(teacher, dataset, np.arange(start, stop), spec, device)
-    for name, chunk in encode(logits, spec, dataset.info.num_classes).items():
-        arrays[name][start:stop] = chunk
+    for kind in spec.kinds:
+        logits = teacher_view_logits(
+            teacher, dataset, np.arange(start, stop), spec, device, strong=bool(kind)
+        )
+        try:
+            encoded = encode(logits, spec, dataset.info.num_classes, kind)
+        except CacheError as err:
+            raise CacheError(f"logit cache build, rows {start}-{stop}: {err}") from err
+        for name, chunk in encoded.items():
+            arrays[name][start:stop] = chunk
     for array in arrays.values():
         array.flush()
     entry = [start, stop, _chunk_digest(arrays, start, stop), time.perf_counter() - started]
@@ -427,12 +617,17 @@ def _cache_worker(
     return len(mine)
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 def _open_partial(
     partial: Path, spec: CacheSpec, layout: dict[str, tuple[tuple[int, ...], np.dtype]]
 ) -> tuple[dict[str, np.memmap], list[list[Any]]]:
     """Memory maps of an interrupted build of this spec and its finished chunks, or new ones."""
     spec_path, journal = partial / "spec.json", partial / "chunks.jsonl"
-    if spec_path.is_file() and json.loads(spec_path.read_text()) == asdict(spec):
+    if spec_path.is_file() and json.loads(spec_path.read_text()) == _as_json(asdict(spec)):
         try:
             arrays = {n: np.load(partial / f"{n}.npy", mmap_mode="r+") for n in layout}
             done: list[list[Any]] = []
@@ -469,9 +664,10 @@ def teacher_view_logits(
     rows: np.ndarray,
     spec: CacheSpec,
     device: torch.device,
+    strong: bool = False,
 ) -> torch.Tensor:
     """Float32 logits (len(rows), K, classes) of the teacher (a ``TeacherView``) on each
-    replayed view."""
+    replayed view (``strong``: on each view's strong view)."""
     train_indices = dataset.splits["train"]
     policy = AugmentConfig(**spec.augment)
 
@@ -480,6 +676,9 @@ def teacher_view_logits(
 
     per_view = []
     for view in range(spec.views):
-        views = render_views(fetch, rows, train_indices, view, policy, spec.view_seed)
-        per_view.append(teacher(views.images).float().cpu())
+        if strong:
+            images = render_strong_views(fetch, rows, train_indices, view, policy, spec.view_seed)
+        else:
+            images = render_views(fetch, rows, train_indices, view, policy, spec.view_seed).images
+        per_view.append(teacher(images).float().cpu())
     return torch.stack(per_view, dim=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,29 @@ def student_recipe(config: PipelineConfig, distilled: bool) -> Recipe:
         view_pool=config.cache.views,
         distill=config.distill if distilled else None,
     )
+
+
+def baseline_candidates(config: PipelineConfig) -> list[tuple[str, Recipe]]:
+    """The label-only control's candidates (``student.baseline``), named like
+    ``cached-ls0`` / ``fresh-ls0.1``: the student's budget and seed, its views either the K
+    cached ones or a fresh one every epoch, and the given label smoothing."""
+    base = student_recipe(config, distilled=False)
+    candidates = []
+    for views in config.student.baseline.views:
+        for smoothing in config.student.baseline.label_smoothing:
+            train = base.train.model_copy(update={"label_smoothing": smoothing})
+            pool = base.view_pool if views == "cached" else None
+            candidates.append(
+                (f"{views}-ls{smoothing:g}", replace(base, train=train, view_pool=pool))
+            )
+    return candidates
+
+
+def choose_on_validation(val_accuracy: dict[str, float]) -> str:
+    """The candidate with the best validation accuracy; a tie goes to the first listed (the
+    cached views without smoothing come first by default: the plain control)."""
+    best = max(val_accuracy.values())
+    return next(name for name, accuracy in val_accuracy.items() if accuracy == best)
 
 
 def fit(

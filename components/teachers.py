@@ -409,13 +409,25 @@ class OnlineTeacher:
         self.seed, self.policy = spec["view_seed"], AugmentConfig(**spec["augment"])
 
     @torch.no_grad()
-    def logits(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        from components.augment import render_views
+    def logits(self, rows: np.ndarray, views: np.ndarray, strong: bool = False) -> torch.Tensor:
+        from components.augment import render_strong_views, render_views
 
         train = self.dataset.splits["train"]
 
         def fetch(r: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(self.dataset.images[train[r]]))
 
+        if strong:
+            return self.view(render_strong_views(fetch, rows, train, views, self.policy, self.seed))
         rendered = render_views(fetch, rows, train, views, self.policy, self.seed)
         return self.view(rendered.images)
+
+    def teacher(
+        self,
+        rows: np.ndarray,
+        views: np.ndarray,
+        device: torch.device | None = None,
+        strong: bool = False,
+    ) -> torch.Tensor:
+        """What ``LogitCache.teacher`` answers (full logits), computed now."""
+        return self.logits(rows, views, strong).to(device or torch.device("cpu"))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from components.augment import choose_views, render_views, view_targets
+from components.augment import choose_views, render_strong_views, render_views, view_targets
 from components.checkpoint import save_tensors
 from components.config import DistillConfig, TrainConfig
 from components.data import Dataset, normalize
@@ -265,15 +265,31 @@ def train_classifier(
                 group["lr"] = lr
 
             logits = net(batch)
+            strong_logits = None
+            if train.augment.strong is not None:  # two-view training: the same rows again,
+                # each at the strong view of the view it was just shown (its own forward, so
+                # batch norm sees each view's statistics, as in MLKD's code)
+                strong = render_strong_views(
+                    lambda r: images[r].to(device),
+                    rows,
+                    train_indices,
+                    views,
+                    train.augment,
+                    view_seed,
+                )
+                strong_logits = net(normalize(strong, dataset.info))
             loss: LossOutput
             if teacher_cache is not None and distill is not None:
-                soft = teacher_cache.logits(rows, views).to(device)
+                soft = teacher_cache.teacher(rows, views, device)
+                pair = None
+                if strong_logits is not None:
+                    pair = (strong_logits, teacher_cache.teacher(rows, views, device, strong=True))
                 progress = epoch - 1 + b / steps_per_epoch
                 loss = distillation_loss(
-                    logits, soft, targets, distill, progress, train.label_smoothing
+                    logits, soft, targets, distill, progress, train.label_smoothing, strong=pair
                 )
             else:
-                loss = label_loss(logits, targets, train.label_smoothing)
+                loss = label_loss(logits, targets, train.label_smoothing, strong_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()

@@ -226,29 +226,65 @@ def disk_full(err: BaseException) -> bool:
 
 
 def check_servers(timeout_s: float = 5.0) -> None:
-    """Fail fast, before any training, when a configured server does not answer."""
+    """Fail fast, before any training, when a configured server does not answer or refuses
+    the credentials the environment gives (the clients read the same variables)."""
+    import base64
     import urllib.error
     import urllib.request
 
+    mlflow_user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    mlflow_password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    prefect_auth = os.environ.get("PREFECT_API_AUTH_STRING")
     servers = [
-        ("MLflow tracking server", "MLFLOW_TRACKING_URI", "/health"),
-        ("Prefect server", "PREFECT_API_URL", "/health"),
+        (
+            "MLflow tracking server",
+            "MLFLOW_TRACKING_URI",
+            "/api/2.0/mlflow/experiments/search?max_results=1",
+            f"{mlflow_user}:{mlflow_password}" if mlflow_user else None,
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+        ),
+        (
+            "Prefect server",
+            "PREFECT_API_URL",
+            "/admin/version",
+            prefect_auth,
+            "PREFECT_API_AUTH_STRING (user:password)",
+        ),
     ]
-    for what, variable, path in servers:
+    for what, variable, probe, credentials, names in servers:
         url = os.environ.get(variable, "")
         if not url.startswith(("http://", "https://")):
             continue  # a local store or Prefect's own temporary server
+        base = url.rstrip("/")
         try:
-            with urllib.request.urlopen(url.rstrip("/") + path, timeout=timeout_s):
+            with urllib.request.urlopen(base + "/health", timeout=timeout_s):
                 pass
         except urllib.error.HTTPError:
-            pass  # it answered: reachable (auth and routes are its business)
+            pass  # it answered: reachable
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ServerUnreachable(
                 f"{what} {url} ({variable}) does not answer: {reason}. Start it, or unset "
                 f"{variable} to use the local default."
             ) from None
+        request = urllib.request.Request(base + probe)
+        if credentials is not None:
+            token = base64.b64encode(credentials.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                given = f"the credentials in {names}" if credentials else "a request without"
+                fix = "check them" if credentials else f"set {names}"
+                raise ServerUnreachable(
+                    f"{what} {url} ({variable}) refused {given}"
+                    f"{'' if credentials else ' credentials'} (HTTP {err.code}): {fix}."
+                ) from None
+            # another answer (an older server without this route): its clients will tell
+        except (urllib.error.URLError, OSError):
+            pass  # answered /health a moment ago: the run's own calls will report it
 
 
 class ServerUnreachable(RuntimeError):

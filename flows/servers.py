@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,10 @@ def server_process(
 
 @contextlib.contextmanager
 def local_prefect_server(
-    home: Path, log_path: Path, timeout_s: float = 180.0
+    home: Path, log_path: Path, timeout_s: float = 180.0, env: Mapping[str, str] | None = None
 ) -> Iterator[tuple[str, int]]:
-    """A real Prefect server (API, UI, scheduler) on 127.0.0.1 keeping its state in ``home``;
+    """A real Prefect server (API, UI, scheduler) on 127.0.0.1 keeping its state in ``home``
+    (its database too, unless ``env`` names another: PREFECT_API_DATABASE_CONNECTION_URL);
     yields its API URL and pid."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -124,6 +125,7 @@ def local_prefect_server(
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(env or {}),
     }
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "prefect", "server", "start"]

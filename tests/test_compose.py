@@ -17,11 +17,31 @@ def test_compose_wires_mlflow_prefect_and_the_worker() -> None:
     assert {"postgres", "minio", "minio-bucket", "mlflow", "prefect-server", "worker"} <= set(
         services
     )
+    # the drivers, database names and auth app come from the file the servers test reads
+    settings = dict(
+        line.split("=", 1)
+        for line in (COMPOSE.parent / "team-stack.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert settings["MLFLOW_DB_DRIVER"] == "postgresql+psycopg2"
+    assert settings["PREFECT_DB_DRIVER"] == "postgresql+asyncpg"
+    for name in ("mlflow", "prefect-server"):
+        assert services[name]["env_file"] == "team-stack.env"
     mlflow_command = services["mlflow"]["command"]
-    assert "postgresql://" in mlflow_command and "s3://" in mlflow_command
+    assert "$${MLFLOW_DB_DRIVER}://" in mlflow_command and "s3://" in mlflow_command
+    assert "--app-name $${MLFLOW_APP_NAME}" in mlflow_command
     assert "--serve-artifacts" in mlflow_command
-    prefect_env = services["prefect-server"]["environment"]
-    assert prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    prefect_command = services["prefect-server"]["command"]
+    assert "PREFECT_API_DATABASE_CONNECTION_URL=$${PREFECT_DB_DRIVER}://" in prefect_command
+    # both APIs want credentials; the worker has them
+    assert "PREFECT_SERVER_API_AUTH_STRING" in services["prefect-server"]["environment"]
+    worker_env = services["worker"]["environment"]
+    assert {
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+    } <= set(worker_env)
+    assert "mlflow[auth]==" in (COMPOSE.parent / "Dockerfile.mlflow").read_text()
     worker = services["worker"]
     assert worker["build"] == {"context": "..", "dockerfile": "Dockerfile"}
     assert (COMPOSE.parent / worker["build"]["context"] / "Dockerfile").is_file()
@@ -47,9 +67,14 @@ def test_secrets_come_only_from_the_uncommitted_env_file() -> None:
     text = COMPOSE.read_text()
     example = (REPO / "mlflow" / ".env.example").read_text()
     defined = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line}
-    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)", text))  # not $${...}: the container's shell
     assert used <= defined, used - defined
-    for secret in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
+    for secret in (
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+    ):
         assert f"${{{secret}:?" in text  # compose refuses to start without it
     spec = yaml.safe_load(text)
     environments = [spec["x-postgres-env"]] + [

@@ -17,10 +17,10 @@ import torch
 from components.logit_cache import (
     CacheError,
     CacheInfo,
-    CacheSpec,
     LogitCache,
     build_logit_cache,
     open_logit_cache,
+    pipeline_cache_spec,
 )
 from components.training import resolve_device
 from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
@@ -57,6 +57,7 @@ class LogitCacheStage(Stage[CacheRef]):
         "cache.storage",
         "cache.top_k",
         "cache.dtype",
+        "cache_readings",  # top-k: where the distill method reads the teacher
         "seed",
         "device",
     )
@@ -69,12 +70,10 @@ class LogitCacheStage(Stage[CacheRef]):
         data = ctx.input(PrepareData, DataRef)
         teacher = ctx.input(Teacher, ModelRef)
         dataset = data.load(ctx.work_dir)
-        spec = CacheSpec.create(
+        spec = pipeline_cache_spec(
+            config,
             teacher.sha256,
             data.fingerprint,
-            config.student.train.augment,
-            config.seed,
-            config.cache,
             teacher_input=teacher.input_spec,
             class_index=teacher.class_index,
         )

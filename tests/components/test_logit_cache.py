@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from components.augment import augment, render_views
+from components.augment import augment, render_strong_views, render_views
 from components.checkpoint import save_checkpoint
-from components.config import AugmentConfig, CacheConfig
+from components.config import AugmentConfig, CacheConfig, StrongAugment
 from components.data import Dataset, normalize
 from components.logit_cache import (
     CacheError,
     CacheSpec,
+    TopKReadings,
     build_logit_cache,
+    encode,
     index_dtype,
     open_logit_cache,
 )
+from components.losses import standardize
 from components.models import build_model
 
 CPU = torch.device("cpu")
@@ -33,7 +36,10 @@ def teacher() -> torch.nn.Module:
 
 def spec_for(dataset: Dataset, teacher_sha: str = "a" * 64, **cache: object) -> CacheSpec:
     config = CacheConfig(**{"views": 3, **cache})
-    return CacheSpec.create(teacher_sha, dataset.info.fingerprint, VIEWS, 7, config)
+    readings = [(4.0, False)] if config.storage == "topk" else None
+    return CacheSpec.create(
+        teacher_sha, dataset.info.fingerprint, VIEWS, 7, config, readings=readings
+    )
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -148,28 +154,90 @@ def test_interrupted_build_resumes_and_gives_the_same_bytes(
     assert files(Path(resumed.path)) == files(Path(whole.path))
 
 
-def test_topk_round_trip(tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module) -> None:
+READINGS = [(1.0, False), (4.0, False), (8.0, False), (4.0, True)]
+
+
+def topk_spec(classes_k: int, dtype: str = "float32") -> CacheSpec:
+    config = CacheConfig(views=1, storage="topk", top_k=classes_k, dtype=dtype)
+    return CacheSpec.create("a" * 64, "data", VIEWS, 7, config, readings=READINGS)
+
+
+def test_topk_rebuilds_the_top_classes_and_the_leftover_mass_exactly() -> None:
+    # The issue's case: 100 classes, k = 5, a tail spread of 2. The mean of the leftover
+    # logits would put 0.020 where the teacher has 0.102 at T = 1 (Jensen's inequality).
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 1, 100, generator=generator) * 2.0
+    logits[:, :, :5] += 6.0  # five clear favourites
+    spec = topk_spec(5)
+    readings = TopKReadings.decode(encode(logits, spec, 100), spec, 100)
+    flat = logits[:, 0]
+    top = flat.topk(5, dim=1).indices
+    for temperature in (1.0, 4.0, 8.0):
+        exact = torch.softmax(flat / temperature, dim=1)
+        rebuilt = torch.softmax(readings.at(temperature)[:, 0] / temperature, dim=1)
+        assert torch.allclose(rebuilt.gather(1, top), exact.gather(1, top), atol=1e-6)
+        leftover = 1 - exact.gather(1, top).sum(1)
+        assert torch.allclose(1 - rebuilt.gather(1, top).sum(1), leftover, atol=1e-6)
+        assert torch.allclose(rebuilt.sum(1), torch.ones(64), atol=1e-6)
+    # what the old storage (every other class at the mean leftover logit) gave at T = 1
+    mask = torch.ones_like(flat, dtype=torch.bool).scatter_(1, top, False)
+    mean_rest = (flat * mask).sum(1) / 95
+    old_leftover = 95 * mean_rest.exp() / (95 * mean_rest.exp() + flat.gather(1, top).exp().sum(1))
+    exact_leftover = 1 - torch.softmax(flat, dim=1).gather(1, top).sum(1)
+    assert (old_leftover < 0.5 * exact_leftover).all()  # badly understated before
+    # z-scored readings: exact for the z-scored logits (Sun et al.'s preprocessing)
+    z = standardize(flat)
+    exact = torch.softmax(z / 4.0, dim=1)
+    rebuilt = torch.softmax(readings.at(4.0, standardized=True)[:, 0] / 4.0, dim=1)
+    assert torch.allclose(rebuilt.gather(1, top), exact.gather(1, top), atol=1e-5)
+    # a temperature it was not built for is refused, not approximated
+    with pytest.raises(CacheError, match="not at"):
+        readings.at(2.0)
+
+
+def test_values_beyond_the_storage_dtype_or_not_finite_are_refused() -> None:
+    spec = topk_spec(2, dtype="float16")
+    big = torch.zeros(2, 1, 10)
+    big[0, 0, 3] = 70000.0  # beyond float16's largest finite value
+    with pytest.raises(CacheError, match=r"set cache\.dtype=float32"):
+        encode(big, spec, 10)
+    full16 = CacheSpec.create("a" * 64, "data", VIEWS, 7, CacheConfig(views=1))
+    with pytest.raises(CacheError, match=r"set cache\.dtype=float32"):
+        encode(big, full16, 10)
+    nan = torch.zeros(2, 1, 10)
+    nan[1, 0, 0] = float("nan")
+    with pytest.raises(CacheError, match="not finite"):
+        encode(nan, full16, 10)
+    assert np.isfinite(encode(big, topk_spec(2, dtype="float32"), 10)["values"]).all()
+
+
+def test_topk_cache_round_trip_through_the_training_reader(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
     full = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
-    topk = build_logit_cache(
-        teacher,
-        spec_for(mnist_dataset, storage="topk", top_k=3),
-        mnist_dataset,
-        tmp_path,
-        1000,
-        CPU,
+    spec = CacheSpec.create(
+        "a" * 64,
+        mnist_dataset.info.fingerprint,
+        VIEWS,
+        7,
+        CacheConfig(views=3, storage="topk", top_k=3),
+        readings=[(4.0, False)],
     )
-    assert topk.bytes_per_sample_view == 3 * 2 + 3 * 1 + 2  # float16 values, uint8 indices, rest
+    topk = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 1000, CPU)
+    # float16 values, uint8 indices, one float32 leftover log-sum-exp per reading
+    assert topk.bytes_per_sample_view == 3 * 2 + 3 * 1 + 4
     full_cache, topk_cache = open_logit_cache(Path(full.path)), open_logit_cache(Path(topk.path))
     assert topk_cache.arrays["indices"].dtype == np.uint8
     rows, views = np.arange(0, 4000, 37), np.arange(0, 4000, 37) % 3
-    exact, approx = full_cache.logits(rows, views), topk_cache.logits(rows, views)
-    top = exact.topk(3, dim=1)
-    # the top-k logits come back exactly (to float16) at their classes
-    assert torch.allclose(approx.gather(1, top.indices), top.values, atol=1e-2)
-    # every other class holds the mean of the other logits
-    mask = torch.ones_like(exact, dtype=torch.bool).scatter_(1, top.indices, False)
-    rest_mean = (exact * mask).sum(1) / 7
-    assert torch.allclose(approx[mask].view(-1, 7), rest_mean[:, None].expand(-1, 7), atol=1e-2)
+    exact = torch.softmax(full_cache.logits(rows, views) / 4, dim=1)
+    teacher_reading = topk_cache.teacher(rows, views)
+    assert not isinstance(teacher_reading, torch.Tensor)
+    rebuilt = torch.softmax(teacher_reading.at(4.0) / 4, dim=1)
+    top = exact.topk(3, dim=1).indices
+    assert torch.allclose(rebuilt.gather(1, top), exact.gather(1, top), atol=2e-3)  # float16
+    assert torch.allclose(rebuilt.sum(1), torch.ones(len(rows)), atol=1e-5)
+    with pytest.raises(CacheError, match="per temperature"):
+        topk_cache.logits(rows, views)
     assert index_dtype(10) == np.uint8 and index_dtype(1000) == np.uint16
 
 
@@ -312,3 +380,34 @@ def test_sigkilled_build_resumes_from_the_last_complete_chunk(
     assert calls == list(range(kept + 1, 17))  # 16 chunks of 250 rows; only the missing ones
     whole = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "whole", 250, CPU)
     assert files(Path(resumed.path)) == files(Path(whole.path))
+
+
+def test_a_two_view_cache_holds_the_teacher_on_each_views_strong_view(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    two_view = AugmentConfig(enabled=True, strong=StrongAugment())
+    config = CacheConfig(views=2, dtype="float32")
+    spec = CacheSpec.create("a" * 64, mnist_dataset.info.fingerprint, two_view, 7, config)
+    info = build_logit_cache(teacher, spec, mnist_dataset, tmp_path, 1000, CPU)
+    cache = open_logit_cache(Path(info.path), expected_key=spec.key)
+    assert set(cache.arrays) == {"logits", "strong_logits"}
+    assert info.bytes_per_sample_view == 2 * 10 * 4
+    # regenerate both views of some rows independently and run the teacher on them
+    rows, views = np.array([3, 2500, 3999]), np.array([1, 0, 1])
+    train = mnist_dataset.splits["train"]
+
+    def fetch(r: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(mnist_dataset.images[train[r]])
+
+    strong = render_strong_views(fetch, rows, train, views, two_view, 7)
+    weak = render_views(fetch, rows, train, views, two_view, 7).images
+    with torch.no_grad():
+        on_strong = teacher(normalize(strong, mnist_dataset.info))
+        on_weak = teacher(normalize(weak, mnist_dataset.info))
+    assert torch.allclose(cache.logits(rows, views, strong=True), on_strong, atol=1e-5)
+    assert torch.allclose(cache.logits(rows, views), on_weak, atol=1e-5)
+    assert not torch.allclose(on_strong, on_weak, atol=1e-2)  # they are other inputs
+    # a one-view cache has no strong views to give
+    plain = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
+    with pytest.raises(CacheError, match="no strong views"):
+        open_logit_cache(Path(plain.path)).teacher(rows, views, strong=True)

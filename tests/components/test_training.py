@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from components.config import AugmentConfig, CacheConfig, HintonDistill, TrainConfig
+from components.config import (
+    AugmentConfig,
+    CacheConfig,
+    DISTDistill,
+    HintonDistill,
+    MLKDDistill,
+    StrongAugment,
+    TrainConfig,
+    WTTMDistill,
+)
 from components.data import Dataset
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model
@@ -93,6 +102,45 @@ def test_distillation_follows_the_cached_teacher(mnist_dataset: Dataset, tmp_pat
     images, _ = mnist_dataset.split("test")
     predictions = predict_logits(model, images, mnist_dataset, CPU).argmax(1)
     assert (predictions == 3).float().mean() > 0.95
+
+
+TWO_VIEW = AugmentConfig(enabled=True, strong=StrongAugment())
+
+
+@pytest.mark.parametrize(
+    ("distill", "augment"),
+    [
+        (DISTDistill(temperature=1.0, ce_weight=0.0), AugmentConfig(enabled=True)),
+        (WTTMDistill(power=0.5, ce_weight=0.0), AugmentConfig(enabled=True)),
+        (MLKDDistill(temperatures=(1.0, 2.0), ce_weight=0.0), TWO_VIEW),
+    ],
+    ids=["dist", "wttm", "mlkd-two-view"],
+)
+def test_every_method_learns_the_cached_teacher_alone(
+    mnist_dataset: Dataset, tmp_path, distill: object, augment: AugmentConfig
+) -> None:
+    # Only the cache is given: the teacher module is gone before the student trains.
+    cache = cache_of(ConstantTeacher(), mnist_dataset, tmp_path, augment, views=2)
+    seed_everything(0)
+    model = build_model("cnn_tiny", 1, 10)
+    result = train_classifier(
+        model,
+        mnist_dataset,
+        TrainConfig(epochs=1, batch_size=256, augment=augment),
+        seed=0,
+        device=CPU,
+        view_seed=0,
+        view_pool=2,
+        teacher_cache=cache,
+        distill=distill,  # type: ignore[arg-type]
+    )
+    images, _ = mnist_dataset.split("test")
+    predictions = predict_logits(model, images, mnist_dataset, CPU).argmax(1)
+    assert (predictions == 3).float().mean() > 0.95
+    parts = {k for k in result.history[0] if k.startswith("train_") and k.endswith("_loss")}
+    assert "train_kd_loss" in parts
+    if augment.strong is not None:
+        assert {"train_instance_loss", "train_batch_loss", "train_class_loss"} <= parts
 
 
 @pytest.mark.parametrize(

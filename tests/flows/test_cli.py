@@ -90,6 +90,33 @@ BAD_INPUTS = {
         lambda t: ["--set", "student.train.augment.enabled=false"],
         "cache.views",
     ),
+    "two-view method without strong views": (
+        lambda t: ["--set", "distill.kind=mlkd"],
+        "student.train.augment.strong",
+    ),
+    "strong views for a one-view method": (
+        lambda t: ["--set", "student.train.augment.strong={}"],
+        "two-view methods only",
+    ),
+    "strong views over mixed images": (
+        lambda t: [
+            "--set",
+            "distill.kind=mlkd",
+            "--set",
+            "student.train.augment.strong={}",
+            "--set",
+            "student.train.augment.mixup_alpha=0.2",
+        ],
+        "mixup_alpha=0",
+    ),
+    "logit standardisation where its authors do not define it": (
+        lambda t: ["--set", "distill.kind=dist", "--set", "distill.standardize=true"],
+        "distill.standardize",
+    ),
+    "a control without candidates": (
+        lambda t: ["--set", "student.baseline.views=[]"],
+        "student.baseline.views",
+    ),
     "malformed --set": (lambda t: ["--set", "no-equals-sign"], "no-equals-sign"),
     "malformed YAML": (lambda t: ["--config", str(_yaml(t, "teacher: [oops"))], "malformed YAML"),
     "YAML that is not a mapping": (lambda t: ["--config", str(_yaml(t, "- 1\n- 2\n"))], "mapping"),

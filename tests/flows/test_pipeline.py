@@ -227,6 +227,36 @@ def test_changing_the_student_retrains_only_the_students(warm_store: Store) -> N
     assert second["student-kd"].data.params["cache.run_id"] == first["logit-cache"].info.run_id
 
 
+def test_the_control_is_the_best_of_its_candidates_on_validation(warm_store: Store) -> None:
+    grid = ("student.baseline.views=[cached, fresh]", "student.baseline.label_smoothing=[0, 0.1]")
+    assert main(warm_store.args(*grid)) == 0
+    (_, first), (parent, second) = pipeline_runs(warm_store.client)
+    assert parent.data.tags["reused_stages"].startswith("teacher,logit-cache,student-kd")
+    baseline = second["student-baseline"]
+    names = ["cached-ls0", "cached-ls0.1", "fresh-ls0", "fresh-ls0.1"]
+    assert baseline.data.params["candidates"] == ",".join(names)
+    val = {n: baseline.data.metrics[f"candidate.{n}.final_val_accuracy"] for n in names}
+    chosen = baseline.data.params["chosen_candidate"]
+    assert val[chosen] == max(val.values())
+    assert baseline.data.metrics["final_val_accuracy"] == val[chosen]
+    views, smoothing = chosen.split("-ls")
+    assert baseline.data.params["views"] == views
+    assert float(baseline.data.params["label_smoothing"]) == float(smoothing)
+    # every candidate's epochs are logged apart; the chosen one's also under the plain names
+    client = warm_store.client
+    history = [m.value for m in client.get_metric_history(baseline.info.run_id, "val_accuracy")]
+    chosen_history = client.get_metric_history(
+        baseline.info.run_id, f"candidate.{chosen}.val_accuracy"
+    )
+    assert history == [m.value for m in chosen_history]
+    # the test split is reported for the chosen control only, never used to choose
+    assert not [k for k in baseline.data.metrics if k.startswith("candidate.") and "test" in k]
+    # the candidates with the plain recipe reproduce the one-candidate control of the first run
+    plain = first["student-baseline"].data.metrics["final_val_accuracy"]
+    assert val["cached-ls0"] == plain
+    assert not list(warm_store.work.glob("student-baseline/*/train_state*.pt"))
+
+
 def test_force_recomputes_and_damaged_results_are_not_reused(warm_store: Store) -> None:
     work = warm_store.work
     # --force-stage teacher: retrained; the same weights give the same cache key: reused
