@@ -390,6 +390,18 @@ class CacheConfig(Strict):
     top_k: int = Field(5, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
     chunk_rows: int = Field(512, gt=0, description="Samples per written and checksummed chunk.")
+    batch_size: int = Field(
+        64,
+        gt=0,
+        description="The teacher's forward batch while building (the fastest measured here: "
+        "benchmarks/results/logit_cache.md); independent of chunk_rows.",
+    )
+    runtime: Literal["auto", "pytorch", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the teacher while building: auto = ONNX Runtime on the CPU "
+        "(about twice PyTorch eager's throughput for the CNNs here), PyTorch on a GPU. A "
+        "teacher from an ONNX file always runs in ONNX Runtime, a torch.export one in PyTorch.",
+    )
 
 
 class ExportConfig(Strict):

@@ -55,15 +55,17 @@ from torch import nn
 from tqdm import tqdm
 
 from components.augment import render_strong_views, render_views
+from components.benchmark import torch_threads
 from components.config import AugmentConfig, CacheConfig, PipelineConfig
 from components.data import Dataset, DatasetInfo
 from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
 from components.losses import STANDARDIZE_EPS, Teacher, standardize
-from components.teachers import InputSpec, TeacherView
-from components.training import place, show_progress
+from components.teachers import InputSpec, OnnxModule, TeacherFormat, TeacherView, onnx_twin
+from components.training import place, resolve_device, show_progress
 
 FORMAT_VERSION = 4  # 4: exact top-k (leftover log-sum-exp per reading), strong views
+Runtime = Literal["pytorch", "onnxruntime"]
 
 
 class CacheError(ValueError):
@@ -88,6 +90,9 @@ class CacheSpec:
     class_index: list[int] | None = None
     # Top-k storage: the (temperature, z-scored) readings it can rebuild exactly.
     readings: list[tuple[float, bool]] | None = None
+    # What runs the teacher (resolve_runtime): ONNX Runtime's float32 sums differ from
+    # PyTorch's in the last bits, so the runtime is part of what produced the bytes.
+    runtime: Runtime = "pytorch"
 
     @property
     def strong(self) -> bool:
@@ -110,9 +115,11 @@ class CacheSpec:
         teacher_input: dict[str, Any] | None = None,
         class_index: list[int] | None = None,
         readings: list[tuple[float, bool]] | tuple[tuple[float, bool], ...] | None = None,
+        runtime: Runtime = "pytorch",
     ) -> CacheSpec:
         """``readings``: for top-k storage, where the loss reads the teacher
-        (``PipelineConfig.cache_readings``); ignored for full storage, which reads anywhere."""
+        (``PipelineConfig.cache_readings``); ignored for full storage, which reads anywhere.
+        ``runtime``: what runs the teacher, resolved (``resolve_runtime``)."""
         topk = config.storage == "topk"
         if topk and not readings:
             raise CacheError("top-k storage needs the readings (temperatures) it is built for")
@@ -128,6 +135,7 @@ class CacheSpec:
             teacher_input=teacher_input,
             class_index=class_index,
             readings=[(float(t), bool(z)) for t, z in readings or ()] if topk else None,
+            runtime=runtime,
         )
 
     def __post_init__(self) -> None:
@@ -139,15 +147,40 @@ class CacheSpec:
         return sha256_json({"format": FORMAT_VERSION, **asdict(self)})[:16]
 
 
+def resolve_runtime(
+    setting: Literal["auto", "pytorch", "onnxruntime"],
+    device: torch.device,
+    teacher_format: TeacherFormat = "checkpoint",
+) -> Runtime:
+    """What runs the teacher while the cache is built (``cache.runtime``). A teacher from an
+    ONNX file runs in ONNX Runtime and a torch.export program in PyTorch, whatever the
+    setting; a PyTorch module in ONNX Runtime on the CPU (auto: about twice PyTorch eager's
+    throughput for the CNNs here, benchmarks/results/logit_cache.md) and in PyTorch on a GPU."""
+    match teacher_format:
+        case "onnx":
+            return "onnxruntime"
+        case "exported":
+            return "pytorch"
+        case "checkpoint":
+            if setting == "auto":
+                return "onnxruntime" if device.type == "cpu" else "pytorch"
+            return setting
+        case _:
+            assert_never(teacher_format)
+
+
 def pipeline_cache_spec(
     config: PipelineConfig,
     teacher_sha256: str,
     dataset_fingerprint: str,
     teacher_input: dict[str, Any] | None = None,
     class_index: list[int] | None = None,
+    teacher_format: TeacherFormat = "checkpoint",
 ) -> CacheSpec:
     """The spec of the cache a config's students read: the student's view policy, the run's
-    seed, the config's storage, and for top-k the readings its distill method makes."""
+    seed, the config's storage, for top-k the readings its distill method makes, and what
+    runs the teacher on the config's device."""
+    runtime = resolve_runtime(config.cache.runtime, resolve_device(config.device), teacher_format)
     return CacheSpec.create(
         teacher_sha256,
         dataset_fingerprint,
@@ -157,6 +190,7 @@ def pipeline_cache_spec(
         teacher_input=teacher_input,
         class_index=class_index,
         readings=config.cache_readings,
+        runtime=runtime,
     )
 
 
@@ -357,9 +391,12 @@ class LogitCache:
         views: np.ndarray,
         device: torch.device | None = None,
         strong: bool = False,
+        rendered: torch.Tensor | None = None,
     ) -> Teacher:
         """What a loss reads of the teacher for these rows and views: the logits (full
-        storage) or the top-k readings, on ``device``."""
+        storage) or the top-k readings, on ``device``. ``rendered``, the views as the
+        training loop rendered them, is not read: the cache holds the teacher on them (a live
+        teacher, ``teachers.OnlineTeacher``, runs on them)."""
         kind = self._kind(strong)
         device = device or torch.device("cpu")
         if f"{kind}logits" in self.arrays:
@@ -453,13 +490,16 @@ def build_logit_cache(
     on_chunk: Callable[[int, int], None] | None = None,
     rebuild: bool = False,
     workers: int = 1,
+    batch_size: int = 128,
 ) -> CacheInfo:
     """Return the cache for ``spec``: reused when a verified one exists, else built.
 
     ``on_chunk(done, total)`` is called after each chunk is durably written (in-process
     builds). ``rebuild`` discards a finished or interrupted cache of this key and computes
     every chunk again. ``workers`` > 1 splits the chunks over that many launched processes
-    (components.distributed); the bytes are the same for any count.
+    (components.distributed); the bytes are the same for any count. ``batch_size``: the
+    teacher's forward batch within a chunk (a chunk is the unit written and checksummed;
+    small CNNs on a CPU run several times faster at 64-128 images than at 512).
 
     ``teacher``: a ``TeacherView`` (input recipe and class map of a teacher from elsewhere,
     matching the spec's), or a plain module fed the data's own recipe.
@@ -490,6 +530,16 @@ def build_logit_cache(
         ]
         finished = {entry[0] for entry in done_chunks}
         todo = [b for b in bounds if b[0] not in finished]
+        parity, twin_seconds = None, 0.0
+        if spec.runtime == "onnxruntime" and todo:
+            started = time.perf_counter()
+            # The teacher's ONNX twin, beside the chunks until the cache is whole; checked
+            # against PyTorch on the first views it will compute.
+            start, stop = todo[0][0], min(todo[0][1], todo[0][0] + batch_size)
+            sample = _render(dataset, np.arange(start, stop), spec, 0, strong=False)
+            teacher, parity = onnx_twin(teacher, partial / "teacher.onnx", sample)
+            device = torch.device("cpu")  # ONNX Runtime's CPU provider
+            twin_seconds = time.perf_counter() - started
         if workers > 1 and len(todo) > 1:
             del arrays  # the workers open their own maps of the same files
             launch(
@@ -501,6 +551,7 @@ def build_logit_cache(
                 str(partial),
                 todo,
                 device.type,
+                batch_size,
             )
             arrays, done_chunks = _open_partial(partial, spec, layout)
         else:
@@ -512,13 +563,20 @@ def build_logit_cache(
                 unit="chunk",
                 disable=not show_progress(),
             )
-            for start, stop in todo:
-                done_chunks.append(
-                    _build_chunk(teacher, spec, dataset, arrays, partial, start, stop, device)
-                )
-                bar.update()
-                if on_chunk is not None:
-                    on_chunk(len(done_chunks), len(bounds))
+            # ONNX Runtime's threads (a session opened above) do the teacher's work; PyTorch's
+            # only render views, on one thread, so that no pool of its spins for cores
+            # between the batches (about 10% of the build here).
+            threads = 1 if spec.runtime == "onnxruntime" else torch.get_num_threads()
+            with torch_threads(threads):
+                for start, stop in todo:
+                    done_chunks.append(
+                        _build_chunk(
+                            teacher, spec, dataset, arrays, partial, start, stop, device, batch_size
+                        )
+                    )
+                    bar.update()
+                    if on_chunk is not None:
+                        on_chunk(len(done_chunks), len(bounds))
             bar.close()
         del arrays
         done_chunks.sort(key=lambda entry: entry[0])
@@ -538,12 +596,14 @@ def build_logit_cache(
                 d.itemsize * int(np.prod(s[2:], dtype=np.int64)) for s, d in layout.values()
             ),
             "chunks": [c[:3] for c in done_chunks],
-            "build_seconds": sum(c[3] for c in done_chunks),
+            "build_seconds": twin_seconds + sum(c[3] for c in done_chunks),
+            "runtime_max_abs_diff_vs_pytorch": parity,
             "created_unix": time.time(),
         }
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(partial / "manifest.json")
         (partial / "chunks.jsonl").unlink()
+        (partial / "teacher.onnx").unlink(missing_ok=True)
         os.replace(partial, final)
         fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
@@ -558,6 +618,8 @@ def _as_view(teacher: nn.Module, spec: CacheSpec, info: DatasetInfo) -> TeacherV
             f"the teacher's input recipe {teacher.spec.as_dict()} and class map "
             f"{teacher.class_index} are not the cache spec's ({wanted}, {spec.class_index})"
         )
+    if isinstance(teacher.model, OnnxModule) and spec.runtime != "onnxruntime":
+        raise CacheError("an ONNX teacher runs in ONNX Runtime: the spec says runtime=pytorch")
     return teacher
 
 
@@ -570,12 +632,13 @@ def _build_chunk(
     start: int,
     stop: int,
     device: torch.device,
+    batch_size: int,
 ) -> list[Any]:
     """Compute rows [start, stop), flush them, then journal their checksum (durably)."""
     started = time.perf_counter()
     for kind in spec.kinds:
         logits = teacher_view_logits(
-            teacher, dataset, np.arange(start, stop), spec, device, strong=bool(kind)
+            teacher, dataset, np.arange(start, stop), spec, device, bool(kind), batch_size
         )
         try:
             encoded = encode(logits, spec, dataset.info.num_classes, kind)
@@ -601,6 +664,7 @@ def _cache_worker(
     partial: str,
     todo: list[tuple[int, int]],
     device_type: str,
+    batch_size: int,
 ) -> int:
     """One launched process: chunks rank, rank + world, ... of ``todo``, written into the
     shared memory maps; no collectives needed, the chunks are independent."""
@@ -613,7 +677,7 @@ def _cache_worker(
     arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}
     mine = todo[rank::world]
     for start, stop in mine:
-        _build_chunk(teacher, spec, dataset, arrays, Path(partial), start, stop, device)
+        _build_chunk(teacher, spec, dataset, arrays, Path(partial), start, stop, device, batch_size)
     return len(mine)
 
 
@@ -665,20 +729,36 @@ def teacher_view_logits(
     spec: CacheSpec,
     device: torch.device,
     strong: bool = False,
+    batch_size: int = 128,
 ) -> torch.Tensor:
     """Float32 logits (len(rows), K, classes) of the teacher (a ``TeacherView``) on each
-    replayed view (``strong``: on each view's strong view)."""
+    replayed view (``strong``: on each view's strong view), ``batch_size`` images a pass."""
+    per_view = []
+    for view in range(spec.views):
+        images = _render(dataset, rows, spec, view, strong, device)
+        batches = [
+            teacher(images[b : b + batch_size]).float().cpu()
+            for b in range(0, len(images), batch_size)
+        ]
+        per_view.append(torch.cat(batches))
+    return torch.stack(per_view, dim=1)
+
+
+def _render(
+    dataset: Dataset,
+    rows: np.ndarray,
+    spec: CacheSpec,
+    view: int,
+    strong: bool,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """View ``view`` (``strong``: its strong view) of training-split ``rows``, replayed."""
     train_indices = dataset.splits["train"]
     policy = AugmentConfig(**spec.augment)
 
     def fetch(r: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(dataset.images[train_indices[r]])).to(device)
 
-    per_view = []
-    for view in range(spec.views):
-        if strong:
-            images = render_strong_views(fetch, rows, train_indices, view, policy, spec.view_seed)
-        else:
-            images = render_views(fetch, rows, train_indices, view, policy, spec.view_seed).images
-        per_view.append(teacher(images).float().cpu())
-    return torch.stack(per_view, dim=1)
+    if strong:
+        return render_strong_views(fetch, rows, train_indices, view, policy, spec.view_seed)
+    return render_views(fetch, rows, train_indices, view, policy, spec.view_seed).images

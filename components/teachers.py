@@ -15,6 +15,7 @@ to be a PyTorch module of known structure; every source here gives logits only.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,9 +114,12 @@ class OnnxModule(nn.Module):
     """An ONNX model run by ONNX Runtime behind ``nn.Module``'s call (inputs and outputs are
     CPU tensors). Picklable: each process opens its own session."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, spin: bool = False) -> None:
+        """``spin``: a session whose threads (as many as PyTorch's) spin between calls, for
+        back-to-back batches with nothing else to run (about 5% faster here); otherwise they
+        sleep, leaving the cores to whatever runs between calls."""
         super().__init__()
-        self.path = str(path)
+        self.path, self.spin = str(path), spin
         self._session: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -125,7 +129,8 @@ class OnnxModule(nn.Module):
         if self._session is None:
             from components.onnx_export import onnx_session
 
-            self._session = onnx_session(self.path)
+            threads = torch.get_num_threads() if self.spin else None
+            self._session = onnx_session(self.path, threads)
         return self._session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +175,56 @@ class TeacherView(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.model(prepare(pixels, self.spec))
         return logits if self.class_index is None else logits[:, self.class_index]
+
+
+TWIN_OPSET = 18
+# ONNX Runtime's logits against PyTorch's for the same teacher: float32 kernels that add in
+# another order, ~1e-6 here; a twin further off than this is refused, not cached.
+TWIN_TOLERANCE = 1e-3
+
+
+def onnx_twin(view: TeacherView, path: Path, pixels: torch.Tensor) -> tuple[TeacherView, float]:
+    """The same teacher run by ONNX Runtime: ``view`` exported whole to ``path`` (input
+    recipe, model and class map, so no PyTorch op runs between its batches; batch dimension
+    dynamic). Returns it and the largest |logit difference| from PyTorch on ``pixels`` (a
+    batch of views), which must be within ``TWIN_TOLERANCE`` (relative to the logits' scale,
+    at least 1)."""
+    from components.io import atomic_path
+    from components.onnx_export import export_graph
+
+    if isinstance(view.model, OnnxModule) or isinstance(view, OnnxTeacherView):
+        return view, 0.0
+    view = view.eval()
+    if next(view.parameters(), torch.empty(0)).device.type != "cpu":
+        view = copy.deepcopy(view).cpu()
+    example = pixels[:2].cpu().float()
+    with atomic_path(path) as tmp:
+        try:  # the tracing exporter: a fraction of a second, against seconds for dynamo's
+            export_graph(view, example, tmp, TWIN_OPSET, dynamo=False)
+        except Exception:  # a model it cannot trace; the parity check below guards both
+            export_graph(view, example, tmp, TWIN_OPSET)
+    twin = OnnxTeacherView(path, view.spec, view.class_index)
+    with torch.no_grad():
+        reference, produced = view(pixels.cpu()).float(), twin(pixels.cpu()).float()
+    difference = float((reference - produced).abs().max())
+    if not difference <= TWIN_TOLERANCE * max(1.0, float(reference.abs().max())):
+        raise TeacherError(
+            f"the teacher run by ONNX Runtime differs from PyTorch by {difference:.3g} on the "
+            "same views: set cache.runtime=pytorch"
+        )
+    return twin, difference
+
+
+class OnnxTeacherView(TeacherView):
+    """A ``TeacherView`` exported whole and run by ONNX Runtime: views in [0, 255] in,
+    logits over the dataset's classes out. Same recipe and class map as the original (what
+    the cache spec checks); picklable, each process opens its own session."""
+
+    def __init__(self, path: Path, spec: InputSpec, class_index: Sequence[int] | None) -> None:
+        super().__init__(OnnxModule(path, spin=True), spec, class_index)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
 
 
 def class_index(
@@ -428,6 +483,12 @@ class OnlineTeacher:
         views: np.ndarray,
         device: torch.device | None = None,
         strong: bool = False,
+        rendered: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """What ``LogitCache.teacher`` answers (full logits), computed now."""
-        return self.logits(rows, views, strong).to(device or torch.device("cpu"))
+        """What ``LogitCache.teacher`` answers (full logits), computed now: on ``rendered``,
+        the batch the training loop already rendered, as the usual online loop does (or
+        rendered here when not given)."""
+        if rendered is None:
+            return self.logits(rows, views, strong).to(device or torch.device("cpu"))
+        with torch.no_grad():
+            return self.view(rendered).to(device or torch.device("cpu"))

@@ -265,7 +265,7 @@ def train_classifier(
                 group["lr"] = lr
 
             logits = net(batch)
-            strong_logits = None
+            strong, strong_logits = None, None
             if train.augment.strong is not None:  # two-view training: the same rows again,
                 # each at the strong view of the view it was just shown (its own forward, so
                 # batch norm sees each view's statistics, as in MLKD's code)
@@ -280,10 +280,13 @@ def train_classifier(
                 strong_logits = net(normalize(strong, dataset.info))
             loss: LossOutput
             if teacher_cache is not None and distill is not None:
-                soft = teacher_cache.teacher(rows, views, device)
+                soft = teacher_cache.teacher(rows, views, device, rendered=rendered.images)
                 pair = None
-                if strong_logits is not None:
-                    pair = (strong_logits, teacher_cache.teacher(rows, views, device, strong=True))
+                if strong is not None and strong_logits is not None:
+                    strong_teacher = teacher_cache.teacher(
+                        rows, views, device, strong=True, rendered=strong
+                    )
+                    pair = (strong_logits, strong_teacher)
                 progress = epoch - 1 + b / steps_per_epoch
                 loss = distillation_loss(
                     logits, soft, targets, distill, progress, train.label_smoothing, strong=pair

@@ -31,6 +31,8 @@ def test_compose_wires_mlflow_prefect_and_the_worker() -> None:
     assert "$${MLFLOW_DB_DRIVER}://" in mlflow_command and "s3://" in mlflow_command
     assert "--app-name $${MLFLOW_APP_NAME}" in mlflow_command
     assert "--serve-artifacts" in mlflow_command
+    assert "auth_cache_ttl_seconds = %s" in mlflow_command
+    assert "$${MLFLOW_AUTH_CACHE_TTL_SECONDS}" in mlflow_command
     prefect_command = services["prefect-server"]["command"]
     assert "PREFECT_API_DATABASE_CONNECTION_URL=$${PREFECT_DB_DRIVER}://" in prefect_command
     # both APIs want credentials; the worker has them

@@ -57,12 +57,13 @@ class LogitCacheStage(Stage[CacheRef]):
         "cache.storage",
         "cache.top_k",
         "cache.dtype",
+        "cache.runtime",  # ONNX Runtime's logits differ from PyTorch's in the last bits
         "cache_readings",  # top-k: where the distill method reads the teacher
         "seed",
         "device",
     )
-    # Any chunking and any number of worker processes give the same bytes (tested).
-    settings = ("cache.chunk_rows", "distributed")
+    # Any chunking, forward batch and number of worker processes give the same bytes (tested).
+    settings = ("cache.chunk_rows", "cache.batch_size", "distributed")
     needs = (PrepareData, Teacher)
 
     def run(self, ctx: StageContext) -> Outcome[CacheRef]:
@@ -76,12 +77,13 @@ class LogitCacheStage(Stage[CacheRef]):
             data.fingerprint,
             teacher_input=teacher.input_spec,
             class_index=teacher.class_index,
+            teacher_format=teacher.format,
         )
         problem = file_problem(ctx.work_dir, teacher.checkpoint, teacher.sha256)
         if problem is not None:
             raise CacheError(f"the teacher cannot be used: {problem}")
         # ONNX Runtime runs on the CPU here; PyTorch teachers on the configured device.
-        device = resolve_device(config.device) if teacher.format != "onnx" else torch.device("cpu")
+        device = resolve_device(config.device) if spec.runtime == "pytorch" else torch.device("cpu")
         started = time.perf_counter()
         info = build_logit_cache(
             teacher.view(ctx.work_dir, dataset.info),
@@ -92,6 +94,7 @@ class LogitCacheStage(Stage[CacheRef]):
             device,
             rebuild=ctx.forced,
             workers=config.distributed.nproc,
+            batch_size=config.cache.batch_size,
         )
         seconds = time.perf_counter() - started
         directory = Path(info.path)
@@ -102,6 +105,7 @@ class LogitCacheStage(Stage[CacheRef]):
             "cache_bytes": sum(p.stat().st_size for p in directory.glob("*.npy")),
             "seconds": seconds,
             "build_seconds": info.build_seconds,
+            "build_sample_views_per_s": info.rows * info.views / max(info.build_seconds, 1e-9),
         }
         if info.cache_hit:
             # The build's own time, recorded in the manifest, minus what verifying took now.
@@ -121,6 +125,7 @@ class LogitCacheStage(Stage[CacheRef]):
                 "cache.key": info.key,
                 "teacher.sha256": teacher.sha256,
                 "view_seed": spec.view_seed,
+                "runtime": spec.runtime,
             },
             metrics=metrics,
             tags={"cache_key": info.key, "cache_hit": hit, "reused": hit},

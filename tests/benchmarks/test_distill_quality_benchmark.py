@@ -36,7 +36,7 @@ def test_distill_quality_writes_json_and_markdown(tmp_path: Path) -> None:
         assert candidates[chosen]["runs"][seed][0] == best_val
         assert report["baseline"]["runs"][seed] == candidates[chosen]["runs"][seed]
     expected = 1 - config["test_error_mean"] / (1 - report["baseline"]["test_accuracy_mean"])
-    assert abs(report["kd_error_reduction"] - expected) < 1e-12
+    assert abs(report["kd_error_reduction_vs_best_baseline"] - expected) < 1e-12
     assert report["error_ratio"] == pytest.approx(1 - expected)
     runs, base = config["runs"], report["baseline"]["runs"]
     differences = [runs[i][1] - base[i % 2][1] for i in range(4)]

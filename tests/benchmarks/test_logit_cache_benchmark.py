@@ -31,12 +31,19 @@ def test_logit_cache_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert benchmark("logit_cache").main(args) == 0
     report = json.loads((tmp_path / "logit_cache.json").read_text())
     ratios = (
-        "build_vs_inference_ratio",
+        "build_vs_best_inference_ratio",
         "cached_vs_online_speedup",
         "cached_vs_student_only_ratio",
     )
     assert all(report[key] > 0 for key in ratios)
     assert set(report["test_accuracy"]) == {"cached", "live", "labels"}
+    # the best inference is looked for over both runtimes and five batch sizes
+    inference = report["inference_sample_views_per_s"]
+    assert set(inference) == {"pytorch", "onnxruntime"}
+    assert all(len(by_batch) == 5 and min(by_batch.values()) > 0 for by_batch in inference.values())
+    best = report["best_inference"]
+    assert best["sample_views_per_s"] == max(max(b.values()) for b in inference.values())
+    assert report["build_runtime"] == "onnxruntime"  # auto, on the CPU
     # the cache and the live teacher give the student the same targets (up to float16)
     accuracy = report["test_accuracy"]
     assert abs(accuracy["cached"]["mean"] - accuracy["live"]["mean"]) < 0.05

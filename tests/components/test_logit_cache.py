@@ -2,6 +2,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from components.logit_cache import (
     encode,
     index_dtype,
     open_logit_cache,
+    resolve_runtime,
 )
 from components.losses import standardize
 from components.models import build_model
@@ -411,3 +413,42 @@ def test_a_two_view_cache_holds_the_teacher_on_each_views_strong_view(
     plain = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
     with pytest.raises(CacheError, match="no strong views"):
         open_logit_cache(Path(plain.path)).teacher(rows, views, strong=True)
+
+
+@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime"])
+def test_any_chunk_and_forward_batch_give_the_same_bytes(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module, runtime: str
+) -> None:
+    spec = replace(spec_for(mnist_dataset), runtime=runtime)
+    one_pass = build_logit_cache(
+        teacher, spec, mnist_dataset, tmp_path / "a", 1000, CPU, batch_size=1000
+    )
+    small = build_logit_cache(teacher, spec, mnist_dataset, tmp_path / "b", 700, CPU, batch_size=64)
+    assert files(Path(one_pass.path)) == files(Path(small.path))
+
+
+def test_onnx_runtime_builds_the_cache_from_the_teachers_twin(
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module
+) -> None:
+    # given the same teacher run by PyTorch and by ONNX Runtime (exported for the build)
+    torch_spec = spec_for(mnist_dataset)
+    ort_spec = replace(torch_spec, runtime="onnxruntime")
+    assert ort_spec.key != torch_spec.key  # the runtime is part of what made the bytes
+    by_torch = build_logit_cache(teacher, torch_spec, mnist_dataset, tmp_path, 1000, CPU)
+    by_ort = build_logit_cache(teacher, ort_spec, mnist_dataset, tmp_path, 1000, CPU)
+    # then the logits agree to float16 rounding, the parity is recorded and the twin is gone
+    a, b = (open_logit_cache(Path(i.path)).arrays["logits"] for i in (by_torch, by_ort))
+    assert np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-2, rtol=1e-3)
+    manifest = json.loads((Path(by_ort.path) / "manifest.json").read_text())
+    assert 0 <= manifest["runtime_max_abs_diff_vs_pytorch"] < 1e-3
+    assert manifest["spec"]["runtime"] == "onnxruntime"
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_the_runtime_is_resolved_from_the_setting_the_device_and_the_teacher() -> None:
+    gpu = torch.device("cuda")
+    assert resolve_runtime("auto", CPU) == "onnxruntime"
+    assert resolve_runtime("auto", gpu) == "pytorch"
+    assert resolve_runtime("pytorch", CPU) == "pytorch"
+    assert resolve_runtime("pytorch", CPU, "onnx") == "onnxruntime"  # an ONNX file runs in ORT
+    assert resolve_runtime("onnxruntime", CPU, "exported") == "pytorch"
