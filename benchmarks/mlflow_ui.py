@@ -71,9 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     server += ["--workers", "1", "--backend-store-uri", store]
     args.out.mkdir(parents=True, exist_ok=True)
     page = f"{url}/#/experiments/{experiment_id}/runs"
-    # The handoff stage's row: the ONNX model it logged and registered (rows of stage runs are
-    # folded under the pipeline's row; a search shows one of them).
-    handoff_rows = page + "?" + urllib.parse.urlencode({"searchFilter": "run_name = 'handoff'"})
+    # The handoff stage's row: the ONNX model it logged and registered. Sorted by creation
+    # time (the default), the stage runs are folded under the pipeline's row; sorted by
+    # another key, MLflow lists every run flat, each with its own Models cell.
+    handoff_rows = (
+        page
+        + "?"
+        + urllib.parse.urlencode(
+            {"searchFilter": "run_name = 'handoff'", "orderByKey": "tags.`mlflow.runName`"}
+        )
+    )
     run_page = f"{page}/{parent.run_id}"
     with server_process("mlflow server", server, url, scratch / "server.log", env, 120):
         table = chromium(args.chromium, page, "--dump-dom")

@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         view = TeacherView(model, spec, index)
         started = time.perf_counter()
         built = build_logit_cache(
-            view, cache_spec, dataset, work / f"cache-{runtime}", config.cache.chunk_rows, CPU
+            view,
+            replace(cache_spec, runtime=runtime),
+            dataset,
+            work / f"cache-{runtime}",
+            config.cache.chunk_rows,
+            CPU,
+            batch_size=config.cache.batch_size,
         )
         seconds = time.perf_counter() - started
         sample_views = built.rows * built.views

@@ -135,27 +135,35 @@ _FLUENT = threading.RLock()
 
 
 @contextlib.contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+def _fluent_tracking_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
     """``uri`` for the block, for the MLflow calls that read the process-wide tracking URI
     rather than take a client (model logging; the registry resolving ``models:/<id>``).
     Restored exactly afterwards, MLFLOW_TRACKING_URI included: MLflow's setter writes that
     variable and, given None, deletes it, which would take the user's setting away from the
-    rest of the process and from the processes it starts."""
+    rest of the process and from the processes it starts. ``experiment_id``: the experiment
+    a model logged in the block belongs to; MLflow 3 otherwise files a model logged for a
+    run (``log_model(run_id=...)``, no active run) under the Default experiment, where the
+    run's experiment page never shows it."""
     from mlflow.tracking._tracking_service import utils
 
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
     # One block at a time: a sweep's students log their models from parallel threads, and
     # interleaved save/restore pairs would leave the process pinned to one store.
     with _FLUENT:
-        saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        saved_uri, saved_env = utils._tracking_uri, {n: os.environ.get(n) for n in names}
         mlflow.set_tracking_uri(uri)
+        if experiment_id is not None:
+            os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         try:
             yield
         finally:
             utils._tracking_uri = saved_uri  # (the setter refuses None, deletes the variable)
-            if saved_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = saved_env
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -434,7 +442,8 @@ class Tracker:
         import onnxruntime
         from mlflow.models import infer_signature
 
-        with _fluent_tracking_uri(self.tracking_uri), _quiet_model_logging():
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
             info = mlflow.onnx.log_model(
                 onnx.load(str(model_path)),
                 name="model",
@@ -465,7 +474,8 @@ class Tracker:
         example = torch.zeros(1, channels, *size)
         with torch.no_grad():
             outputs = model(example).numpy()
-        with _fluent_tracking_uri(self.tracking_uri), _quiet_model_logging():
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",

@@ -71,9 +71,23 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+# Real servers and real processes killed mid-run: 20-50 s each (pytest --durations).
+LONGEST_MODULES = ("test_servers.py", "test_faults.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the session's pipeline runs goes to one pytest-xdist worker
-    (``--dist loadgroup``), so those runs are made once, not once per worker."""
+    (``--dist loadgroup``), so those runs are made once, not once per worker. And the longest
+    tests go first (end to end, then slow, then the rest): handed out in collection order,
+    a 50-second test collected last would run alone at the end while the other worker idles."""
     for item in items:
         if "shared_runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("shared-runs"))
+
+    def cost(item: pytest.Item) -> tuple[int, int]:
+        marks = {mark.name for mark in item.iter_markers()}
+        if item.path.name in LONGEST_MODULES:
+            return 0, LONGEST_MODULES.index(item.path.name)
+        return 1 if "e2e" in marks else 2 if "slow" in marks else 3, 0
+
+    items.sort(key=cost)  # stable: file order within each class

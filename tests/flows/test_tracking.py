@@ -95,6 +95,8 @@ def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> Non
         (output,) = children[stage].outputs.model_outputs
         model = client.get_logged_model(output.model_id)
         assert model.source_run_id == children[stage].info.run_id
+        # in the run's own experiment, where its page and runs table look for it
+        assert model.experiment_id == children[stage].info.experiment_id
         assert {m.key for m in model.metrics or []} >= (
             {"onnx_test_accuracy", "val_accuracy"} if stage == "handoff" else {"test_accuracy"}
         )
@@ -133,3 +135,10 @@ def test_model_logging_leaves_the_tracking_uri_as_the_user_set_it(
     with _fluent_tracking_uri(store):
         pass
     assert "MLFLOW_TRACKING_URI" not in os.environ
+    # the experiment a model is filed under, for the block only; the user's own names kept
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    with _fluent_tracking_uri(store, "7"):
+        assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7"
+        assert "MLFLOW_EXPERIMENT_NAME" not in os.environ
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
+    assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "mine"
