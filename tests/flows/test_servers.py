@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+from flows.cli import main
 from flows.servers import free_port, local_prefect_server, server_process
 from tests.conftest import TINY_OVERRIDES
 from tests.helpers import MODEL, STAGES, artifact_paths
@@ -160,7 +161,7 @@ def _status(url: str, credentials: str | None = None) -> int:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_the_team_stack_on_postgresql_with_authentication(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = team_stack()
     right = Credentials("kd-admin", secrets.token_urlsafe(12), f"kd:{secrets.token_urlsafe(9)}")
@@ -207,18 +208,22 @@ def test_the_team_stack_on_postgresql_with_authentication(
         command = [sys.executable, "-m", "flows.cli", "run"]
         command += [a for o in overrides for a in ("--set", o)]
 
-        # wrong credentials: a clear kd message, exit 2, before any work
+        # wrong credentials: a clear kd message, exit 2, before any work (kd called in this
+        # process, as the command line calls it: the check reads the same variables)
         for wrong, names in (
             ({**right.env(), "MLFLOW_TRACKING_PASSWORD": "wrong"}, "MLFLOW_TRACKING_PASSWORD"),
             ({**right.env(), "PREFECT_API_AUTH_STRING": "kd:wrong"}, "PREFECT_API_AUTH_STRING"),
         ):
-            done = subprocess.run(
-                command, cwd=client_dir, env={**base_env, **wrong}, capture_output=True, text=True
-            )
-            assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-            last = done.stderr.strip().splitlines()[-1]
+            with monkeypatch.context() as env:
+                for name, value in {**base_env, **wrong}.items():
+                    env.setenv(name, value)
+                env.chdir(client_dir)
+                capsys.readouterr()
+                assert main(command[3:]) == 2
+            stderr = capsys.readouterr().err
+            last = stderr.strip().splitlines()[-1]
             assert "refused the credentials" in last and names in last, last
-            assert "Traceback" not in done.stderr
+            assert "Traceback" not in stderr
             assert not (client_dir / "work" / "teacher").exists()
 
         env = {**base_env, **right.env()}
