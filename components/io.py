@@ -53,6 +53,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def temporary_env(**values: str | None) -> Iterator[None]:
+    """Environment variables set (a value) or removed (None) for the block, each restored
+    exactly afterwards: set again if it was set, removed if it was not."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` in one rename."""
     final.parent.mkdir(parents=True, exist_ok=True)

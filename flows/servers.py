@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from components.io import write_json
+from components.io import temporary_env, write_json
 
 
 class ServerError(RuntimeError):
@@ -186,16 +186,8 @@ def _api_url(url: str) -> Iterator[None]:
     processes started meanwhile (scheduled runs, torch.distributed workers)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
+    with temporary_env(PREFECT_API_URL=url), temporary_settings({PREFECT_API_URL: url}):
+        yield
 
 
 def drain_prefect_clients() -> None:

@@ -46,7 +46,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from components.io import code_version
+from components.io import code_version, temporary_env
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
@@ -146,24 +146,22 @@ def _fluent_tracking_uri(uri: str, experiment_id: str | None = None) -> Iterator
     run's experiment page never shows it."""
     from mlflow.tracking._tracking_service import utils
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    experiment = (
+        {"MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_EXPERIMENT_NAME": None}
+        if experiment_id is not None
+        else {}
+    )
     # One block at a time: a sweep's students log their models from parallel threads, and
     # interleaved save/restore pairs would leave the process pinned to one store.
-    with _FLUENT:
-        saved_uri, saved_env = utils._tracking_uri, {n: os.environ.get(n) for n in names}
+    # (MLFLOW_TRACKING_URI "set" to what it is: the setter below changes it, the exit restores)
+    with _FLUENT, temporary_env(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI")):
+        saved_uri = utils._tracking_uri
         mlflow.set_tracking_uri(uri)
-        if experiment_id is not None:
-            os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
-            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         try:
-            yield
+            with temporary_env(**experiment):
+                yield
         finally:
             utils._tracking_uri = saved_uri  # (the setter refuses None, deletes the variable)
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 @contextlib.contextmanager
