@@ -56,20 +56,20 @@ def atomic_path(final: Path) -> Iterator[Path]:
 def temporary_env(**values: str | None) -> Iterator[None]:
     """Environment variables set (a value) or removed (None) for the block, each restored
     exactly afterwards: set again if it was set, removed if it was not."""
+
+    def apply(settings: dict[str, str | None]) -> None:
+        for name, value in settings.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     saved = {name: os.environ.get(name) for name in values}
     try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(values)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(saved)
 
 
 @contextlib.contextmanager
