@@ -154,12 +154,12 @@ def _fluent_tracking_uri(uri: str, experiment_id: str | None = None) -> Iterator
     # One block at a time: a sweep's students log their models from parallel threads, and
     # interleaved save/restore pairs would leave the process pinned to one store.
     # (MLFLOW_TRACKING_URI "set" to what it is: the setter below changes it, the exit restores)
-    with _FLUENT, temporary_env(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI")):
+    block_env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"), **experiment}
+    with _FLUENT, temporary_env(**block_env):
         saved_uri = utils._tracking_uri
         mlflow.set_tracking_uri(uri)
         try:
-            with temporary_env(**experiment):
-                yield
+            yield
         finally:
             utils._tracking_uri = saved_uri  # (the setter refuses None, deletes the variable)
 
@@ -429,6 +429,14 @@ class Tracker:
         self.log_metrics(target_run_id, data.metrics)
         return True
 
+    @contextlib.contextmanager
+    def _model_logging(self, run_id: str) -> Iterator[None]:
+        """The block in which a model is logged for ``run_id``: MLflow's fluent API on this
+        store, the model filed under the run's experiment, MLflow's advice silenced."""
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
+            yield
+
     def log_onnx_model(
         self, run_id: str, model_path: Path, example: np.ndarray, outputs: np.ndarray
     ) -> tuple[str, str]:
@@ -440,8 +448,7 @@ class Tracker:
         import onnxruntime
         from mlflow.models import infer_signature
 
-        experiment_id = self.client.get_run(run_id).info.experiment_id
-        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
+        with self._model_logging(run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(model_path)),
                 name="model",
@@ -472,8 +479,7 @@ class Tracker:
         example = torch.zeros(1, channels, *size)
         with torch.no_grad():
             outputs = model(example).numpy()
-        experiment_id = self.client.get_run(run_id).info.experiment_id
-        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
+        with self._model_logging(run_id):
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
