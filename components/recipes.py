@@ -14,7 +14,7 @@ DistributedDataParallel, rank 0 reporting epochs and returning the weights.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,8 @@ def fit(
     if targets is not None and not isinstance(targets, LogitCache):
         raise ValueError("training in several processes reads the teacher from a logit cache")
     cache = (str(targets.directory), targets.manifest["key"]) if targets is not None else None
-    job = _Job(recipe, dataset.info.path, cache, device.type, on_epoch, state_path, desc)
+    report = pickle.dumps(on_epoch) if on_epoch is not None else None
+    job = _Job(recipe, dataset.info.path, cache, device.type, report, state_path, desc)
     state, result = launch(_fit_share, nproc, job, model)[0]
     model.load_state_dict(state)
     return model.eval(), result
@@ -176,7 +177,9 @@ class _Job:
     dataset_path: str
     cache: tuple[str, str] | None  # (directory, key) of the logit cache
     device_type: str
-    on_epoch: Callable[[int, dict[str, float]], None] | None
+    # Pickled apart, for rank 0 alone to load: only rank 0 reports, and loading the reporter
+    # imports what it reports with (MLflow, a second of start-up in every other process).
+    on_epoch: bytes | None
     state_path: Path | None
     desc: str
 
@@ -194,7 +197,7 @@ def _fit_share(job: _Job, model: nn.Module) -> tuple[dict[str, torch.Tensor], Tr
         else None
     )
     try:
-        on_epoch = job.on_epoch if rank == 0 else None  # one process reports
+        on_epoch = pickle.loads(job.on_epoch) if rank == 0 and job.on_epoch else None
         result = _train(
             job.recipe,
             model,

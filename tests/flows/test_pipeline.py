@@ -327,7 +327,7 @@ def parallel_stages(config: PipelineConfig) -> PipelineResult:
 
 
 def test_two_process_stages_log_once_and_the_cache_equals_one_process(
-    prefect_server: None, mlflow_store: str, tmp_path: Path
+    prefect_server: Path, mlflow_store: str, tmp_path: Path
 ) -> None:
     store = Store(tmp_path)
     work = store.work

@@ -102,8 +102,10 @@ def test_a_model_below_a_registry_floor_is_not_registered(warm_store: Store) -> 
 def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     warm_store: Store,
 ) -> None:
-    # given a champion trained on split seed 0; when the split is reshuffled (seed 1)
-    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=50")) == 0
+    # given a champion trained on split seed 0; when the split is reshuffled (seed 1), with
+    # a minimum of clean examples that the reshuffle leaves too few of (the decision on the
+    # examples that remain is the image-folder test's below)
+    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=400")) == 0
     (_, first), (parent, second) = pipeline_runs(warm_store.client)
     decision = record(warm_store.client, parent)
 
@@ -124,16 +126,14 @@ def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     assert overlap > 300  # most of the new validation images were old training images
     assert decision["n_overlap_removed"] == overlap
     assert decision["n_evaluated"] == len(new_val) - overlap
-    assert decision["decision"] in {"promoted", "rejected"}
     assert "removed as images the champion" in mlflow.artifacts.load_text(
         f"runs:/{parent.info.run_id}/promotion.md"
     )
-    # with a higher minimum, that is too few to decide on: the champion is kept (another
-    # reshuffle: the same model again would be the bytes of version 2, not registered twice)
-    assert main(warm_store.args("split.seed=2", LATENCY_TIE, "promotion.min_examples=400")) == 0
-    *_, (parent, _) = pipeline_runs(warm_store.client)
-    kept = record(warm_store.client, parent)
-    assert kept["decision"] == "incomparable" and "promotion.min_examples is 400" in kept["reason"]
+    # too few to decide on: the champion is kept, and the record says why
+    assert decision["decision"] == "incomparable"
+    assert "promotion.min_examples is 400" in decision["reason"]
+    champion = warm_store.client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champion.version) == "1"
 
 
 def _image_folder(root: Path, per_class: int, start: int) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
+from prefect.workers.process import ProcessWorker
 
 from flows.cli import main
 from tests.conftest import RICH_OVERRIDES
@@ -29,7 +31,7 @@ def _wait_for_deployment(name: str, process: subprocess.Popen, log: Path, timeou
             try:
                 return client.read_deployment_by_name(name)
             except Exception:  # not registered yet
-                time.sleep(1)
+                time.sleep(0.2)
     raise AssertionError(f"{name} not registered in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
@@ -57,7 +59,7 @@ def test_kd_serve_registers_the_cron_deployment_and_runs_it(
         assert deployment.parameters["config_path"] is None
 
         # a run of the deployment is picked up by the serving process and completes
-        flow_run = run_deployment("kd-retrain/nightly-test", timeout=600, poll_interval=1)
+        flow_run = run_deployment("kd-retrain/nightly-test", timeout=600, poll_interval=0.2)
         assert flow_run.state.is_completed(), log.read_text()[-3000:]
         client = warm_store.client
         experiment = client.get_experiment_by_name("kd-pipeline")
@@ -90,16 +92,28 @@ def test_prefect_yaml_deploys_the_same_flow_to_a_work_pool(tmp_path: Path) -> No
     assert (REPO / deployment_spec["parameters"]["config_path"]).is_file()
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PWD": str(REPO)}
-    prefect = [sys.executable, "-m", "prefect"]
     pool = deployment_spec["work_pool"]["name"]
-    subprocess.run(
-        [*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    # the pool, as `prefect work-pool create POOL --type process` makes it (in this process:
+    # a CLI process would import Prefect again for what is not under test here)
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            ),
+            overwrite=True,
+        )
     done = subprocess.run(
-        [*prefect, "--no-prompt", "deploy", "--name", deployment_spec["name"]],
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--name",
+            deployment_spec["name"],
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
