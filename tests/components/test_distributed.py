@@ -1,5 +1,6 @@
 """Training in two launched processes (gloo on CPU): DDP keeps them one model."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,24 @@ def test_two_processes_train_one_model(mnist_dataset: Dataset, tmp_path: Path) -
     # and it learned something (chance is 0.1) in one short epoch on half a batch each
     assert results[0]["final"]["val_accuracy"] > 0.15
     assert results[0]["final"] == results[1]["final"]
+
+
+def _environment() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "KD_LAUNCH_PROBE", "KD_GONE"))
+
+
+@pytest.mark.slow
+def test_a_launched_process_sees_the_environment_as_it_is_at_the_launch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # launched processes fork from a server started at the first launch: a variable set or
+    # removed after that still reaches them as it is now, under the launcher's own
+    monkeypatch.setenv("KD_LAUNCH_PROBE", "first")
+    monkeypatch.setenv("KD_GONE", "here")
+    assert launch(_environment, 2) == {
+        0: ("0", "2", "first", "here"),
+        1: ("1", "2", "first", "here"),
+    }
+    monkeypatch.setenv("KD_LAUNCH_PROBE", "second")
+    monkeypatch.delenv("KD_GONE")
+    assert launch(_environment, 2) == {0: ("0", "2", "second", None), 1: ("1", "2", "second", None)}
