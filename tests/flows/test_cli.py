@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -192,6 +193,30 @@ def test_console_script_help_documents_config() -> None:
         [str(kd), "run", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--config" in out and "--set" in out and "kd schema" in out
+
+
+def test_the_kd_command_exits_with_its_output_whole_its_code_and_its_exit_handlers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kd skips the interpreter's teardown at its exit (flows.cli.command): its output, into a
+    # pipe (buffered), is all there
+    assert main(["config"]) == 0
+    expected = capsys.readouterr().out
+    kd = Path(sys.executable).parent / "kd"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([str(kd), "config"], capture_output=True, text=True, env=buffered)
+    assert done.returncode == 0 and done.stdout == expected
+    # and what was registered to run at exit still runs, after kd's own last words
+    code = (
+        "import atexit, sys; from flows import cli; "
+        "atexit.register(print, 'exit handler ran', file=sys.stderr); "
+        "sys.argv[1:] = ['run', '--set', 'nonsense=1']; cli.command()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=buffered
+    )
+    assert done.returncode == 2
+    assert "nonsense" in done.stderr and done.stderr.rstrip().endswith("exit handler ran")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
