@@ -1,390 +1,987 @@
-"""Does distillation beat the same student trained alone? Measured honestly.
+"""Does distillation beat the same student trained alone? Chosen on cross-validation,
+reported on test, with one observation per independent unit.
 
-    python benchmarks/distill_quality.py --out DIR [--config FILE] [--set key=value ...]
-        [--seeds 5] [--teacher-seeds 2] [--tune-seeds 2] [--methods config,dist,...]
+    python benchmarks/distill_quality.py --out DIR [--quick] [--workers 2]
+        [--store DIR] [--work DIR] [--config FILE] [--set key=value ...]
 
-On the config's data split (the default data unless told otherwise): ``--teacher-seeds``
-teachers trained with the pipeline's recipe. The control is the strongest fair one, as the
-pipeline's ``student-baseline`` stage chooses it: for every student seed, each candidate of
-``student.baseline`` (K cached views or fresh views every epoch, label smoothing 0 or 0.1;
-the same architecture, epochs and schedule) is trained, and the one with the best validation
-accuracy is that seed's control. Every method (a ``distill.kind`` with its settings) has a
-few settings (``METHODS``); the one with the best mean validation accuracy over
-``--tune-seeds`` student seeds of their own (teacher 0) is chosen, then trained for every
-teacher and student seed.
+Units. A unit is one fold, one teacher seed and one student seed together: unit u holds
+out fold u mod k of the pool (components/folds.py: fold 0 is the pipeline's own validation
+split; every fold trains on as many images as the pipeline) and uses seed ``seed + u`` for
+its teacher, its students and their views. Nothing is shared between units (each has its own
+teacher, its own control and its own views), so each is one observation, and every interval
+here is a Student-t interval over units.
 
-Validation chooses, test reports: settings, the control and ``chosen_on_validation`` (the
-method with the best mean validation accuracy) never read the test split. For each method,
-the paired difference against the control of the same student seed over every teacher and
-student seed, with a 95% Student-t interval, on validation and on test; ``error_ratio`` =
-mean test error / the control's (the goal for the shipped default: at most 0.70),
-``kd_error_reduction`` = 1 - error_ratio of the config's own method. Writes
-DIR/distill_quality.json and DIR/distill_quality.md (rewritten after every method, so an
-interrupted run keeps what it measured).
+Protocol (validation chooses, test reports). Every choice reads held-out fold accuracy,
+never the test split; a candidate replaces the incumbent default only when its paired
+advantage over the units is significant (components/selection.py), and the benchmark says
+how often the choice would be made again (bootstrap over units). The phases, in order, each
+starting from what the one before chose:
+1. ``teacher``: the teacher's recipe, judged by the distilled student it produces (at the
+   config's student budget and method);
+2. ``method``: the distillation method and its settings (each method's controls get that
+   method's augmentation, strong views included);
+3. ``patience``: the student budget, a grid of epochs x cached views, the distilled student
+   and its control (the better of label smoothing 0 and 0.1, on the same cached views, at
+   every budget) with the same optimizer, schedule and views; the default budget is chosen
+   among those whose default run costs no more than the incumbent's (``run_cost``), the
+   patient budget among all;
+4. ``control``: the label-only control's recipe at the chosen budget (cached or fresh views,
+   label smoothing 0 or 0.1): the one the pipeline then trains;
+5. ``report``: the chosen default and its control on ``report_units`` units, on test:
+   ``gap_closed_by_default`` (share of the teacher-control gap closed, from the means),
+   ``default_vs_control_ci_low`` (the 95% interval's low end of the test accuracy
+   difference, over units), ``kd_error_reduction_vs_best_baseline``.
+
+Resumable. Every unit's result is a small JSON under ``--store`` (default
+benchmarks/results/distill_quality_units), written whole as it finishes, keyed by everything
+that produced it; a later call reuses it and never trains it again, so the benchmark can run
+in parts across sessions. Teacher weights and logit caches live under ``--work`` (default
+.kd-bench/, not committed); a teacher whose weights are gone is retrained when a new student
+needs it. ``--workers N`` trains N units at once, one thread each. ``--quick``: a reduced
+grid (3 units, 2 teacher recipes, 2 methods, 2 x 2 budgets, short schedules) in minutes,
+writing the same JSON keys. Writes DIR/distill_quality.json, DIR/distill_quality.md and
+DIR/patience.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import os
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import cache
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.augment import stream_seed
 from components.config import PipelineConfig, load_config
 from components.data import Dataset, load_dataset, prepare_dataset
+from components.folds import fold_count, fold_dataset
 from components.io import sha256_json, write_json, write_text
-from components.logit_cache import (
-    LogitCache,
-    build_logit_cache,
-    open_logit_cache,
-    pipeline_cache_spec,
-)
+from components.logit_cache import build_logit_cache, open_logit_cache, pipeline_cache_spec
 from components.models import build_model, count_parameters
 from components.recipes import (
-    baseline_candidates,
-    choose_on_validation,
+    CONTROL_CANDIDATES,
+    Recipe,
+    control_recipe,
     fit,
     student_recipe,
     teacher_recipe,
 )
-from components.stats import format_accuracy, mean_interval
-from components.training import resolve_device
-from flows.cli import add_config_arguments
+from components.report import patience_chart
+from components.selection import best_mean_rate, choose, paired_standard_error, reselection_rate
+from components.stats import mean_interval
+from components.training import predict_logits
 
+UNIT_VERSION = 1  # bump when a unit's result changes meaning: stored results then miss
+GOAL_GAP_CLOSED = 0.60
 TWO_VIEWS = "student.train.augment.strong={}"
-# Method name -> its settings (overrides laid over the base config), tried on validation.
-# "config" is the base config's own method, as shipped: not tuned.
-METHODS: dict[str, list[list[str]]] = {
-    "config": [[]],
-    "hinton": [
-        ["distill.kind=hinton", "distill.temperature=4", "distill.alpha=0.7"],
-        ["distill.kind=hinton", "distill.temperature=2", "distill.alpha=0.9"],
-    ],
-    # Sun et al. 2024 use T = 2 and KD:CE weights of 9:0.1 with logit standardisation.
-    "hinton+ls": [
-        [
-            "distill.kind=hinton",
-            "distill.standardize=true",
-            "distill.temperature=2",
-            "distill.alpha=0.9",
-        ],
-        [
-            "distill.kind=hinton",
-            "distill.standardize=true",
-            "distill.temperature=4",
-            "distill.alpha=0.9",
-        ],
-    ],
-    "dkd": [
-        ["distill.kind=dkd", "distill.beta=8"],
-        ["distill.kind=dkd", "distill.beta=2"],
-    ],
-    "dkd+ls": [
-        ["distill.kind=dkd", "distill.standardize=true", "distill.beta=8"],
-        ["distill.kind=dkd", "distill.standardize=true", "distill.beta=2", "distill.temperature=2"],
-    ],
-    "dist": [
-        ["distill.kind=dist", "distill.temperature=4", "distill.beta=2", "distill.gamma=2"],
-        ["distill.kind=dist", "distill.temperature=1", "distill.beta=1", "distill.gamma=1"],
-    ],
-    "wttm": [
-        ["distill.kind=wttm", "distill.power=0.2", "distill.kd_weight=4"],
-        ["distill.kind=wttm", "distill.power=0.5", "distill.kd_weight=1"],
-    ],
-    "mlkd": [
-        ["distill.kind=mlkd", TWO_VIEWS, "distill.ce_weight=0.1", "distill.kd_weight=0.9"],
-        ["distill.kind=mlkd", TWO_VIEWS, "distill.ce_weight=1", "distill.kd_weight=1"],
-    ],
-    "mlkd+ls": [
-        ["distill.kind=mlkd", TWO_VIEWS, "distill.standardize=true"],
-        ["distill.kind=mlkd", TWO_VIEWS, "distill.standardize=true", "distill.ce_weight=1"],
-    ],
+
+# Candidates. "config" is always the incumbent: the config's own setting.
+TEACHERS: dict[str, list[str]] = {
+    "config": [],
+    "ls0": ["teacher.train.label_smoothing=0"],
+    "ls0+mixup0.2": ["teacher.train.label_smoothing=0", "teacher.train.augment.mixup_alpha=0.2"],
+    "ls0,6-epochs": ["teacher.train.label_smoothing=0", "teacher.train.epochs=6"],
 }
-GOAL_ERROR_RATIO = 0.70  # the shipped default's test error at most 0.70 x the control's
-TUNE_SEED_OFFSET = 1000  # tuning seeds are apart from the reported ones
+METHODS: dict[str, list[str]] = {
+    "config": [],
+    "hinton-T4": ["distill={kind: hinton, temperature: 4, alpha: 0.9}"],
+    "hinton-T1": ["distill={kind: hinton, temperature: 1, alpha: 0.9}"],
+    "hinton+ls-T2": ["distill={kind: hinton, standardize: true, temperature: 2, alpha: 0.9}"],
+    "dkd-b8": ["distill={kind: dkd, beta: 8}"],
+    "dist": ["distill={kind: dist}"],
+    "wttm": ["distill={kind: wttm}"],
+    "mlkd+ls": ["distill={kind: mlkd, standardize: true}", TWO_VIEWS],
+}
+CONTROLS = CONTROL_CANDIDATES  # the label-only control's candidates
+PATIENCE_CONTROLS = ("cached-ls0", "cached-ls0.1")
 
 
-def student_run(
-    config: PipelineConfig, dataset: Dataset, seed: int, cache: LogitCache | None
-) -> tuple[float, float]:
-    """(validation, test) accuracy of the configured distilled student, with the pipeline's
-    recipe and training seed ``seed`` (the views stay the config's)."""
-    recipe = replace(student_recipe(config, distilled=True), seed=seed)
-    _, result = fit(recipe, dataset, resolve_device(config.device), targets=cache)
-    return result.final["val_accuracy"], result.final["test_accuracy"]
+@dataclass(frozen=True)
+class Protocol:
+    """The sizes of one benchmark: how many units each phase reads, and the grids."""
+
+    units: int = 9  # phases teacher, method, control; one full pass over 9 folds
+    patience_units: int = 5
+    report_units: int = 15
+    epochs: tuple[int, ...] = (24, 48, 96, 192)
+    views: tuple[int, ...] = (8, 32, 64)
+    teachers: tuple[str, ...] = tuple(TEACHERS)
+    methods: tuple[str, ...] = tuple(METHODS)
+    base: tuple[str, ...] = ()  # overrides laid under the user's
 
 
-def control_runs(
-    config: PipelineConfig, dataset: Dataset, seed: int
-) -> tuple[tuple[float, float], str, dict[str, tuple[float, float]]]:
-    """The control of one student seed, as the pipeline chooses it: every candidate of
-    ``student.baseline`` trained, the best on validation kept. Returns its (val, test), its
-    name and every candidate's (val, test)."""
-    device = resolve_device(config.device)
-    every = {}
-    for name, recipe in baseline_candidates(config):
-        _, result = fit(replace(recipe, seed=seed), dataset, device)
-        every[name] = (result.final["val_accuracy"], result.final["test_accuracy"])
-    chosen = choose_on_validation({name: r[0] for name, r in every.items()})
-    return every[chosen], chosen, every
+QUICK = Protocol(
+    units=3,
+    patience_units=2,
+    report_units=3,
+    epochs=(3, 6),
+    views=(2, 4),
+    teachers=("config", "ls0"),
+    methods=("config", "hinton-T4"),
+    base=("teacher.train.epochs=2", "student.train.epochs=3", "cache.views=2"),
+)
 
 
-def figures(runs: list[tuple[float, float]], baseline: list[tuple[float, float]]) -> dict[str, Any]:
-    """Means, and paired differences against the baseline run of the same student seed
-    (``baseline`` is indexed by student seed, ``runs`` cycle through the student seeds)."""
-    val, test = [r[0] for r in runs], [r[1] for r in runs]
-    base_val = [baseline[i % len(baseline)][0] for i in range(len(runs))]
-    base_test = [baseline[i % len(baseline)][1] for i in range(len(runs))]
+# --- units and the store ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every worker needs to rebuild a unit's data and config: picklable."""
+
+    config_path: Path | None
+    overrides: tuple[str, ...]
+    store: Path
+    work: Path
+
+    def config(self, unit: int, *overrides: str) -> PipelineConfig:
+        base = load_config(self.config_path, list(self.overrides))
+        # The unit's seed drives its teacher, students and views; each worker runs one
+        # thread, so the teacher runs in PyTorch for the cache (ONNX Runtime takes all cores).
+        return load_config(
+            self.config_path,
+            [*self.overrides, *overrides, f"seed={base.seed + unit}", "cache.runtime=pytorch"],
+        )
+
+
+@cache
+def _pool(ctx: Context) -> Dataset:
+    base = load_config(ctx.config_path, list(ctx.overrides))
+    info = prepare_dataset(base.data, base.split, ctx.work / "data")
+    return load_dataset(info.path)
+
+
+def unit_data(ctx: Context, unit: int) -> Dataset:
+    pool = _pool(ctx)
+    base = load_config(ctx.config_path, list(ctx.overrides))
+    return _fold(ctx, unit % fold_count(pool), base.split.seed)
+
+
+@cache
+def _fold(ctx: Context, fold: int, seed: int) -> Dataset:
+    pool = _pool(ctx)
+    return fold_dataset(pool, fold, fold_count(pool), seed)
+
+
+@dataclass(frozen=True)
+class Student:
+    """A student of one unit: distilled (``control`` None) or label-only (a CONTROLS name)."""
+
+    teacher: tuple[str, ...]  # the teacher's overrides (ignored by a control)
+    overrides: tuple[str, ...]  # the student's: method, budget, augmentation
+    control: str | None = None
+
+
+def teacher_key(ctx: Context, unit: int, teacher: Iterable[str]) -> str:
+    config = ctx.config(unit, *teacher)
+    return sha256_json(
+        {
+            "v": UNIT_VERSION,
+            "data": unit_data(ctx, unit).info.fingerprint,
+            "teacher": config.teacher.model_dump(mode="json"),
+            "seed": config.seed,
+            "device": config.device,
+        }
+    )[:20]
+
+
+def _recipe(ctx: Context, unit: int, student: Student) -> Recipe:
+    config = ctx.config(unit, *student.overrides)
+    if student.control is None:
+        return student_recipe(config, distilled=True)
+    return control_recipe(config, *CONTROLS[student.control])
+
+
+def student_key(ctx: Context, unit: int, student: Student) -> str:
+    config = ctx.config(unit, *student.overrides)
+    recipe = _recipe(ctx, unit, student)
+    payload: dict[str, Any] = {
+        "v": UNIT_VERSION,
+        "data": unit_data(ctx, unit).info.fingerprint,
+        "arch": recipe.arch,
+        "train": recipe.train.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "view_seed": recipe.view_seed,
+        "view_pool": recipe.view_pool,
+        "device": config.device,
+    }
+    if student.control is None:
+        payload |= {
+            "teacher": teacher_key(ctx, unit, student.teacher),
+            "distill": config.distill.model_dump(mode="json"),
+            "cache": config.cache.model_dump(mode="json", exclude={"chunk_rows", "batch_size"}),
+        }
+    return sha256_json(payload)[:20]
+
+
+def _bits(correct: np.ndarray) -> str:
+    return np.packbits(correct.astype(bool)).tobytes().hex()
+
+
+def unbits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
+
+
+def _scores(model: torch.nn.Module, dataset: Dataset) -> dict[str, Any]:
+    """Held-out (the fold's validation split) and test accuracy, and which image each got
+    right (the paired statistics need them)."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        images, labels = dataset.split(split)
+        logits = predict_logits(model, np.asarray(images), dataset, torch.device("cpu"))
+        correct = (logits.argmax(1).numpy() == labels).astype(bool)
+        out |= {
+            f"{split}_accuracy": float(correct.mean()),
+            f"{split}_n": len(correct),
+            f"{split}_correct": _bits(correct),
+        }
+    return out
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, payload)
+
+
+def read_result(ctx: Context, kind: str, key: str) -> dict[str, Any] | None:
+    path = ctx.store / kind / f"{key}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _teacher_model(ctx: Context, unit: int, teacher: tuple[str, ...]) -> torch.nn.Module:
+    """The unit's teacher: its stored weights, else trained now (and its result stored)."""
+    key = teacher_key(ctx, unit, teacher)
+    weights = ctx.work / "teachers" / f"{key}.pt"
+    config = ctx.config(unit, *teacher)
+    dataset = unit_data(ctx, unit)
+    if weights.is_file():
+        info = dataset.info
+        model = build_model(
+            config.teacher.model.name, info.in_channels, info.num_classes, min(info.image_size)
+        )
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        return model.eval()
+    started = time.perf_counter()
+    model, _ = fit(teacher_recipe(config), dataset, torch.device(_device(config)))
+    seconds = time.perf_counter() - started
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)
+    _write(
+        ctx.store / "teachers" / f"{key}.json",
+        {
+            "key": key,
+            "unit": unit,
+            "overrides": list(teacher),
+            "epochs": config.teacher.train.epochs,
+            "seconds": seconds,
+            "parameters": count_parameters(model),
+            **_scores(model, dataset),
+        },
+    )
+    return model.eval()
+
+
+def _device(config: PipelineConfig) -> str:
+    return "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def _train_student(ctx: Context, unit: int, student: Student) -> None:
+    key = student_key(ctx, unit, student)
+    if read_result(ctx, "students", key) is not None:
+        return
+    config = ctx.config(unit, *student.overrides)
+    dataset = unit_data(ctx, unit)
+    device = torch.device(_device(config))
+    recipe = _recipe(ctx, unit, student)
+    targets, cache_seconds = None, None
+    if student.control is None:
+        teacher = _teacher_model(ctx, unit, student.teacher)
+        spec = pipeline_cache_spec(
+            config, teacher_key(ctx, unit, student.teacher), dataset.info.fingerprint
+        )
+        started = time.perf_counter()
+        built = build_logit_cache(
+            teacher, spec, dataset, ctx.work / "cache", config.cache.chunk_rows, device
+        )
+        if not built.cache_hit:
+            cache_seconds = time.perf_counter() - started
+            _write(
+                ctx.store / "caches" / f"{built.key[:20]}.json",
+                {"views": spec.views, "rows": built.rows, "build_seconds": cache_seconds},
+            )
+        targets = open_logit_cache(Path(built.path))
+    started = time.perf_counter()
+    model, _ = fit(recipe, dataset, device, targets=targets)
+    _write(
+        ctx.store / "students" / f"{key}.json",
+        {
+            "key": key,
+            "unit": unit,
+            "teacher": list(student.teacher),
+            "overrides": list(student.overrides),
+            "control": student.control,
+            "epochs": recipe.train.epochs,
+            "views": config.cache.views,
+            "seconds": time.perf_counter() - started,
+            **_scores(model, dataset),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Task:
+    """One worker's job: a unit's teacher, or a group of its students that share a cache."""
+
+    ctx: Context
+    unit: int
+    teacher: tuple[str, ...] | None = None
+    students: tuple[Student, ...] = ()
+    cost: float = 0.0  # for ordering: longest first
+
+
+def run_task(task: Task) -> None:
+    if task.teacher is not None:
+        _teacher_model(task.ctx, task.unit, task.teacher)
+    for student in task.students:
+        _train_student(task.ctx, task.unit, student)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    if sys.platform == "linux":  # a worker dies with the benchmark, never trains on alone
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def execute(ctx: Context, tasks: list[Task], workers: int) -> None:
+    """Run the tasks whose results are missing: teachers first, then students, each stage
+    over ``workers`` processes (one thread each), longest first."""
+    todo = [t for t in tasks if not _done(ctx, t)]
+    teachers = {(t.unit, t.teacher) for t in todo if t.teacher is not None} | {
+        (t.unit, s.teacher)
+        for t in todo
+        for s in t.students
+        if s.control is None
+        and read_result(ctx, "teachers", teacher_key(ctx, t.unit, s.teacher)) is None
+    }
+    stages = [
+        [Task(ctx, unit, teacher) for unit, teacher in sorted(teachers) if teacher is not None],
+        sorted((replace(t, teacher=None) for t in todo if t.students), key=lambda t: -t.cost),
+    ]
+    for stage in stages:
+        if not stage:
+            continue
+        print(f"  {len(stage)} tasks on {workers} worker(s)", flush=True)
+        if workers <= 1:
+            for task in stage:
+                run_task(task)
+            continue
+        with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker) as pool:
+            for _ in pool.map(run_task, stage):
+                pass
+
+
+def _done(ctx: Context, task: Task) -> bool:
+    if task.teacher is not None and (
+        read_result(ctx, "teachers", teacher_key(ctx, task.unit, task.teacher)) is None
+    ):
+        return False
+    return all(
+        read_result(ctx, "students", student_key(ctx, task.unit, s)) is not None
+        for s in task.students
+    )
+
+
+def student_tasks(ctx: Context, units: Iterable[int], students: list[Student]) -> list[Task]:
+    """The students of every unit, grouped by unit, teacher and cached views (a group
+    builds or opens its cache once)."""
+    tasks = []
+    for unit in units:
+        groups: dict[Any, list[Student]] = {}
+        for s in students:
+            views = ctx.config(unit, *s.overrides).cache.views
+            groups.setdefault((s.teacher if s.control is None else None, views), []).append(s)
+        for group in groups.values():
+            cost = sum(ctx.config(unit, *s.overrides).student.train.epochs for s in group)
+            tasks.append(Task(ctx, unit, students=tuple(group), cost=cost))
+    return tasks
+
+
+def result(ctx: Context, unit: int, student: Student) -> dict[str, Any]:
+    found = read_result(ctx, "students", student_key(ctx, unit, student))
+    if found is None:
+        raise RuntimeError(f"unit {unit}: no result for {student}")
+    return found
+
+
+def teacher_result(ctx: Context, unit: int, teacher: tuple[str, ...]) -> dict[str, Any]:
+    found = read_result(ctx, "teachers", teacher_key(ctx, unit, teacher))
+    if found is None:
+        raise RuntimeError(f"unit {unit}: no teacher result for {teacher}")
+    return found
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """The benchmark's state as the phases run: context, sizes, choices so far."""
+
+    ctx: Context
+    protocol: Protocol
+    workers: int
+    out: Path
+    teacher: tuple[str, ...] = ()
+    method: tuple[str, ...] = ()
+    budget: tuple[str, ...] = ()
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def units(self, n: int) -> list[int]:
+        return list(range(n))
+
+    def controls(self, names: Iterable[str], overrides: tuple[str, ...]) -> list[Student]:
+        return [Student((), overrides, name) for name in names]
+
+    def best_control(
+        self, units: list[int], overrides: tuple[str, ...], names: Iterable[str] = tuple(CONTROLS)
+    ) -> tuple[str, np.ndarray]:
+        """The control candidate with the best mean held-out accuracy, and its per-unit
+        accuracies (the strongest fair control of those students)."""
+        held = {
+            n: np.array([result(self.ctx, u, s)["val_accuracy"] for u in units])
+            for n, s in ((n, Student((), overrides, n)) for n in names)
+        }
+        best = max(held, key=lambda n: held[n].mean())
+        return best, held[best]
+
+
+def _summary(scores: dict[str, np.ndarray], control: np.ndarray) -> dict[str, Any]:
+    """Each candidate's mean held-out accuracy and paired difference against the control."""
     return {
-        "val_accuracy_mean": statistics.mean(val),
-        "test_accuracy_mean": statistics.mean(test),
-        "test_error_mean": 1 - statistics.mean(test),
-        "test_accuracy_std": statistics.stdev(test) if len(test) > 1 else 0.0,
-        "paired_val_difference": mean_interval(np.subtract(val, base_val)).as_dict(),
-        "paired_test_difference": mean_interval(np.subtract(test, base_test)).as_dict(),
-        "runs": runs,
+        name: {
+            "held_out_accuracy_mean": float(s.mean()),
+            "vs_control": mean_interval(s - control).as_dict(),
+            "vs_control_standard_error": paired_standard_error(s - control),
+        }
+        for name, s in scores.items()
     }
 
 
+def _decision(scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    choice = choose(scores, "config")
+    return choice.as_dict() | {"reselection_rate": reselection_rate(scores, "config")}
+
+
+def phase_teacher(bench: Bench) -> None:
+    ctx, units = bench.ctx, bench.units(bench.protocol.units)
+    teachers = {n: tuple(TEACHERS[n]) for n in bench.protocol.teachers}
+    kd = [Student(t, ()) for t in teachers.values()]
+    controls = bench.controls(CONTROLS, ())
+    execute(ctx, student_tasks(ctx, units, kd + controls), bench.workers)
+    scores = {
+        n: np.array([result(ctx, u, Student(t, ()))["val_accuracy"] for u in units])
+        for n, t in teachers.items()
+    }
+    control_name, control = bench.best_control(units, ())
+    decision = _decision(scores)
+    bench.teacher = teachers[decision["chosen"]]
+    bench.report["teacher"] = {
+        "candidates": {n: list(t) for n, t in teachers.items()},
+        "judged_by": "the distilled student (the config's method and budget), held-out folds",
+        "students": _summary(scores, control),
+        "teachers_held_out_accuracy": {
+            n: statistics.mean(teacher_result(ctx, u, t)["val_accuracy"] for u in units)
+            for n, t in teachers.items()
+        },
+        "teacher_seconds": {
+            n: statistics.mean(teacher_result(ctx, u, t)["seconds"] for u in units)
+            for n, t in teachers.items()
+        },
+        "control": control_name,
+        "decision": decision,
+    }
+    print(f"teacher: {decision['chosen']} (best mean {decision['best_mean']})", flush=True)
+
+
+def phase_method(bench: Bench) -> None:
+    ctx, units = bench.ctx, bench.units(bench.protocol.units)
+    methods = {n: tuple(METHODS[n]) for n in bench.protocol.methods}
+    kd = [Student(bench.teacher, m) for m in methods.values()]
+    # Each method's control sees that method's augmentation (strong views included).
+    augments = {n: _augmentation(m) for n, m in methods.items()}
+    controls = [c for a in set(augments.values()) for c in bench.controls(CONTROLS, a)]
+    execute(ctx, student_tasks(ctx, units, kd + controls), bench.workers)
+    scores = {
+        n: np.array([result(ctx, u, Student(bench.teacher, m))["val_accuracy"] for u in units])
+        for n, m in methods.items()
+    }
+    summaries = {}
+    for name, s in scores.items():
+        control_name, control = bench.best_control(units, augments[name])
+        summaries[name] = _summary({name: s}, control)[name] | {"control": control_name}
+    decision = _decision(scores)
+    bench.method = methods[decision["chosen"]]
+    bench.report["method"] = {
+        "candidates": {n: list(m) for n, m in methods.items()},
+        "students": summaries,
+        "decision": decision,
+    }
+    print(f"method: {decision['chosen']} (best mean {decision['best_mean']})", flush=True)
+
+
+def _augmentation(method: tuple[str, ...]) -> tuple[str, ...]:
+    """What a method's control shares with it: a two-view method's strong views (the whole
+    method's overrides, which the config needs to accept strong views; a control ignores
+    the loss)."""
+    return method if TWO_VIEWS in method else ()
+
+
+def _cell(epochs: int, views: int) -> tuple[str, ...]:
+    return (f"student.train.epochs={epochs}", f"cache.views={views}")
+
+
+def run_cost(
+    teacher_epochs: int, epochs: int, views: int, costs: dict[str, float], controls: int = 1
+) -> float:
+    """Seconds of the work a default run spends on training and the cache: the teacher's
+    epochs, the cache's views, and the distilled student's and ``controls`` controls'
+    epochs, at the rates measured here (one thread)."""
+    return (
+        teacher_epochs * costs["teacher_epoch"]
+        + views * costs["cache_view"]
+        + epochs * (1 + controls) * costs["student_epoch"]
+    )
+
+
+def phase_patience(bench: Bench) -> None:
+    ctx, protocol = bench.ctx, bench.protocol
+    units = bench.units(protocol.patience_units)
+    base = ctx.config(0)
+    incumbent = (base.student.train.epochs, base.cache.views)
+    cells = sorted({*itertools.product(protocol.epochs, protocol.views), incumbent})
+    aug = _augmentation(bench.method)
+    kd = [Student(bench.teacher, (*bench.method, *_cell(e, v))) for e, v in cells]
+    controls = [
+        c for e, v in cells for c in bench.controls(PATIENCE_CONTROLS, (*aug, *_cell(e, v)))
+    ]
+    execute(ctx, student_tasks(ctx, units, kd + controls), bench.workers)
+
+    grid = []
+    for (e, v), student in zip(cells, kd, strict=True):
+        held = np.array([result(ctx, u, student)["val_accuracy"] for u in units])
+        test = np.array([result(ctx, u, student)["test_accuracy"] for u in units])
+        control_name, control = bench.best_control(units, (*aug, *_cell(e, v)), PATIENCE_CONTROLS)
+        control_test = np.array(
+            [
+                result(ctx, u, Student((), (*aug, *_cell(e, v)), control_name))["test_accuracy"]
+                for u in units
+            ]
+        )
+        grid.append(
+            {
+                "epochs": e,
+                "views": v,
+                "kd_held_out": mean_interval(held).as_dict(),
+                "control_held_out": mean_interval(control).as_dict(),
+                "kd_vs_control_held_out": mean_interval(held - control).as_dict(),
+                "control": control_name,
+                "kd_test_mean": float(test.mean()),
+                "control_test_mean": float(control_test.mean()),
+                "kd_vs_control_test": mean_interval(test - control_test).as_dict(),
+                "student_seconds": statistics.mean(
+                    result(ctx, u, student)["seconds"] for u in units
+                ),
+                "kd_per_unit": held.tolist(),
+            }
+        )
+    costs = _costs(ctx, units, grid)
+    teacher_epochs = ctx.config(0, *bench.teacher).teacher.train.epochs
+    old_teacher_epochs = base.teacher.train.epochs
+    # The incumbent default run: its teacher, its cache, its student and four controls.
+    limit = run_cost(old_teacher_epochs, *incumbent, costs, controls=len(CONTROLS))
+    for cell in grid:
+        cell["run_cost_seconds"] = run_cost(teacher_epochs, cell["epochs"], cell["views"], costs)
+        cell["fits_default_run"] = cell["run_cost_seconds"] <= limit
+    scores = {
+        (
+            "config" if (c["epochs"], c["views"]) == incumbent else f"{c['epochs']}x{c['views']}"
+        ): np.array(c["kd_per_unit"])
+        for c in grid
+    }
+    feasible = {
+        k: s
+        for (k, s), c in zip(scores.items(), grid, strict=True)
+        if c["fits_default_run"] or k == "config"
+    }
+    default = _decision(feasible)
+    patient = _decision(scores)
+    chosen = next(c for k, c in zip(scores, grid, strict=True) if k == default["chosen"])
+    bench.budget = _cell(chosen["epochs"], chosen["views"])
+    patient_cell = next(c for k, c in zip(scores, grid, strict=True) if k == patient["chosen"])
+    bench.report["patience"] = {
+        "units": len(units),
+        "grid": grid,
+        "costs_per_unit_seconds": costs,
+        "incumbent_run_cost_seconds": limit,
+        "default_decision": default,
+        "patient_decision": patient,
+        "patient_budget": {"epochs": patient_cell["epochs"], "views": patient_cell["views"]},
+    }
+    patience_chart(grid, bench.out / "patience.png")
+    print(f"budget: {default['chosen']}, patient {patient['chosen']}", flush=True)
+
+
+def _costs(ctx: Context, units: list[int], grid: list[dict[str, Any]]) -> dict[str, float]:
+    """Measured rates: seconds per teacher epoch, per cached view (the teacher's forward
+    passes), per student epoch."""
+    teachers = [json.loads(p.read_text()) for p in (ctx.store / "teachers").glob("*.json")]
+    caches = [json.loads(p.read_text()) for p in (ctx.store / "caches").glob("*.json")]
+    return {
+        "teacher_epoch": statistics.median(t["seconds"] / t["epochs"] for t in teachers),
+        "cache_view": statistics.median(c["build_seconds"] / c["views"] for c in caches),
+        "student_epoch": statistics.median(c["student_seconds"] / c["epochs"] for c in grid),
+    }
+
+
+def phase_control(bench: Bench) -> None:
+    ctx, units = bench.ctx, bench.units(bench.protocol.units)
+    aug = _augmentation(bench.method)
+    overrides = (*aug, *bench.budget)
+    kd = Student(bench.teacher, (*bench.method, *bench.budget))
+    execute(
+        ctx, student_tasks(ctx, units, [kd, *bench.controls(CONTROLS, overrides)]), bench.workers
+    )
+    scores = {
+        n: np.array([result(ctx, u, Student((), overrides, n))["val_accuracy"] for u in units])
+        for n in CONTROLS
+    }
+    # No incumbent among the four: the best mean is the strongest fair control.
+    best = max(scores, key=lambda n: scores[n].mean())
+    kd_held = np.array([result(ctx, u, kd)["val_accuracy"] for u in units])
+    bench.report["control"] = {
+        "chosen": best,
+        "views": CONTROLS[best][0],
+        "label_smoothing": CONTROLS[best][1],
+        "candidates": _summary(scores, scores[best]),
+        "reselection_rate": best_mean_rate(scores),
+        "default_vs_control_held_out": mean_interval(kd_held - scores[best]).as_dict(),
+        "default_vs_control_held_out_standard_error": paired_standard_error(kd_held - scores[best]),
+        "units": len(units),
+    }
+    print(f"control: {best}", flush=True)
+
+
+def phase_report(bench: Bench) -> None:
+    ctx = bench.ctx
+    units = bench.units(bench.protocol.report_units)
+    control_name = bench.report["control"]["chosen"]
+    aug = _augmentation(bench.method)
+    kd = Student(bench.teacher, (*bench.method, *bench.budget))
+    control = Student((), (*aug, *bench.budget), control_name)
+    execute(ctx, student_tasks(ctx, units, [kd, control]), bench.workers)
+    kd_test = np.array([result(ctx, u, kd)["test_accuracy"] for u in units])
+    control_test = np.array([result(ctx, u, control)["test_accuracy"] for u in units])
+    teacher_test = np.array([teacher_result(ctx, u, bench.teacher)["test_accuracy"] for u in units])
+    difference = mean_interval(kd_test - control_test)
+    gap = teacher_test.mean() - control_test.mean()
+    # No gap to close (the control as good as the teacher): no share of it either.
+    gap_closed = float((kd_test.mean() - control_test.mean()) / gap) if gap > 0 else None
+    rng = np.random.default_rng(0)
+    resampled = []
+    for _ in range(2000):
+        pick = rng.integers(0, len(units), len(units))
+        g = teacher_test[pick].mean() - control_test[pick].mean()
+        if g > 0:
+            resampled.append((kd_test[pick].mean() - control_test[pick].mean()) / g)
+    n_test = result(ctx, 0, kd)["test_n"]
+    bench.report["default"] = {
+        "teacher": list(bench.teacher),
+        "method": list(bench.method),
+        "budget": list(bench.budget),
+        "control": control_name,
+        "units": len(units),
+        "test_n": n_test,
+        "teacher_test_accuracy": mean_interval(teacher_test).as_dict(),
+        "kd_test_accuracy": mean_interval(kd_test).as_dict(),
+        "control_test_accuracy": mean_interval(control_test).as_dict(),
+        "kd_vs_control_test": difference.as_dict(),
+        "gap_closed_interval": [
+            float(np.quantile(resampled, 0.025)),
+            float(np.quantile(resampled, 0.975)),
+        ]
+        if resampled
+        else None,
+        "per_unit": {
+            "teacher": teacher_test.tolist(),
+            "kd": kd_test.tolist(),
+            "control": control_test.tolist(),
+        },
+    }
+    bench.report |= {
+        "gap_closed_by_default": gap_closed,
+        "default_vs_control_ci_low": difference.interval[0],
+        "kd_error_reduction_vs_best_baseline": 1 - (1 - kd_test.mean()) / (1 - control_test.mean()),
+        "goal_gap_closed": GOAL_GAP_CLOSED,
+    }
+
+
+PHASES = {
+    "teacher": phase_teacher,
+    "method": phase_method,
+    "patience": phase_patience,
+    "control": phase_control,
+    "report": phase_report,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from flows.cli import add_config_arguments
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True)
     add_config_arguments(parser)
-    parser.add_argument("--seeds", type=int, default=5, help="student seeds")
-    parser.add_argument("--teacher-seeds", type=int, default=2)
-    parser.add_argument("--tune-seeds", type=int, default=2, help="student seeds for settings")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated names")
+    parser.add_argument("--quick", action="store_true", help="a reduced grid, in minutes")
+    parser.add_argument("--workers", type=int, default=1, help="units trained at once")
+    parser.add_argument(
+        "--store", type=Path, help="unit results (default: DIR/distill_quality_units)"
+    )
+    parser.add_argument("--work", type=Path, default=Path(".kd-bench"), help="weights, caches")
+    parser.add_argument("--until", choices=list(PHASES), help="stop after this phase")
     args = parser.parse_args(argv)
 
-    base = load_config(args.config, args.overrides)
-    settings = {
-        name: [load_config(args.config, [*args.overrides, *o]) for o in METHODS[name]]
-        for name in args.methods.split(",")
-    }
-    device = resolve_device(base.device)
-    work = Path(tempfile.mkdtemp(prefix="kd-quality-"))
-    info = prepare_dataset(base.data, base.split, work / "data")
-    dataset = load_dataset(info.path)
+    protocol = QUICK if args.quick else Protocol()
+    overrides = (*protocol.base, *args.overrides)
+    load_config(args.config, list(overrides))  # a bad config fails here, before any work
+    store = args.store or args.out / "distill_quality_units"
+    ctx = Context(args.config, overrides, store.resolve(), args.work.resolve())
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(ctx, protocol, args.workers, args.out)
     started = time.perf_counter()
-
-    # Teachers as the pipeline trains them, one per teacher seed.
-    teachers = {}
-    for t in range(args.teacher_seeds):
-        seed = base.seed + t
-        recipe = replace(
-            teacher_recipe(base), seed=seed, view_seed=stream_seed(seed, "teacher-views")
+    pool = _pool(ctx)
+    base = ctx.config(0)
+    info = pool.info
+    teacher_parameters = count_parameters(
+        build_model(
+            base.teacher.model.name, info.in_channels, info.num_classes, min(info.image_size)
         )
-        model, result = fit(recipe, dataset, device)
-        teachers[t] = (model, result.final)
-        print(f"teacher seed {seed}: test accuracy {result.final['test_accuracy']:.4f}", flush=True)
-
-    caches: dict[str, LogitCache] = {}
-
-    def cache_for(config: PipelineConfig, t: int) -> LogitCache:
-        teacher_id = sha256_json(
-            {"benchmark-teacher": base.teacher.model_dump(mode="json"), "t": t}
-        )
-        spec = pipeline_cache_spec(config, teacher_id, info.fingerprint)
-        if spec.key not in caches:
-            built = build_logit_cache(
-                teachers[t][0], spec, dataset, work / "cache", config.cache.chunk_rows, device
-            )
-            caches[spec.key] = open_logit_cache(Path(built.path))
-        return caches[spec.key]
-
-    # The control of every student seed: the best of its candidates on validation.
-    student_seeds = range(args.seeds)
-    controls = [control_runs(base, dataset, s) for s in student_seeds]
-    baseline_runs = [c[0] for c in controls]
-    candidate_names = list(controls[0][2])
-    candidates = {
-        name: figures([c[2][name] for c in controls], baseline_runs) for name in candidate_names
-    }
-    print(f"controls: {[(c[1], c[0]) for c in controls]}", flush=True)
-    base_error = 1 - statistics.mean(r[1] for r in baseline_runs)
-    first_teacher = teachers[0][0]
-    student_params = count_parameters(
-        build_model(base.student.model.name, info.in_channels, info.num_classes)
     )
-    n_val, n_test = info.split_sizes["val"], info.split_sizes["test"]
-
-    results: dict[str, dict[str, Any]] = {}
-    for name, options in settings.items():
-        # Settings chosen on validation, with seeds of their own and the first teacher.
-        tuning = []
-        for config in options:
-            if len(options) == 1:
-                tuning.append(float("nan"))
-                continue
-            runs = [
-                student_run(config, dataset, TUNE_SEED_OFFSET + s, cache_for(config, 0))
-                for s in range(args.tune_seeds)
-            ]
-            tuning.append(statistics.mean(r[0] for r in runs))
-        pick = 0 if len(options) == 1 else int(np.argmax(tuning))
-        config = options[pick]
-        runs = [
-            student_run(config, dataset, s, cache_for(config, t))
-            for t in teachers
-            for s in student_seeds
-        ]
-        done = figures(runs, baseline_runs)
-        done |= {
-            "error_ratio": done["test_error_mean"] / base_error if base_error else 1.0,
-            "error_reduction": 1 - done["test_error_mean"] / base_error if base_error else 0.0,
-            "settings": METHODS[name][pick],
-            "settings_tried": METHODS[name],
-            "tuning_val_accuracy": [None if np.isnan(v) else v for v in tuning],
-            "distill": config.distill.model_dump(mode="json"),
-            "augment": config.student.train.augment.model_dump(mode="json"),
-        }
-        results[name] = done
-        print(
-            f"{name}: val {done['val_accuracy_mean']:.4f}, test {done['test_accuracy_mean']:.4f}",
-            flush=True,
+    student_parameters = count_parameters(
+        build_model(
+            base.student.model.name, info.in_channels, info.num_classes, min(info.image_size)
         )
-        _write(
-            args,
-            base,
-            info,
-            teachers,
-            controls,
-            candidates,
-            results,
-            student_params,
-            first_teacher,
-            started,
-            n_val,
-            n_test,
-        )
+    )
+    bench.report |= {
+        "quick": args.quick,
+        "protocol": {
+            "units": protocol.units,
+            "patience_units": protocol.patience_units,
+            "report_units": protocol.report_units,
+            "folds": fold_count(pool),
+            "unit": "fold u mod folds, seed config.seed + u for its teacher, students and "
+            "views; nothing shared between units",
+            "held_out_n_per_unit": info.split_sizes["val"],
+            "test_n": info.split_sizes["test"],
+            "overrides": list(overrides),
+        },
+        "compression_ratio": teacher_parameters / student_parameters,
+        "teacher_parameters": teacher_parameters,
+        "student_parameters": student_parameters,
+    }
+    for name, phase in PHASES.items():
+        print(f"phase {name}", flush=True)
+        phase(bench)
+        bench.report["wall_seconds_this_call"] = time.perf_counter() - started
+        _write_report(bench)
+        if name == args.until:
+            break
     return 0
 
 
-def _write(
-    args: argparse.Namespace,
-    base: PipelineConfig,
-    info: Any,
-    teachers: dict[int, Any],
-    controls: list[Any],
-    candidates: dict[str, dict[str, Any]],
-    results: dict[str, dict[str, Any]],
-    student_params: int,
-    first_teacher: torch.nn.Module,
-    started: float,
-    n_val: int,
-    n_test: int,
-) -> None:
-    """The report of what is measured so far: JSON and markdown."""
-    baseline_runs = [c[0] for c in controls]
-    baseline = figures(baseline_runs, baseline_runs)
-    # Validation chooses; test is reported beside it.
-    chosen = max(results, key=lambda name: results[name]["val_accuracy_mean"])
-    headline = results.get("config") or next(iter(results.values()))
-    compression = count_parameters(first_teacher) / student_params
-    report = {
-        # the control is the best label-only recipe on validation (the pipeline's own choice)
-        "kd_error_reduction_vs_best_baseline": headline["error_reduction"],
-        "kd_error_reduction": headline["error_reduction"],
-        "error_ratio": headline["error_ratio"],
-        "goal_error_ratio": GOAL_ERROR_RATIO,
-        "goal_met": headline["error_ratio"] <= GOAL_ERROR_RATIO and compression >= 20,
-        "paired_test_difference": headline["paired_test_difference"],
-        "chosen_on_validation": chosen,
-        "chosen_error_ratio": results[chosen]["error_ratio"],
-        "teacher_test_accuracy": statistics.mean(t[1]["test_accuracy"] for t in teachers.values()),
-        "baseline": baseline | {"chosen_candidates": [c[1] for c in controls]},
-        "baseline_candidates": candidates,
-        "methods": results,
-        "compression_ratio": compression,
-        "settings": {
-            "seeds": args.seeds,
-            "teacher_seeds": args.teacher_seeds,
-            "tune_seeds": args.tune_seeds,
-            "overrides": args.overrides,
-            "teacher": base.teacher.model_dump(mode="json"),
-            "student": base.student.model_dump(mode="json"),
-            "distill": base.distill.model_dump(mode="json"),
-            "cache": base.cache.model_dump(mode="json"),
-            "dataset_fingerprint": info.fingerprint,
-            "val_examples": n_val,
-            "test_examples": n_test,
-            "wall_seconds": time.perf_counter() - started,
-            "torch": torch.__version__,
-        },
-    }
+def _points(estimate: dict[str, Any]) -> str:
+    lo, hi = estimate["interval"]
+    return f"{estimate['estimate'] * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]"
 
-    def diff(r: dict[str, Any], split: str) -> str:
-        d = r[f"paired_{split}_difference"]
-        lo, hi = d["interval"]
-        return f"{d['estimate'] * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]"
 
-    runs = args.seeds * args.teacher_seeds
-    teacher_line = ", ".join(
-        format_accuracy(t[1]["test_accuracy"], n_test) for t in teachers.values()
+def _accuracy(estimate: dict[str, Any]) -> str:
+    lo, hi = estimate["interval"]
+    return f"{estimate['estimate']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _decision_lines(decision: dict[str, Any]) -> list[str]:
+    chosen = decision["chosen"]
+    lines = [
+        "| candidate | held-out accuracy (mean) | vs the incumbent, points [95% CI] | SE | "
+        "p (one-sided) | picked again (bootstrap) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in decision["comparisons"].items():
+        lines.append(
+            f"| {'**' + name + '**' if name == chosen else name} | {c['mean']:.4f} | "
+            f"{_points(c['difference'])} | {c['standard_error'] * 100:.2f} | "
+            f"{c['p_value']:.3f} | {decision['reselection_rate'][name]:.2f} |"
+        )
+    return lines
+
+
+def _share(value: float | None) -> str:
+    return (
+        "none (no gap: the control is as good as the teacher)" if value is None else f"{value:.2f}"
     )
-    chosen_controls = ", ".join(c[1] for c in controls)
+
+
+def _write_report(bench: Bench) -> None:
+    """JSON and markdown of everything measured so far."""
+    report = bench.report
+    write_json(bench.out / "distill_quality.json", report)
+    p = report["protocol"]
     lines = [
         "# Distillation quality",
         "",
-        f"Teacher {base.teacher.model.name} ({count_parameters(first_teacher):,} parameters), "
-        f"student {base.student.model.name} ({student_params:,}; {compression:.0f}x smaller), "
-        f"{base.student.train.epochs} epochs, {base.cache.views} cached views; "
-        f"{args.teacher_seeds} teacher seeds x {args.seeds} student seeds; settings chosen on "
-        f"validation over {args.tune_seeds} seeds of their own; validation split of {n_val} "
-        f"images (chooses), test split of {n_test} (reported).",
-        "",
-        f"Teachers' test accuracy [95% CI]: {teacher_line}.",
-        "",
-        "The control (labels only) of each student seed is the best of its candidates on "
-        f"validation: {chosen_controls}. The candidates, each against that control:",
-        "",
-        "| control candidate | val accuracy (mean) | test accuracy (mean ± std) | "
-        "paired test difference vs the control, points [95% CI] |",
-        "|---|---:|---:|---:|",
-        *(
-            f"| {name} ({args.seeds} seeds) | {r['val_accuracy_mean']:.4f} | "
-            f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} | {diff(r, 'test')} |"
-            for name, r in candidates.items()
-        ),
-        "",
-        "| student | settings (chosen on validation) | val accuracy (mean) | test accuracy "
-        "(mean ± std) | paired val difference, points [95% CI] | paired test difference, "
-        "points [95% CI] | test error / control's |",
-        "|---|---|---:|---:|---:|---:|---:|",
-        f"| control (best candidate, {args.seeds} seeds) | | "
-        f"{baseline['val_accuracy_mean']:.4f} | {baseline['test_accuracy_mean']:.4f} ± "
-        f"{baseline['test_accuracy_std']:.4f} | | | 1.000 |",
-        *(
-            f"| {name} ({runs} runs) | {' '.join(r['settings']) or '(the config)'} | "
-            f"{r['val_accuracy_mean']:.4f} | {r['test_accuracy_mean']:.4f} ± "
-            f"{r['test_accuracy_std']:.4f} | {diff(r, 'val')} | {diff(r, 'test')} | "
-            f"{r['error_ratio']:.3f} |"
-            for name, r in results.items()
-        ),
-        "",
-        f"Chosen on validation: `{chosen}` (test error {results[chosen]['error_ratio']:.3f} x "
-        f"the control's). The shipped default (`{base.distill.kind}`): kd_error_reduction "
-        f"{report['kd_error_reduction']:.3f}, test error {headline['error_ratio']:.3f} x the "
-        f"control's (goal: at most {GOAL_ERROR_RATIO:.2f}, "
-        f"{'met' if report['goal_met'] else 'not met'}); its paired test difference "
-        f"{diff(headline, 'test')} points.",
+        f"Teacher {report['teacher_parameters']:,} parameters, student "
+        f"{report['student_parameters']:,} ({report['compression_ratio']:.0f}x smaller). "
+        f"Units: {p['unit']}. Held-out: the unit's fold ({p['held_out_n_per_unit']} images, "
+        f"{p['folds']} folds of the training and validation pool); test: the {p['test_n']} "
+        "test images, never read to choose. Intervals: 95% Student t over units; SE in "
+        "points. Rule: the best mean replaces the incumbent (`config`) only if its paired "
+        "advantage is significant (one-sided p < 0.05).",
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "distill_quality.json", report)
-    markdown = "\n".join(lines)
-    write_text(args.out / "distill_quality.md", markdown)
-    print(markdown, flush=True)
+    if "teacher" in report:
+        t = report["teacher"]
+        lines += [
+            f"## 1. Teacher recipe ({t['decision']['units']} units), judged by its student",
+            "",
+            *_decision_lines(t["decision"]),
+            "",
+            "| recipe | overrides | teacher held-out accuracy | teacher seconds (1 thread) | "
+            f"student vs control ({t['control']}), points [95% CI] |",
+            "|---|---|---:|---:|---:|",
+            *(
+                f"| {n} | {' '.join(o) or '(the config)'} | "
+                f"{t['teachers_held_out_accuracy'][n]:.4f} | {t['teacher_seconds'][n]:.0f} | "
+                f"{_points(t['students'][n]['vs_control'])} |"
+                for n, o in t["candidates"].items()
+            ),
+            "",
+        ]
+    if "method" in report:
+        m = report["method"]
+        lines += [
+            f"## 2. Method ({m['decision']['units']} units)",
+            "",
+            *_decision_lines(m["decision"]),
+            "",
+            "| method | overrides | vs its control, points [95% CI] | control |",
+            "|---|---|---:|---|",
+            *(
+                f"| {n} | {' '.join(o) or '(the config)'} | "
+                f"{_points(m['students'][n]['vs_control'])} | {m['students'][n]['control']} |"
+                for n, o in m["candidates"].items()
+            ),
+            "",
+        ]
+    if "patience" in report:
+        pa = report["patience"]
+        costs = pa["costs_per_unit_seconds"]
+        lines += [
+            f"## 3. Patience ({pa['units']} units)",
+            "",
+            "![patience](patience.png)",
+            "",
+            f"Cost rates (one thread): teacher {costs['teacher_epoch']:.1f} s/epoch, cache "
+            f"{costs['cache_view']:.1f} s/view, student {costs['student_epoch']:.2f} s/epoch. "
+            "A budget fits the default run when its training and cache cost no more than the "
+            f"incumbent default's ({pa['incumbent_run_cost_seconds']:.0f} s: its teacher, "
+            "cache, student and four controls).",
+            "",
+            "| epochs | views | distilled, held-out | control, held-out | KD - control held-out, "
+            "points | KD - control test, points | student s | run cost s | fits |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            *(
+                f"| {c['epochs']} | {c['views']} | {_accuracy(c['kd_held_out'])} | "
+                f"{_accuracy(c['control_held_out'])} | {_points(c['kd_vs_control_held_out'])} | "
+                f"{_points(c['kd_vs_control_test'])} | {c['student_seconds']:.0f} | "
+                f"{c['run_cost_seconds']:.0f} | {'yes' if c['fits_default_run'] else 'no'} |"
+                for c in pa["grid"]
+            ),
+            "",
+            "Default budget (among those that fit):",
+            "",
+            *_decision_lines(pa["default_decision"]),
+            "",
+            "Patient budget (any cost):",
+            "",
+            *_decision_lines(pa["patient_decision"]),
+            "",
+        ]
+    if "control" in report:
+        c = report["control"]
+        lines += [
+            f"## 4. The control's recipe ({c['units']} units): **{c['chosen']}**",
+            "",
+            "| candidate | held-out accuracy (mean) | vs the chosen, points [95% CI] | "
+            "picked again |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {n} | {r['held_out_accuracy_mean']:.4f} | {_points(r['vs_control'])} | "
+                f"{c['reselection_rate'][n]:.2f} |"
+                for n, r in c["candidates"].items()
+            ),
+            "",
+            f"The default against it on held-out folds: {_points(c['default_vs_control_held_out'])}"
+            f" points (SE {c['default_vs_control_held_out_standard_error'] * 100:.2f}).",
+            "",
+        ]
+    if "default" in report:
+        d = report["default"]
+        interval = d["gap_closed_interval"]
+        lines += [
+            f"## 5. The default on test ({d['units']} units, n = {d['test_n']} test images each)",
+            "",
+            f"Teacher {' '.join(d['teacher']) or '(config)'}; method "
+            f"{' '.join(d['method']) or '(config)'}; budget {' '.join(d['budget'])}; control "
+            f"{d['control']}.",
+            "",
+            "| model | test accuracy, mean over units [95% CI] |",
+            "|---|---:|",
+            f"| teacher | {_accuracy(d['teacher_test_accuracy'])} |",
+            f"| control | {_accuracy(d['control_test_accuracy'])} |",
+            f"| distilled | {_accuracy(d['kd_test_accuracy'])} |",
+            "",
+            f"Distilled - control: {_points(d['kd_vs_control_test'])} points "
+            f"(`default_vs_control_ci_low` {report['default_vs_control_ci_low'] * 100:+.2f}). "
+            f"Gap closed: **{_share(report['gap_closed_by_default'])}**"
+            + (
+                f" (bootstrap over units [{interval[0]:.2f}, {interval[1]:.2f}])"
+                if interval
+                else ""
+            )
+            + f"; goal {GOAL_GAP_CLOSED:.2f}. Error reduction against the control: "
+            f"{report['kd_error_reduction_vs_best_baseline']:.3f}.",
+            "",
+            "The test images are the same 500 for every unit: the interval is over units "
+            "(training randomness, data folds), and with n = 500 one image is 0.2 points.",
+            "",
+        ]
+    write_text(bench.out / "distill_quality.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 A recipe fixes everything that decides the weights: architecture, training config, seed and
 the view rule. The teacher sees a fresh augmented view of every sample each epoch, drawn
-from its own random stream; both students pick, each epoch, one of the K views the logit
-cache holds, so the label-only control sees exactly the distilled student's inputs and only
-the targets differ. The pipeline's stages and every script in ``benchmarks/`` train through
-``fit``: there is one recipe, not a copy per caller.
+from its own random stream; the distilled student picks, each epoch, one of the K views the
+logit cache holds. The label-only control has the student's architecture, budget and seed;
+its views (the same cached ones, or fresh ones) and label smoothing are its recipe
+(``student.baseline``, chosen on held-out folds). The pipeline's stages and every script in
+``benchmarks/`` train through ``fit``: there is one recipe, not a copy per caller.
 
 ``fit`` also runs a recipe in several processes (``nproc`` > 1): launched the torchrun way,
 DistributedDataParallel, rank 0 reporting epochs and returning the weights.
@@ -17,7 +18,7 @@ import logging
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -72,27 +73,35 @@ def student_recipe(config: PipelineConfig, distilled: bool) -> Recipe:
     )
 
 
-def baseline_candidates(config: PipelineConfig) -> list[tuple[str, Recipe]]:
-    """The label-only control's candidates (``student.baseline``), named like
-    ``cached-ls0`` / ``fresh-ls0.1``: the student's budget and seed, its views either the K
-    cached ones or a fresh one every epoch, and the given label smoothing."""
+def control_name(views: str, label_smoothing: float) -> str:
+    """``cached-ls0.1``: how a control recipe is named in runs, reports and benchmarks."""
+    return f"{views}-ls{label_smoothing:g}"
+
+
+# The control recipes ``kd choose-control`` and benchmarks/distill_quality.py choose among:
+# name -> (views, label smoothing).
+CONTROL_CANDIDATES: dict[str, tuple[Literal["cached", "fresh"], float]] = {
+    control_name(views, smoothing): (views, smoothing)
+    for views in ("cached", "fresh")
+    for smoothing in (0.0, 0.1)
+}
+
+
+def baseline_recipe(config: PipelineConfig) -> Recipe:
+    """The pipeline's control: ``student.baseline``'s one recipe."""
+    baseline = config.student.baseline
+    return control_recipe(config, baseline.views, baseline.label_smoothing)
+
+
+def control_recipe(
+    config: PipelineConfig, views: Literal["cached", "fresh"], label_smoothing: float
+) -> Recipe:
+    """The label-only student with the student's budget and seed: its views either the K
+    cached ones the distilled student sees (``cached``) or a fresh one every epoch
+    (``fresh``), at the given label smoothing."""
     base = student_recipe(config, distilled=False)
-    candidates = []
-    for views in config.student.baseline.views:
-        for smoothing in config.student.baseline.label_smoothing:
-            train = base.train.model_copy(update={"label_smoothing": smoothing})
-            pool = base.view_pool if views == "cached" else None
-            candidates.append(
-                (f"{views}-ls{smoothing:g}", replace(base, train=train, view_pool=pool))
-            )
-    return candidates
-
-
-def choose_on_validation(val_accuracy: dict[str, float]) -> str:
-    """The candidate with the best validation accuracy; a tie goes to the first listed (the
-    cached views without smoothing come first by default: the plain control)."""
-    best = max(val_accuracy.values())
-    return next(name for name, accuracy in val_accuracy.items() if accuracy == best)
+    train = base.train.model_copy(update={"label_smoothing": label_smoothing})
+    return replace(base, train=train, view_pool=base.view_pool if views == "cached" else None)
 
 
 def fit(

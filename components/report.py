@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -312,5 +312,47 @@ def confusion_chart(matrix: np.ndarray, class_names: list[str], path: Path, titl
     axis.set_xticks(range(n), class_names, rotation=45, ha="right")
     axis.set_yticks(range(n), class_names)
     axis.set(xlabel="predicted", ylabel="true", title=title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def patience_chart(grid: list[dict[str, Any]], path: Path) -> Path:
+    """Held-out accuracy against student epochs (log scale), the distilled student (solid)
+    and its control (dashed), one colour per number of cached views, each point the mean
+    over units with its 95% interval. ``grid``: one dict per budget with ``epochs``,
+    ``views``, ``kd_held_out`` and ``control_held_out`` (estimates with ``interval``).
+    Atomic; returns path."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, views in enumerate(sorted({c["views"] for c in grid})):
+        cells = sorted((c for c in grid if c["views"] == views), key=lambda c: c["epochs"])
+        epochs = [c["epochs"] for c in cells]
+        for key, line, label in (
+            ("kd_held_out", "-", "distilled"),
+            ("control_held_out", "--", "control"),
+        ):
+            means = np.array([c[key]["estimate"] for c in cells])
+            low = means - np.array([c[key]["interval"][0] for c in cells])
+            high = np.array([c[key]["interval"][1] for c in cells]) - means
+            axis.errorbar(
+                epochs,
+                means,
+                yerr=[low, high],
+                linestyle=line,
+                marker="o" if line == "-" else "s",
+                capsize=3,
+                color=f"C{index % 10}",
+                label=f"{label}, {views} views",
+            )
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(sorted({c["epochs"] for c in grid}))
+    axis.get_xaxis().set_major_formatter("{x:.0f}")
+    axis.set(
+        xlabel="student epochs",
+        ylabel="held-out accuracy (mean over units, 95% CI)",
+        title="Patience: distilled student and control at equal budgets",
+    )
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     return _save(figure, path)

@@ -147,3 +147,53 @@ def mean_interval(values: list[float] | np.ndarray, confidence: float = 0.95) ->
     return Estimate(
         mean, (mean - half, mean + half), confidence, len(x), "mean over repeats, Student t"
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The distilled student against its label-only control on the same examples: what
+    distillation bought, with its uncertainty."""
+
+    difference: Estimate  # distilled - control accuracy, paired bootstrap; exact McNemar p
+    teacher_accuracy: float
+    control_accuracy: float
+    distilled_accuracy: float
+
+    @property
+    def gap_closed(self) -> float | None:
+        """The share of the teacher-control gap the distilled student closed (1: as good as
+        the teacher, 0: no better than the control, negative: worse); None without a gap."""
+        gap = self.teacher_accuracy - self.control_accuracy
+        if gap <= 0:
+            return None
+        return (self.distilled_accuracy - self.control_accuracy) / gap
+
+    def describe(self, split: str) -> str:
+        d = self.difference
+        lo, hi = d.interval
+        closed = self.gap_closed
+        share = (
+            f"closed {closed:.0%} of the teacher-control gap"
+            if closed is not None
+            else "no teacher-control gap to close (the control is as good as the teacher)"
+        )
+        return (
+            f"Distilled vs control on {split} (n = {d.n}): {d.estimate * 100:+.2f} points "
+            f"[{lo * 100:+.2f}, {hi * 100:+.2f}] ({d.confidence:.0%} CI, paired bootstrap), "
+            f"exact McNemar p = {d.p_value:.3g}; {share} (teacher "
+            f"{self.teacher_accuracy:.4f}, control {self.control_accuracy:.4f}, distilled "
+            f"{self.distilled_accuracy:.4f})."
+        )
+
+
+def verdict(
+    distilled_correct: np.ndarray, control_correct: np.ndarray, teacher_accuracy: float
+) -> Verdict:
+    """``*_correct``: which examples each student got right (the same examples, in order)."""
+    difference = paired_difference(distilled_correct, control_correct)
+    return Verdict(
+        difference=difference,
+        teacher_accuracy=teacher_accuracy,
+        control_accuracy=float(np.mean(control_correct)),
+        distilled_accuracy=float(np.mean(distilled_correct)),
+    )

@@ -33,10 +33,19 @@ from components.config import (
     ConfigError,
     PipelineConfig,
     config_to_yaml,
+    control_scope,
     load_config,
+    read_yaml,
     union_kinds,
 )
-from components.io import WorkDirBusy, WorkDirError, ensure_writable, work_dir_lock
+from components.io import (
+    WorkDirBusy,
+    WorkDirError,
+    ensure_writable,
+    sha256_json,
+    work_dir_lock,
+    write_json,
+)
 
 DEPLOYMENT_NAME = "kd-scheduled"
 
@@ -166,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     default_out = PipelineConfig().work_dir / "compare"
     compare.add_argument(
         "--out", type=Path, default=default_out, help=f"output directory ({default_out})"
+    )
+    choose = commands.add_parser(
+        "choose-control",
+        help="choose the label-only control's recipe for this data and student, once",
+        description=(
+            "Train every control candidate (cached or fresh views, label smoothing 0 or 0.1; "
+            "the student's architecture and budget) on UNITS held-out folds of the training "
+            "and validation pool (never the test split), choose the best mean held-out "
+            "accuracy, and record the choice under the work dir. Later `kd run`s on the same "
+            "data, split, student and cached views train that recipe as their control "
+            "(unless the config sets student.baseline itself); the summary says so."
+        ),
+        epilog=config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(choose)
+    choose.add_argument(
+        "--units", type=int, default=3, help="held-out folds, each its own seed (default 3)"
     )
     show = commands.add_parser("config", help="print the resolved, validated config as YAML")
     add_config_arguments(show)
@@ -331,6 +358,81 @@ def _predict(bundle_dir: Path, images: list[Path], top_k: int, check: bool) -> i
     return EXIT_USAGE if failed else 0
 
 
+def control_record(config: PipelineConfig) -> Path:
+    """Where ``kd choose-control`` records its choice for this config's data and student."""
+    return config.work_dir / "control-choices" / f"{sha256_json(control_scope(config))[:16]}.json"
+
+
+def with_recorded_control(
+    config: PipelineConfig, path: Path | None, overrides: Sequence[str]
+) -> PipelineConfig:
+    """The config with the control recipe ``kd choose-control`` recorded for its data and
+    student, unless the YAML file or an override sets ``student.baseline`` itself."""
+    record = control_record(config)
+    if not record.is_file():
+        return config
+    tree = read_yaml(path) if path is not None else {}
+    if "baseline" in (tree.get("student") or {}) or any(
+        o.startswith(("student.baseline", "student=", "student.baseline=")) for o in overrides
+    ):
+        return config
+    chosen = json.loads(record.read_text())
+    choice = [
+        f"student.baseline.views={chosen['views']}",
+        f"student.baseline.label_smoothing={chosen['label_smoothing']}",
+        f"student.baseline.chosen_by=kd choose-control, {chosen['created']}, over "
+        f"{chosen['units']} held-out folds ({record})",
+    ]
+    return load_config(path, [*choice, *overrides])
+
+
+def _choose_control(config: PipelineConfig, units: int) -> int:
+    from components.control import choose_control
+    from components.data import DataError, check_source, load_dataset, prepare_dataset
+    from components.recipes import CONTROL_CANDIDATES
+    from components.training import resolve_device
+
+    try:
+        check_source(config.data)
+        ensure_writable(config.work_dir)
+        info = prepare_dataset(config.data, config.split, config.work_dir / "prepare-data")
+        dataset = load_dataset(info.path)
+        total = units * len(CONTROL_CANDIDATES)
+        print(
+            f"kd: training {len(CONTROL_CANDIDATES)} control candidates on {units} held-out "
+            f"folds ({total} runs of {config.student.train.epochs} epochs)",
+            flush=True,
+        )
+        record = choose_control(
+            config,
+            dataset,
+            units,
+            resolve_device(config.device),
+            on_result=lambda unit, name, accuracy: print(
+                f"  unit {unit}: {name} held-out accuracy {accuracy:.4f}", flush=True
+            ),
+        )
+    except (DataError, WorkDirError, ValueError) as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    record["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    path = write_json(control_record(config), record)
+    print()
+    print("| control | held-out accuracy (mean) | vs the chosen, points [95% CI] | chosen again |")
+    print("|---|---:|---:|---:|")
+    for name, candidate in record["candidates"].items():
+        difference = candidate["vs_chosen"]
+        lo, hi = difference["interval"]
+        print(
+            f"| {name} | {candidate['mean']:.4f} | {difference['estimate'] * 100:+.2f} "
+            f"[{lo * 100:+.2f}, {hi * 100:+.2f}] | {record['reselection_rate'][name]:.2f} |"
+        )
+    print()
+    print(f"Chosen: {record['chosen']} (best mean over {units} units); recorded in {path}")
+    print("Later `kd run`s on this data and student train it as their control.")
+    return 0
+
+
 def _invocation(argv: Sequence[str] | None) -> str:
     """How this process was started, for the work dir's lock ('kd run --set seed=1')."""
     return " ".join(["kd", *(sys.argv[1:] if argv is None else argv)])[:200]
@@ -465,10 +567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "nproc", None) is not None:
         overrides.append(f"distributed.nproc={args.nproc}")
     try:
-        config = load_config(args.config, overrides)
+        config = with_recorded_control(load_config(args.config, overrides), args.config, overrides)
     except ConfigError as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "choose-control":
+        return _choose_control(config, args.units)
     if args.command == "config":
         print(config_to_yaml(config), end="")
         return 0

@@ -12,11 +12,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from components.benchmark import p50_of
-from components.data import normalize
+from components.checkpoint import load_checkpoint
+from components.data import Dataset, normalize
 from components.onnx_export import onnx_session, run_onnx
+from components.recipes import control_name
 from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves
+from components.stats import Verdict, verdict
+from components.training import predict_logits
 from flows.compare import compare_runs, variant_rows, write_comparison
 from flows.runner import publish_table
 from flows.stage import Outcome, Record, Ref, Stage, StageContext
@@ -33,7 +38,7 @@ RUNS_IN_REPORT = 5  # this run and the four before it
 
 class ReportRef(Ref):
     directory: str  # relative to the work dir
-    summary_markdown: str
+    summary_markdown: str  # the table, and under it what distillation bought on test
     comparison_markdown: str
     files: dict[str, str]
 
@@ -42,7 +47,7 @@ class Report(Stage[ReportRef]):
     name = "report"
     splits = ("test",)
     output = ReportRef
-    reads = ("experiment_name", "dataset_name")
+    reads = ("experiment_name", "dataset_name", "student.baseline")
     needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
     cached = False
 
@@ -78,9 +83,19 @@ class Report(Stage[ReportRef]):
             (r["variant"], r["batch_size"]): p50_of(bench.results, r["variant"], r["batch_size"])
             for r in bench.results
         }
+        # What distillation bought: the distilled student against its control on test,
+        # reported (validation made every decision before this).
+        teacher, baseline, student = trained.values()
+        bought = _verdict(ctx.work_dir, dataset, teacher, baseline, student)
         summary = summary_markdown(
             variant_rows(ctx.tracker, parent, ctx.stages),
             {key: value for key, value in p50.items() if value is not None},
+        )
+        recipe = ctx.config.student.baseline
+        summary += (
+            f"\n{bought.describe('test')}\n"
+            f"Control: {control_name(recipe.views, recipe.label_smoothing)} "
+            f"(student.baseline), chosen by {recipe.chosen_by}.\n"
         )
         experiment = ctx.config.experiment_name
         # Runs of this dataset only: another dataset's figures are not comparable.
@@ -98,9 +113,15 @@ class Report(Stage[ReportRef]):
         )
         ctx.log.info("comparison with recent runs:\n%s", comparison)
 
-        teacher, baseline, student = trained.values()
+        gap_closed = bought.gap_closed
         parent_record = Record(
             metrics={
+                "kd_vs_control_test_diff": bought.difference.estimate,
+                "kd_vs_control_test_diff_low": bought.difference.interval[0],
+                "kd_vs_control_test_diff_high": bought.difference.interval[1],
+                "kd_vs_control_p_value": bought.difference.p_value or 1.0,
+                # NaN when the control is as good as the teacher: no gap, no share of it
+                "teacher_gap_closed": float("nan") if gap_closed is None else gap_closed,
                 "teacher_test_accuracy": teacher.test_accuracy,
                 "baseline_test_accuracy": baseline.test_accuracy,
                 "kd_test_accuracy": student.test_accuracy,
@@ -129,3 +150,16 @@ class Report(Stage[ReportRef]):
 
     def summary(self, ref: ReportRef, work_dir: Path) -> list[str]:
         return [f"Report and comparison: {work_dir / ref.directory}"]
+
+
+def _verdict(
+    work_dir: Path, dataset: Dataset, teacher: ModelRef, control: ModelRef, distilled: ModelRef
+) -> Verdict:
+    """The two students' predictions on the test split, paired image by image."""
+    images, labels = dataset.split("test")
+    correct = {}
+    for name, ref in (("control", control), ("distilled", distilled)):
+        model, _ = load_checkpoint(work_dir / ref.checkpoint, expected_sha256=ref.sha256)
+        logits = predict_logits(model, np.asarray(images), dataset, torch.device("cpu"))
+        correct[name] = logits.argmax(1).numpy() == np.asarray(labels)
+    return verdict(correct["distilled"], correct["control"], teacher.test_accuracy)

@@ -15,9 +15,9 @@ from components.checkpoint import save_checkpoint
 from components.data import DatasetInfo, source_signature
 from components.io import write_json
 from components.models import build_model, count_parameters
-from components.recipes import Recipe, choose_on_validation, fit
+from components.recipes import Recipe, fit
 from components.teachers import InputSpec, TeacherFormat, TeacherView, load_teacher
-from components.training import TrainResult, resolve_device
+from components.training import resolve_device
 from flows.stage import (
     Outcome,
     PreflightError,
@@ -84,16 +84,14 @@ class EpochReport:
         name: str,
         epochs: int,
         log: logging.Logger | logging.LoggerAdapter[Any] | None,
-        prefix: str = "",
     ) -> None:
         self.sink, self.name, self.epochs, self.log = sink, name, epochs, log
-        self.prefix = prefix  # a candidate's metrics, apart from the chosen one's
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "log": None}
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.sink.log({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
+        self.sink.log(metrics, step=epoch)
         (self.log or logging.getLogger("kd.train")).info(
             "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
             self.name,
@@ -115,11 +113,6 @@ class TrainingStage(Stage[ModelRef]):
 
     def recipe(self, config: Any) -> Recipe:
         raise NotImplementedError
-
-    def candidates(self, config: Any) -> list[tuple[str, Recipe]]:
-        """The recipes trained, by name: one, unless the stage chooses among several on
-        validation (the label-only control)."""
-        return [("", self.recipe(config))]
 
     def preflight(self, config: Any) -> None:
         """The architecture must take the data's images: one forward pass of a blank batch."""
@@ -153,48 +146,21 @@ class TrainingStage(Stage[ModelRef]):
             ctx.log.info(
                 "%s: training in %d processes (DistributedDataParallel)", ctx.run_name, nproc
             )
-        candidates = self.candidates(ctx.config)
-        trained: dict[str, tuple[Recipe, Any, TrainResult]] = {}
-        states = []
-        for label, candidate in candidates:
-            # A finished candidate's last training state stays until the stage ends, so a
-            # killed stage does not train it again.
-            state_path = ctx.directory / (f"train_state.{label}.pt" if label else "train_state.pt")
-            states.append(state_path)
-            if state_path.is_file():
-                ctx.log.info("%s: resuming from the training state in %s", ctx.run_name, state_path)
-            name = f"{ctx.run_name}[{label}]" if len(candidates) > 1 else ctx.run_name
-            prefix = f"candidate.{label}." if len(candidates) > 1 else ""
-            report = EpochReport(ctx.metrics(), name, candidate.train.epochs, ctx.log, prefix)
-            trained[label] = (
-                candidate,
-                *fit(
-                    candidate,
-                    dataset,
-                    device,
-                    targets=targets,
-                    nproc=nproc,
-                    on_epoch=report,
-                    state_path=state_path,
-                    desc=name,
-                ),
-            )
-        chosen = choose_on_validation(
-            {k: r.final["val_accuracy"] for k, (_, _, r) in trained.items()}
+        recipe = self.recipe(ctx.config)
+        state_path = ctx.directory / "train_state.pt"
+        if state_path.is_file():
+            ctx.log.info("%s: resuming from the training state in %s", ctx.run_name, state_path)
+        report = EpochReport(ctx.metrics(), ctx.run_name, recipe.train.epochs, ctx.log)
+        model, result = fit(
+            recipe,
+            dataset,
+            device,
+            targets=targets,
+            nproc=nproc,
+            on_epoch=report,
+            state_path=state_path,
+            desc=ctx.run_name,
         )
-        recipe, model, result = trained[chosen]
-        if len(candidates) > 1:
-            target_params |= {"candidates": ",".join(trained), "chosen_candidate": chosen}
-            ctx.log.info(
-                "%s: %s chosen on validation accuracy (%s)",
-                ctx.run_name,
-                chosen,
-                ", ".join(f"{k} {r.final['val_accuracy']:.4f}" for k, (_, _, r) in trained.items()),
-            )
-            # The chosen candidate's epochs under the plain names too, like any training run.
-            sink = ctx.metrics()
-            for epoch, metrics in enumerate(result.history, start=1):
-                sink.log(metrics, step=epoch)
         history = write_json(checkpoint.with_name("history.json"), result.history)
         sha256 = save_checkpoint(
             checkpoint,
@@ -208,9 +174,8 @@ class TrainingStage(Stage[ModelRef]):
             metrics=result.final,
             dataset_fingerprint=data.fingerprint,
         )
-        # The checkpoint supersedes the training states (a forced rerun must start over).
-        for state_path in states:
-            state_path.unlink(missing_ok=True)
+        # The checkpoint supersedes the training state (a forced rerun must start over).
+        state_path.unlink(missing_ok=True)
         tags: dict[str, Any] = {"checkpoint_sha256": sha256}
         if result.resumed_from_epoch:
             tags["resumed_from_epoch"] = result.resumed_from_epoch
@@ -221,11 +186,6 @@ class TrainingStage(Stage[ModelRef]):
         # val_* of the last epoch is already logged at its step; add the test figures.
         test_metrics = {k: v for k, v in result.final.items() if k.startswith("test_")}
         test_metrics["final_val_accuracy"] = result.final["val_accuracy"]
-        candidate_metrics = {
-            f"candidate.{k}.final_val_accuracy": r.final["val_accuracy"]
-            for k, (_, _, r) in trained.items()
-            if len(trained) > 1
-        }
         record = Record(
             params={
                 "model.name": recipe.arch,
@@ -236,7 +196,7 @@ class TrainingStage(Stage[ModelRef]):
                 "label_smoothing": recipe.train.label_smoothing,
                 **target_params,
             },
-            metrics={**test_metrics, **candidate_metrics, "checkpoint_bytes": size},
+            metrics={**test_metrics, "checkpoint_bytes": size},
             step=recipe.train.epochs,
             tags=tags,
             files=[(checkpoint, "checkpoint"), (history, "checkpoint")],

@@ -1,61 +1,74 @@
-"""The distillation-quality benchmark runs as users run it (tiny settings here)."""
+"""The distillation-quality benchmark runs as users run it (--quick, on tiny images here), its
+figures follow from the units it stored, and a second call trains nothing again."""
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.helpers import benchmark
+from components.stats import mean_interval
+from tests.helpers import benchmark, quadrant_images
+
+TINY = (
+    "data.kind=image_folder",
+    "data.image_size=8",
+    "data.channels=1",
+    "teacher.model.name=cnn_small",
+    "teacher.train.batch_size=64",
+    "student.model.name=cnn_tiny",
+    "student.train.batch_size=64",
+)
 
 
 @pytest.mark.slow
-def test_distill_quality_writes_json_and_markdown(tmp_path: Path) -> None:
-    args = ["--out", str(tmp_path)]
-    for override in (
-        "teacher.model.name=cnn_small",
-        "teacher.train.epochs=1",
-        "teacher.train.batch_size=128",
-        "student.train.epochs=1",
-        "student.train.batch_size=128",
-        "student.model.name=cnn_tiny",
-        "cache.views=2",
-        "student.baseline.label_smoothing=[0.0]",  # two control candidates: cached, fresh
-    ):
+def test_distill_quality_chooses_on_folds_reports_on_test_and_resumes(tmp_path: Path) -> None:
+    root = quadrant_images(tmp_path / "images", per_class=40)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--quick", "--work", str(tmp_path / "work")]
+    for override in (*TINY, f"data.root={root}"):
         args += ["--set", override]
-    args += ["--seeds", "2", "--teacher-seeds", "2", "--tune-seeds", "1"]
-    args += ["--methods", "config,mlkd"]
-    assert benchmark("distill_quality").main(args) == 0
-    report = json.loads((tmp_path / "distill_quality.json").read_text())
-    assert set(report["methods"]) == {"config", "mlkd"}
-    config = report["methods"]["config"]
-    # every teacher seed with every student seed, each paired with its student seed's control
-    assert len(config["runs"]) == 4 and len(report["baseline"]["runs"]) == 2
-    # each seed's control is its best candidate on validation, whatever the test split says
-    candidates = report["baseline_candidates"]
-    assert set(candidates) == {"cached-ls0", "fresh-ls0"}
-    for seed, chosen in enumerate(report["baseline"]["chosen_candidates"]):
-        best_val = max(c["runs"][seed][0] for c in candidates.values())
-        assert candidates[chosen]["runs"][seed][0] == best_val
-        assert report["baseline"]["runs"][seed] == candidates[chosen]["runs"][seed]
-    expected = 1 - config["test_error_mean"] / (1 - report["baseline"]["test_accuracy_mean"])
-    assert abs(report["kd_error_reduction_vs_best_baseline"] - expected) < 1e-12
-    assert report["error_ratio"] == pytest.approx(1 - expected)
-    runs, base = config["runs"], report["baseline"]["runs"]
-    differences = [runs[i][1] - base[i % 2][1] for i in range(4)]
-    paired = config["paired_test_difference"]
-    assert paired["estimate"] == pytest.approx(sum(differences) / 4)
-    assert paired["interval"][0] <= paired["estimate"] <= paired["interval"][1]
-    assert paired["n"] == 4
-    # a method's settings are the ones with the best validation accuracy in tuning
-    mlkd = report["methods"]["mlkd"]
-    best = max(range(2), key=lambda i: mlkd["tuning_val_accuracy"][i])
-    assert mlkd["settings"] == mlkd["settings_tried"][best]
-    assert mlkd["augment"]["strong"] is not None  # two views, from a two-view cache
-    # validation chooses: the method with the best mean validation accuracy
-    best = max(report["methods"], key=lambda m: report["methods"][m]["val_accuracy_mean"])
-    assert report["chosen_on_validation"] == best
-    assert report["goal_met"] == (
-        report["error_ratio"] <= 0.70 and report["compression_ratio"] >= 20
+    module = benchmark("distill_quality")
+    assert module.main(args) == 0
+    report = json.loads((out / "distill_quality.json").read_text())
+    for key in ("gap_closed_by_default", "default_vs_control_ci_low"):
+        assert key in report
+    assert "kd_error_reduction_vs_best_baseline" in report
+    assert (out / "patience.png").stat().st_size > 0 and (out / "distill_quality.md").is_file()
+
+    # every phase's choice: the best mean replaces the incumbent only when significant
+    for phase in ("teacher", "method"):
+        decision = report[phase]["decision"]
+        comparisons = decision["comparisons"]
+        best = max(comparisons, key=lambda n: comparisons[n]["mean"])
+        assert decision["best_mean"] == best
+        significant = comparisons[best]["p_value"] < 0.05
+        assert decision["chosen"] == (best if significant else "config")
+        assert sum(decision["reselection_rate"].values()) == pytest.approx(1)
+        # one observation per unit: the interval's n is the number of units
+        assert comparisons[best]["difference"]["n"] == report["protocol"]["units"]
+
+    # the headline figures follow from the per-unit test accuracies of the report units
+    default = report["default"]
+    kd, control, teacher = (np.array(default["per_unit"][k]) for k in ("kd", "control", "teacher"))
+    assert len(kd) == default["units"] == report["protocol"]["report_units"]
+    interval = mean_interval(kd - control)
+    assert report["default_vs_control_ci_low"] == pytest.approx(interval.interval[0])
+    gap = teacher.mean() - control.mean()
+    expected = (kd.mean() - control.mean()) / gap if gap > 0 else None
+    assert report["gap_closed_by_default"] == pytest.approx(expected)
+    assert report["kd_error_reduction_vs_best_baseline"] == pytest.approx(
+        1 - (1 - kd.mean()) / (1 - control.mean())
     )
-    markdown = (tmp_path / "distill_quality.md").read_text()
-    assert "kd_error_reduction" in markdown and "Chosen on validation" in markdown
+    # the patience grid: every budget, the distilled student and its control, with costs
+    grid = report["patience"]["grid"]
+    assert {(c["epochs"], c["views"]) for c in grid} >= {(3, 2), (3, 4), (6, 2), (6, 4)}
+    assert all(c["kd_held_out"]["n"] == report["protocol"]["patience_units"] for c in grid)
+
+    # a second call reuses every stored unit: nothing is trained again
+    units = sorted((out / "distill_quality_units").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in units]
+    assert module.main(args) == 0
+    assert sorted((out / "distill_quality_units").rglob("*.json")) == units
+    assert [p.stat().st_mtime_ns for p in units] == stamps
+    assert json.loads((out / "distill_quality.json").read_text())["default"] == default

@@ -116,9 +116,9 @@ BAD_INPUTS = {
         lambda t: ["--set", "distill.kind=dist", "--set", "distill.standardize=true"],
         "distill.standardize",
     ),
-    "a control without candidates": (
-        lambda t: ["--set", "student.baseline.views=[]"],
-        "student.baseline.views",
+    "a list of control candidates (the control is one recipe now)": (
+        lambda t: ["--set", "student.baseline.views=[cached, fresh]"],
+        "kd choose-control",
     ),
     "malformed --set": (lambda t: ["--set", "no-equals-sign"], "no-equals-sign"),
     "malformed YAML": (lambda t: ["--config", str(_yaml(t, "teacher: [oops"))], "malformed YAML"),

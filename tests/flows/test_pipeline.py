@@ -2,6 +2,8 @@
 MLflow SQLite store in a temp dir; nothing mocked. The session's run and rerun are read by the
 first tests; the others change something in a warm copy of the store and run again."""
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -81,6 +83,31 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
     # a stage logs only what it reads: the control never sees the distillation settings
     assert "distill.kind" not in children["student-baseline"].data.params
     assert children["student-baseline"].data.params["cache.views"] == "2"
+
+    # under the table: the distilled student against its control on test, with its interval,
+    # exact McNemar p and the share of the teacher-control gap; the same on the parent run
+    verdict = re.search(
+        r"Distilled vs control on test \(n = 500\): ([+-][0-9.]+) points "
+        r"\[([+-][0-9.]+), ([+-][0-9.]+)\].*exact McNemar p = ([0-9.e-]+)",
+        out,
+    )
+    assert verdict is not None, out
+    metrics = parent.data.metrics
+    kd, control = children["student-kd"], children["student-baseline"]
+    difference = kd.data.metrics["test_accuracy"] - control.data.metrics["test_accuracy"]
+    assert metrics["kd_vs_control_test_diff"] == pytest.approx(difference)
+    assert float(verdict.group(1)) == pytest.approx(difference * 100, abs=0.006)
+    low, high = float(verdict.group(2)) / 100, float(verdict.group(3)) / 100
+    assert low <= metrics["kd_vs_control_test_diff"] <= high
+    assert 0 <= metrics["kd_vs_control_p_value"] <= 1
+    gap = children["teacher"].data.metrics["test_accuracy"] - control.data.metrics["test_accuracy"]
+    if gap > 0:
+        assert metrics["teacher_gap_closed"] == pytest.approx(difference / gap)
+    else:
+        assert np.isnan(metrics["teacher_gap_closed"])
+    # the control's one recipe, and where it was chosen
+    assert control.data.params["control.recipe"] == "cached-ls0"
+    assert "Control: cached-ls0 (student.baseline), chosen by benchmarks/distill_quality.py" in out
 
     # a valid cache manifest that belongs to this teacher and data
     cache = children["logit-cache"]
@@ -227,34 +254,39 @@ def test_changing_the_student_retrains_only_the_students(warm_store: Store) -> N
     assert second["student-kd"].data.params["cache.run_id"] == first["logit-cache"].info.run_id
 
 
-def test_the_control_is_the_best_of_its_candidates_on_validation(warm_store: Store) -> None:
-    grid = ("student.baseline.views=[cached, fresh]", "student.baseline.label_smoothing=[0, 0.1]")
-    assert main(warm_store.args(*grid)) == 0
-    (_, first), (parent, second) = pipeline_runs(warm_store.client)
-    assert parent.data.tags["reused_stages"].startswith("teacher,logit-cache,student-kd")
-    baseline = second["student-baseline"]
-    names = ["cached-ls0", "cached-ls0.1", "fresh-ls0", "fresh-ls0.1"]
-    assert baseline.data.params["candidates"] == ",".join(names)
-    val = {n: baseline.data.metrics[f"candidate.{n}.final_val_accuracy"] for n in names}
-    chosen = baseline.data.params["chosen_candidate"]
-    assert val[chosen] == max(val.values())
-    assert baseline.data.metrics["final_val_accuracy"] == val[chosen]
-    views, smoothing = chosen.split("-ls")
-    assert baseline.data.params["views"] == views
-    assert float(baseline.data.params["label_smoothing"]) == float(smoothing)
-    # every candidate's epochs are logged apart; the chosen one's also under the plain names
-    client = warm_store.client
-    history = [m.value for m in client.get_metric_history(baseline.info.run_id, "val_accuracy")]
-    chosen_history = client.get_metric_history(
-        baseline.info.run_id, f"candidate.{chosen}.val_accuracy"
+def test_a_recorded_control_choice_is_trained_by_later_runs(warm_store: Store) -> None:
+    # Given a control recipe chosen by `kd choose-control` for this data and student
+    config = [a for o in TINY_OVERRIDES for a in ("--set", o) if "student.baseline" not in o]
+    config += ["--set", f"work_dir={warm_store.work}"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["choose-control", *config, "--units", "2"]) == 0
+    record = json.loads(one((warm_store.work / "control-choices").glob("*.json")).read_text())
+    means = {name: c["mean"] for name, c in record["candidates"].items()}
+    assert set(means) == {"cached-ls0", "cached-ls0.1", "fresh-ls0", "fresh-ls0.1"}
+    assert record["chosen"] == max(means, key=means.get)  # the best held-out mean
+    assert all(len(c["held_out_accuracy"]) == 2 for c in record["candidates"].values())
+    assert f"Chosen: {record['chosen']}" in printed.getvalue()
+
+    # When a run on the same data and student leaves student.baseline to it
+    run = ["run", *config]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(run) == 0
+    (_, _), (_, second) = pipeline_runs(warm_store.client)
+    # Then its control trains the recorded recipe, and the summary says where it came from
+    params = second["student-baseline"].data.params
+    assert params["control.recipe"] == record["chosen"]
+    assert params["control.chosen_by"].startswith("kd choose-control")
+    assert f"Control: {record['chosen']} (student.baseline), chosen by kd choose-control" in (
+        printed.getvalue()
     )
-    assert history == [m.value for m in chosen_history]
-    # the test split is reported for the chosen control only, never used to choose
-    assert not [k for k in baseline.data.metrics if k.startswith("candidate.") and "test" in k]
-    # the candidates with the plain recipe reproduce the one-candidate control of the first run
-    plain = first["student-baseline"].data.metrics["final_val_accuracy"]
-    assert val["cached-ls0"] == plain
-    assert not list(warm_store.work.glob("student-baseline/*/train_state*.pt"))
+    # and a config that sets the control itself keeps its own
+    explicit = ["--set", "student.baseline.views=fresh"]
+    explicit += ["--set", "student.baseline.label_smoothing=0"]
+    assert main([*run, *explicit]) == 0
+    (_, last), *_ = reversed(pipeline_runs(warm_store.client))
+    assert last["student-baseline"].data.params["control.recipe"] == "fresh-ls0"
 
 
 def test_force_recomputes_and_damaged_results_are_not_reused(warm_store: Store) -> None:

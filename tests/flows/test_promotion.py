@@ -8,12 +8,11 @@ from pathlib import Path
 import mlflow.artifacts
 import numpy as np
 import pytest
-from PIL import Image
 
 from components.data import example_hashes, load_dataset
 from flows.cli import main
 from tests.flows.conftest import Store
-from tests.helpers import MODEL, pipeline_runs, run_args
+from tests.helpers import MODEL, pipeline_runs, quadrant_images, run_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -136,24 +135,12 @@ def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     assert str(champion.version) == "1"
 
 
-def _image_folder(root: Path, per_class: int, start: int) -> None:
-    """Four classes of 8x8 grey images, told apart by which quadrant is bright."""
-    rng = np.random.default_rng(start)
-    for label in range(4):
-        (root / f"c{label}").mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            pixels = rng.integers(0, 60, size=(8, 8)).astype(np.uint8)
-            y, x = divmod(label, 2)
-            pixels[4 * y : 4 * y + 4, 4 * x : 4 * x + 4] += 180
-            Image.fromarray(pixels, mode="L").save(root / f"c{label}" / f"{i}.png")
-
-
 @pytest.mark.usefixtures("prefect_server")
 def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
     mlflow_store: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "images"
-    _image_folder(root, per_class=60, start=0)
+    quadrant_images(root, per_class=60, start=0)
     data = [
         "data.kind=image_folder",
         f"data.root={root}",
@@ -164,7 +151,7 @@ def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
     ]
     work = tmp_path / "work"
     assert main(run_args(work, *data)) == 0  # the champion
-    _image_folder(root, per_class=30, start=60)  # new images arrive
+    quadrant_images(root, per_class=30, start=60)  # new images arrive
     assert main(run_args(work, *data)) == 0
     store = Store(tmp_path)
     (_, first), (parent, _) = pipeline_runs(store.client)
@@ -189,7 +176,7 @@ def test_another_dataset_gets_its_own_model_and_its_own_comparisons(
     # given the MNIST champion; when a first run on other data (4 classes of 8x8 images)
     # goes to the same store
     root = tmp_path / "shapes"
-    _image_folder(root, per_class=30, start=0)
+    quadrant_images(root, per_class=30, start=0)
     data = ["data.kind=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=1"]
     assert main(run_args(tmp_path / "shapes-work", *data, "promotion.min_examples=5")) == 0
 
