@@ -34,7 +34,7 @@ from PIL import Image
 
 from components.benchmark import cpu_info
 from components.config import MlxtendMnistSource, PipelineConfig, load_config
-from components.data import load_source
+from components.data_sources import load_source
 from components.io import write_json, write_text
 from flows.cli import script_parser
 from flows.tracking import Tracker

@@ -66,6 +66,7 @@ import torch
 from components.config import PipelineConfig, load_config
 from components.data import Dataset, load_dataset, prepare_dataset
 from components.folds import fold_count, fold_dataset
+from components.inference import predict_logits
 from components.io import sha256_json, write_json, write_text
 from components.logit_cache import build_logit_cache, open_logit_cache, pipeline_cache_spec
 from components.models import build_model, count_parameters
@@ -80,7 +81,6 @@ from components.recipes import (
 from components.report import patience_chart
 from components.selection import best_mean_rate, choose, paired_standard_error, reselection_rate
 from components.stats import mean_interval
-from components.training import predict_logits
 
 UNIT_VERSION = 1  # bump when a unit's result changes meaning: stored results then miss
 GOAL_GAP_CLOSED = 0.60

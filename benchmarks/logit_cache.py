@@ -35,6 +35,7 @@ from torch import nn
 from components.augment import render_views
 from components.config import AugmentConfig, CacheConfig, PipelineConfig, load_config
 from components.data import Dataset, load_dataset, normalize, prepare_dataset
+from components.devices import place
 from components.io import write_json, write_text
 from components.logit_cache import (
     CacheSpec,
@@ -43,10 +44,10 @@ from components.logit_cache import (
     open_logit_cache,
     pipeline_cache_spec,
 )
+from components.online_teacher import OnlineTeacher
 from components.recipes import fit, student_recipe, teacher_recipe
 from components.stats import mean_interval
-from components.teachers import InputSpec, OnlineTeacher, TeacherView, onnx_twin
-from components.training import place
+from components.teachers import InputSpec, TeacherView, onnx_twin
 from flows.cli import add_config_arguments
 
 CPU = torch.device("cpu")

@@ -29,11 +29,11 @@ import torch
 from components.benchmark import cpu_info
 from components.config import load_config
 from components.data import load_dataset, prepare_dataset
+from components.devices import resolve_device
 from components.io import write_json, write_text
 from components.logit_cache import build_logit_cache, pipeline_cache_spec
 from components.models import build_model
 from components.recipes import fit, teacher_recipe
-from components.training import resolve_device
 from flows.cli import add_config_arguments
 
 

@@ -40,9 +40,10 @@ from components.data import Dataset, load_dataset, prepare_dataset
 from components.io import write_json, write_text
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
+from components.online_teacher import OnlineTeacher
 from components.onnx_export import export_graph
 from components.recipes import fit, student_recipe
-from components.teachers import InputSpec, OnlineTeacher, OnnxModule, TeacherView, prepare
+from components.teachers import InputSpec, OnnxModule, TeacherView, prepare
 from flows.cli import add_config_arguments
 
 CPU = torch.device("cpu")

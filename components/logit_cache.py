@@ -16,7 +16,7 @@ Storage (``storage``):
 - ``topk``: ``values.npy`` (rows, K, k), ``indices.npy`` (rows, K, k) in the smallest
   unsigned type that holds the class count, and ``rest_lse.npy`` (rows, K, R) float32: for
   each of the R readings (temperature T, z-scored or not) the distillation method makes of
-  the teacher (losses.teacher_readings), the log-sum-exp of the other classes' logits / T;
+  the teacher (components/methods/), the log-sum-exp of the other classes' logits / T;
   with a z-scored reading also ``moments.npy`` (rows, K, 2), each logit vector's mean and
   standard deviation. Read back at a reading's T, the top-k classes get their exact
   probabilities and the other classes share the exact leftover mass, evenly: a mean of the
@@ -55,14 +55,14 @@ from torch import nn
 from tqdm import tqdm
 
 from components.augment import render_strong_views, render_views
-from components.benchmark import torch_threads
 from components.config import AugmentConfig, CacheConfig, PipelineConfig
 from components.data import Dataset, DatasetInfo
+from components.devices import place, resolve_device, show_progress, torch_threads
 from components.distributed import launch, rank_and_world, worker_device
 from components.io import fsync_path, sha256_json
-from components.losses import STANDARDIZE_EPS, Teacher, standardize
+from components.losses import STANDARDIZE_EPS, TeacherLogits, standardize
+from components.methods import cache_readings
 from components.teachers import InputSpec, OnnxModule, TeacherFormat, TeacherView, onnx_twin
-from components.training import place, resolve_device, show_progress
 
 FORMAT_VERSION = 4  # 4: exact top-k (leftover log-sum-exp per reading), strong views
 Runtime = Literal["pytorch", "onnxruntime"]
@@ -118,7 +118,7 @@ class CacheSpec:
         runtime: Runtime = "pytorch",
     ) -> CacheSpec:
         """``readings``: for top-k storage, where the loss reads the teacher
-        (``PipelineConfig.cache_readings``); ignored for full storage, which reads anywhere.
+        (``components.methods.cache_readings``); ignored for full storage, which reads anywhere.
         ``runtime``: what runs the teacher, resolved (``resolve_runtime``)."""
         topk = config.storage == "topk"
         if topk and not readings:
@@ -189,7 +189,7 @@ def pipeline_cache_spec(
         config.cache,
         teacher_input=teacher_input,
         class_index=class_index,
-        readings=config.cache_readings,
+        readings=cache_readings(config),
         runtime=runtime,
     )
 
@@ -392,7 +392,7 @@ class LogitCache:
         device: torch.device | None = None,
         strong: bool = False,
         rendered: torch.Tensor | None = None,
-    ) -> Teacher:
+    ) -> TeacherLogits:
         """What a loss reads of the teacher for these rows and views: the logits (full
         storage) or the top-k readings, on ``device``. ``rendered``, the views as the
         training loop rendered them, is not read: the cache holds the teacher on them (a live

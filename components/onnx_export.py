@@ -23,8 +23,8 @@ from torch import nn
 
 from components.config import ExportConfig
 from components.data import Dataset, DatasetInfo, normalize
+from components.inference import predict_logits
 from components.io import atomic_path, git_commit, sha256_file
-from components.training import predict_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -14,12 +14,11 @@ to be a PyTorch module of known structure; every source here gives logits only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,9 +27,6 @@ from torch import nn
 
 from components.config import InputRecipe
 from components.data import Dataset, DatasetInfo, standardize_pixels
-
-if TYPE_CHECKING:
-    from components.logit_cache import LogitCache
 
 TeacherFormat = Literal["checkpoint", "exported", "onnx"]
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
@@ -309,137 +305,6 @@ def teacher_accuracy(
     }
 
 
-def infer_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
-    """(input channels, classes) of a plain classifier ``state_dict``: the first convolution's
-    input channels and the last matrix's rows."""
-    convs = [t for t in state.values() if t.ndim == 4]
-    matrices = [t for t in state.values() if t.ndim == 2]
-    if not convs or not matrices:
-        raise TeacherError("the weights are not those of a convolutional classifier")
-    return int(convs[0].shape[1]), int(matrices[-1].shape[0])
-
-
-# --- bringing a teacher into the work dir --------------------------------------------------
-
-
-def _read_torch_file(path: Path) -> Any:
-    if not path.is_file():
-        raise TeacherError(f"teacher file {path}: does not exist")
-    try:
-        # weights_only: a teacher file is data, never code to unpickle.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise TeacherError(f"teacher file {path}: not a PyTorch weights file ({err})") from err
-
-
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise TeacherError(f"{what}: the weights do not fit that architecture ({first})") from err
-
-
-def import_checkpoint(path: Path, arch: str | None, destination: Path) -> list[str] | None:
-    """A checkpoint of this pipeline, or a plain ``state_dict`` of ``arch`` (ours, or
-    ``torchvision:<name>`` as torchvision builds it), as a checkpoint of ours at
-    ``destination``; returns the class names the file knows (None: unnamed outputs)."""
-    import shutil
-
-    from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from components.models import TORCHVISION, build_model
-
-    raw = _read_torch_file(path)
-    if isinstance(raw, dict) and {"arch", "model"} <= set(raw):
-        # One of ours: checked by loading it, then copied byte for byte (same sha256, so the
-        # same logit cache as the run that trained it).
-        try:
-            load_checkpoint(path)
-        except CheckpointError as err:
-            raise TeacherError(str(err)) from err
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, destination)
-        names = raw.get("class_names")
-        return list(names) if names is not None else None
-    if arch is None:
-        raise TeacherError(
-            f"teacher file {path}: a plain state_dict; say which architecture it belongs to "
-            "with teacher.source.arch"
-        )
-    state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
-    if not isinstance(state, Mapping):
-        raise TeacherError(f"teacher file {path}: holds no state_dict")
-    native = arch.startswith(TORCHVISION)
-    channels, classes = infer_shapes(state)
-    size = 224 if native else 32  # only decides an adapted stem, which a teacher never has
-    try:
-        model = build_model(arch, channels, classes, size, native=native)
-    except ValueError as err:
-        raise TeacherError(f"teacher file {path}: {err}") from err
-    _load_strict(model, state, f"teacher file {path} as {arch}")
-    save_checkpoint(
-        destination,
-        model,
-        arch=arch,
-        in_channels=channels,
-        num_classes=classes,
-        image_size=size,
-        native=native,
-        config={"imported_from": str(path)},
-        metrics={},
-        dataset_fingerprint="",
-    )
-    return None
-
-
-def import_torchvision(name: str, weights: Path, destination: Path) -> None:
-    """torchvision's ``name``, built as torchvision builds it, with the local weights file
-    (a ``state_dict``): written as a checkpoint of ours. Never downloads anything."""
-    from components.models import TORCHVISION
-
-    import_checkpoint(weights, f"{TORCHVISION}{name}", destination)
-
-
-def import_onnx(path: Path, destination: Path) -> list[str] | None:
-    """An ONNX classifier, checked and copied; returns its class names when its metadata
-    has them (as this pipeline's exports do)."""
-    import json
-    import shutil
-
-    import onnx
-
-    if not path.is_file():
-        raise TeacherError(f"teacher file {path}: does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
-    except Exception as err:
-        raise TeacherError(f"teacher file {path}: not a valid ONNX model ({err})") from err
-    meta = {p.key: p.value for p in proto.metadata_props}
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, destination)
-    return json.loads(meta["class_labels"]) if "class_labels" in meta else None
-
-
-def import_module(module: nn.Module, spec: InputSpec, destination: Path) -> None:
-    """A PyTorch module of unknown code (an MLflow PyTorch model) as an exported program
-    (``torch.export``, dynamic batch) traced on the teacher's input: loading it later runs a
-    graph of tensor operations, none of its authors' Python."""
-    from components.io import atomic_path
-
-    example = prepare(torch.zeros(2, spec.channels, *spec.image_size), spec)
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        with contextlib.suppress(NotImplementedError):  # an exported program has no modes
-            module.eval()
-        program = torch.export.export(module.cpu(), (example,), dynamic_shapes=({0: batch},))
-    except Exception as err:
-        reason = str(err).splitlines()[0]
-        raise TeacherError(f"the PyTorch model cannot be exported on its input ({reason})") from err
-    with atomic_path(destination) as tmp:
-        torch.export.save(program, str(tmp))
-
-
 def parameter_count(model: nn.Module, path: Path, kind: TeacherFormat) -> int:
     """Parameters of a materialised teacher (an ONNX file's: its initialisers)."""
     if kind != "onnx":
@@ -448,47 +313,3 @@ def parameter_count(model: nn.Module, path: Path, kind: TeacherFormat) -> int:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return int(sum(np.prod(t.dims) for t in graph.initializer))
-
-
-class OnlineTeacher:
-    """The usual online loop's teacher, to measure the cache against: a forward pass of the
-    teacher on every batch's views. It answers what ``LogitCache.logits`` answers (the same
-    rows at the same replayed views), so the identical training loop runs with either."""
-
-    def __init__(self, view: nn.Module, dataset: Dataset, cache: LogitCache) -> None:
-        from components.config import AugmentConfig
-
-        self.view, self.dataset = view.eval(), dataset
-        self.manifest, self.rows, self.directory = cache.manifest, cache.rows, "online teacher"
-        spec = cache.manifest["spec"]
-        self.seed, self.policy = spec["view_seed"], AugmentConfig(**spec["augment"])
-
-    @torch.no_grad()
-    def logits(self, rows: np.ndarray, views: np.ndarray, strong: bool = False) -> torch.Tensor:
-        from components.augment import render_strong_views, render_views
-
-        train = self.dataset.splits["train"]
-
-        def fetch(r: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(self.dataset.images[train[r]]))
-
-        if strong:
-            return self.view(render_strong_views(fetch, rows, train, views, self.policy, self.seed))
-        rendered = render_views(fetch, rows, train, views, self.policy, self.seed)
-        return self.view(rendered.images)
-
-    def teacher(
-        self,
-        rows: np.ndarray,
-        views: np.ndarray,
-        device: torch.device | None = None,
-        strong: bool = False,
-        rendered: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """What ``LogitCache.teacher`` answers (full logits), computed now: on ``rendered``,
-        the batch the training loop already rendered, as the usual online loop does (or
-        rendered here when not given)."""
-        if rendered is None:
-            return self.logits(rows, views, strong).to(device or torch.device("cpu"))
-        with torch.no_grad():
-            return self.view(rendered).to(device or torch.device("cpu"))

@@ -388,9 +388,10 @@ def with_recorded_control(
 
 def _choose_control(config: PipelineConfig, units: int) -> int:
     from components.control import choose_control
-    from components.data import DataError, check_source, load_dataset, prepare_dataset
+    from components.data import load_dataset, prepare_dataset
+    from components.data_sources import DataError, check_source
+    from components.devices import resolve_device
     from components.recipes import CONTROL_CANDIDATES
-    from components.training import resolve_device
 
     try:
         check_source(config.data)
@@ -499,13 +500,18 @@ def _serve(args: argparse.Namespace, work_dir: Path) -> int:
 
 def _sweep(config: PipelineConfig, force: list[str]) -> int:
     from components.config import sweep_points
+    from components.methods import check_views
 
     if not config.sweep.grid:
         example = "--set 'sweep.grid={distill.temperature: [2, 4]}'"
         print(f"kd: sweep.grid is empty: give the settings to try, e.g. {example}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        sweep_points(config)  # every point validated before any work
+        for label, point in sweep_points(config):  # every point validated before any work
+            try:
+                check_views(point)
+            except ValueError as err:
+                raise ConfigError(f"sweep point {label}: {err}") from None
     except ConfigError as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -577,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_yaml(config), end="")
         return 0
     # Imported here, not at the top: `kd predict` must run without torch.
-    from components.data import DataError
+    from components.data_sources import DataError
     from components.teachers import TeacherError
     from flows.pipeline import PIPELINE
     from flows.runner import StageError, resolve_force

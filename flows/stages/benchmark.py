@@ -14,12 +14,7 @@ from typing import Any
 import onnxruntime
 import torch
 
-from components.benchmark import (
-    cpu_info,
-    latency_chart,
-    measure_inference,
-    report_markdown,
-)
+from components.benchmark import cpu_info, latency_chart, measure_inference, report_markdown
 from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig
 from components.io import write_json, write_text

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from components.config import PipelineConfig
+from components.devices import resolve_device
 from components.logit_cache import (
     CacheError,
     CacheInfo,
@@ -22,7 +24,7 @@ from components.logit_cache import (
     open_logit_cache,
     pipeline_cache_spec,
 )
-from components.training import resolve_device
+from components.methods import cache_readings
 from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
 from flows.stages.prepare_data import DataRef, PrepareData
 from flows.stages.teacher import Teacher
@@ -58,12 +60,17 @@ class LogitCacheStage(Stage[CacheRef]):
         "cache.top_k",
         "cache.dtype",
         "cache.runtime",  # ONNX Runtime's logits differ from PyTorch's in the last bits
-        "cache_readings",  # top-k: where the distill method reads the teacher
         "seed",
         "device",
     )
     # Any chunking, forward batch and number of worker processes give the same bytes (tested).
-    settings = ("cache.chunk_rows", "cache.batch_size", "distributed")
+    # The method is read only for the readings a top-k cache holds: environment() puts those,
+    # not the method's settings, into the fingerprint (a sweep over methods shares a cache).
+    settings = ("cache.chunk_rows", "cache.batch_size", "distributed", "distill")
+
+    def environment(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"readings": cache_readings(config)}
+
     needs = (PrepareData, Teacher)
 
     def run(self, ctx: StageContext) -> Outcome[CacheRef]:

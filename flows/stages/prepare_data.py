@@ -11,14 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from components.config import PipelineConfig
-from components.data import (
-    DataError,
-    Dataset,
-    DatasetInfo,
-    check_source,
-    load_dataset,
-    prepare_dataset,
-)
+from components.data import Dataset, DatasetInfo, load_dataset, prepare_dataset
+from components.data_sources import DataError, check_source
 from flows.stage import Outcome, PreflightError, Record, Ref, Stage, StageContext, file_problem
 
 

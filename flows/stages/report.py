@@ -17,11 +17,11 @@ import torch
 from components.benchmark import p50_of
 from components.checkpoint import load_checkpoint
 from components.data import Dataset, normalize
+from components.inference import predict_logits
 from components.onnx_export import onnx_session, run_onnx
 from components.recipes import control_name
 from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves
 from components.stats import Verdict, verdict
-from components.training import predict_logits
 from flows.compare import compare_runs, variant_rows, write_comparison
 from flows.runner import publish_table
 from flows.stage import Outcome, Record, Ref, Stage, StageContext

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from components.config import PipelineConfig
+from components.methods import check_views
 from components.recipes import Recipe, student_recipe
-from flows.stage import StageContext
+from flows.stage import PreflightError, StageContext
 from flows.stages.logit_cache import CacheRef, LogitCacheStage
 from flows.stages.prepare_data import PrepareData
 from flows.stages.training import TrainingStage
@@ -29,6 +30,13 @@ class StudentKD(TrainingStage):
 
     def recipe(self, config: PipelineConfig) -> Recipe:
         return student_recipe(config, distilled=True)
+
+    def preflight(self, config: PipelineConfig) -> None:
+        super().preflight(config)
+        try:
+            check_views(config)  # the method's views against the augmentation
+        except ValueError as err:
+            raise PreflightError(str(err)) from None
 
     def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
         cache = ctx.input(LogitCacheStage, CacheRef)

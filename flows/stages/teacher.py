@@ -1,12 +1,8 @@
 """``teacher``: train the teacher here, or bring in the one you already have.
 
-``teacher.source`` says which (components/config.py):
-1. ``train``: the teacher recipe, a fresh augmented view every epoch (components/recipes.py);
-2. ``checkpoint``: a checkpoint of this pipeline, or a plain ``state_dict`` of an architecture;
-3. ``torchvision``: a torchvision architecture with a local weights file;
-4. ``onnx``: an ONNX file, then run by ONNX Runtime for the cache;
-5. ``mlflow``: a model URI MLflow resolves, ONNX or PyTorch flavour (the latter exported with
-   ``torch.export``, so that loading it again runs none of its authors' Python).
+``teacher.source`` says which; each source is one module of components/teacher_sources/
+(train here with the teacher recipe, a checkpoint, torchvision weights, an ONNX file, a model
+MLflow resolves), which this stage asks, never matching on the kind.
 
 A teacher from elsewhere is trained by nobody here: the stage copies or converts it into its
 folder (sha256 recorded), resolves its input recipe and class map against the data, evaluates
@@ -23,68 +19,26 @@ from typing import Any
 
 import torch
 
-from components.config import (
-    CheckpointTeacher,
-    MlflowTeacher,
-    OnnxTeacher,
-    PipelineConfig,
-    TeacherSource,
-    TorchvisionTeacher,
-    TrainedTeacher,
-)
-from components.data import source_signature
+from components.config import PipelineConfig
+from components.data_sources import source_signature
+from components.devices import place, resolve_device
 from components.io import sha256_file, write_json
 from components.recipes import Recipe, teacher_recipe
+from components.teacher_sources import source_of
 from components.teachers import (
     InputSpec,
     TeacherError,
-    TeacherFormat,
     TeacherView,
     class_index,
-    import_checkpoint,
-    import_module,
-    import_onnx,
-    import_torchvision,
     load_teacher,
     output_count,
     parameter_count,
     teacher_accuracy,
 )
-from components.training import place, resolve_device
 from flows.stage import Outcome, PreflightError, Record, StageContext
 from flows.stages.prepare_data import DataRef, PrepareData
 from flows.stages.training import ModelRef, TrainingStage
 from flows.tracking import Tracker, TrackingError, resolve_tracking_uri
-
-
-def bring_in(
-    source: TeacherSource, spec: InputSpec, directory: Path, tracker: Tracker
-) -> tuple[Path, TeacherFormat, list[str] | None, str]:
-    """The teacher as a file of ours in ``directory``: (path, format, the class names it
-    knows, what it was made from)."""
-    match source:
-        case CheckpointTeacher():
-            path = directory / "model.pt"
-            names = import_checkpoint(source.path, source.arch, path)
-            return path, "checkpoint", names, str(source.path)
-        case TorchvisionTeacher():
-            path = directory / "model.pt"
-            import_torchvision(source.name, source.weights, path)
-            return path, "checkpoint", None, f"torchvision:{source.name} + {source.weights}"
-        case OnnxTeacher():
-            path = directory / "model.onnx"
-            return path, "onnx", import_onnx(source.path, path), str(source.path)
-        case MlflowTeacher():
-            with tempfile.TemporaryDirectory() as scratch:
-                flavour, found = tracker.fetch_model(source.uri, Path(scratch))
-                if flavour == "onnx":
-                    path = directory / "model.onnx"
-                    return path, "onnx", import_onnx(found, path), source.uri
-                path = directory / "model.pt2"
-                import_module(found, spec, path)
-                return path, "exported", None, source.uri
-        case TrainedTeacher():
-            raise ValueError("a trained teacher is not brought in")
 
 
 class Teacher(TrainingStage):
@@ -98,19 +52,12 @@ class Teacher(TrainingStage):
         return teacher_recipe(config)
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
-        match source := config.teacher.source:
-            case TrainedTeacher():
-                return {}
-            case CheckpointTeacher() | OnnxTeacher():
-                return {"sha256": sha256_file(source.path)}
-            case TorchvisionTeacher():
-                return {"sha256": sha256_file(source.weights)}
-            case MlflowTeacher():
-                return {"model": Tracker(resolve_tracking_uri()).resolve_model(source.uri)[1]}
+        source = config.teacher.source
+        return source_of(source).identity(source, Tracker(resolve_tracking_uri()))
 
     def preflight(self, config: PipelineConfig) -> None:
         teacher = config.teacher
-        if isinstance(teacher.source, TrainedTeacher):
+        if source_of(teacher.source).trained_here:
             super().preflight(config)
             return
         # Bring the teacher into a scratch folder and check it against the data, as the run
@@ -126,16 +73,20 @@ class Teacher(TrainingStage):
         )
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                tracker = Tracker(resolve_tracking_uri())
-                path, kind, names, _ = bring_in(teacher.source, spec, Path(scratch), tracker)
-                model = load_teacher(path, kind)
+                models = Tracker(resolve_tracking_uri())
+                brought = source_of(teacher.source).bring_in(
+                    teacher.source, spec, Path(scratch), models
+                )
+                model = load_teacher(brought.path, brought.format)
                 outputs = output_count(model, spec)
-                class_index(classes, teacher.classes or names, outputs, teacher.class_map)
+                class_index(
+                    classes, teacher.classes or brought.class_names, outputs, teacher.class_map
+                )
             except (TeacherError, TrackingError) as err:
                 raise PreflightError(f"teacher.source ({teacher.source.kind}): {err}") from None
 
     def run(self, ctx: StageContext) -> Outcome[ModelRef]:
-        if isinstance(ctx.config.teacher.source, TrainedTeacher):
+        if source_of(ctx.config.teacher.source).trained_here:
             return super().run(ctx)
         return self.bring(ctx)
 
@@ -146,11 +97,13 @@ class Teacher(TrainingStage):
         dataset = data.load(ctx.work_dir)
         spec = InputSpec.resolve(teacher.input, dataset.info)
         ctx.directory.mkdir(parents=True, exist_ok=True)
-        path, kind, names, origin = bring_in(teacher.source, spec, ctx.directory, ctx.tracker)
+        source = source_of(teacher.source)
+        brought = source.bring_in(teacher.source, spec, ctx.directory, ctx.tracker)
+        path, kind = brought.path, brought.format
         model = load_teacher(path, kind)
         index = class_index(
             dataset.info.class_names,
-            teacher.classes or names,
+            teacher.classes or brought.class_names,
             output_count(model, spec),
             teacher.class_map,
         )
@@ -164,10 +117,10 @@ class Teacher(TrainingStage):
         history = write_json(ctx.directory / "history.json", [])  # trained elsewhere
         sha256, size = sha256_file(path), path.stat().st_size
         parameters = parameter_count(model, path, kind)
-        arch = _describe(teacher.source, kind)
+        arch = source.describe(teacher.source, brought)
         ctx.log.info(
             "teacher from %s (%s, %d parameters, sha256 %s): input %s; test accuracy %.4f",
-            origin,
+            brought.origin,
             kind,
             parameters,
             sha256[:12],
@@ -180,7 +133,7 @@ class Teacher(TrainingStage):
                 "model.parameters": parameters,
                 "model.format": kind,
                 "model.runtime": "onnxruntime" if kind == "onnx" else "pytorch",
-                "teacher.origin": origin,
+                "teacher.origin": brought.origin,
                 "teacher.input_recipe": spec.describe(),
                 "teacher.class_index": index if index is not None else "identity",
                 "dataset.fingerprint": data.fingerprint,
@@ -205,17 +158,3 @@ class Teacher(TrainingStage):
             class_index=index,
         )
         return Outcome(ref, record)
-
-
-def _describe(source: TeacherSource, kind: TeacherFormat) -> str:
-    match source:
-        case CheckpointTeacher():
-            return source.arch or f"checkpoint {source.path.name}"
-        case TorchvisionTeacher():
-            return f"torchvision:{source.name}"
-        case OnnxTeacher():
-            return f"onnx {source.path.name}"
-        case MlflowTeacher():
-            return f"{source.uri} ({kind})"
-        case TrainedTeacher():
-            return "trained here"

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.checkpoint import save_checkpoint
-from components.data import DatasetInfo, source_signature
+from components.data import DatasetInfo
+from components.data_sources import source_signature
+from components.devices import resolve_device
 from components.io import write_json
 from components.models import build_model, count_parameters
 from components.recipes import Recipe, fit
 from components.teachers import InputSpec, TeacherFormat, TeacherView, load_teacher
-from components.training import resolve_device
 from flows.stage import (
     Outcome,
     PreflightError,

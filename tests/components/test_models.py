@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.config import ArchName, PipelineConfig, load_config
-from components.losses import distillation_loss
+from components.methods import distillation_loss
 from components.models import ARCHITECTURES, build_model, count_parameters
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import torch
 
 from components.config import ExportConfig
 from components.data import Dataset, normalize
+from components.inference import predict_logits
 from components.models import build_model
 from components.onnx_export import (
     ParityError,
@@ -16,7 +17,6 @@ from components.onnx_export import (
     parity_report,
     run_onnx,
 )
-from components.training import predict_logits
 
 
 @pytest.fixture

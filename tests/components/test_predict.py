@@ -13,10 +13,10 @@ from PIL import Image
 from components.config import ExportConfig
 from components.data import Dataset
 from components.handoff import write_bundle
+from components.inference import predict_logits
 from components.models import build_model
 from components.onnx_export import export_onnx
 from components.predict import Bundle, preprocess_file, self_check
-from components.training import predict_logits
 from flows.cli import main
 from tests.components.conftest import vector_of
 

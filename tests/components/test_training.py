@@ -12,15 +12,11 @@ from components.config import (
     WTTMDistill,
 )
 from components.data import Dataset
+from components.devices import resolve_device
+from components.inference import predict_logits
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model
-from components.training import (
-    evaluate,
-    predict_logits,
-    resolve_device,
-    seed_everything,
-    train_classifier,
-)
+from components.training import evaluate, seed_everything, train_classifier
 
 CPU = torch.device("cpu")
 

@@ -13,8 +13,8 @@ from prefect import flow
 
 from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig, load_config
+from components.inference import predict_logits
 from components.io import sha256_file, write_json
-from components.training import predict_logits
 from flows.cli import main
 from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
 from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem

