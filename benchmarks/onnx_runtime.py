@@ -22,15 +22,13 @@ from components.benchmark import latency_chart, measure_inference, report_markdo
 from components.checkpoint import load_checkpoint
 from components.config import BenchmarkConfig
 from components.io import sha256_file, write_json, write_text
-from flows.stages.handoff import Handoff
-from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport
-from flows.stages.student_kd import StudentKD
+from flows.refs import INT8_VARIANT, ONNX_VARIANT
 
 
 def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
     """(checkpoint, float32 ONNX, INT8 ONNX or None) of the newest handoff in ``work_dir``."""
     # Each stage writes under work_dir/<its name>/.
-    handoffs = work_dir / Handoff.name
+    handoffs = work_dir / "handoff"
     bundles = sorted(handoffs.glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
     if not bundles:
         raise SystemExit(f"no handoff bundle under {handoffs}: run `kd run` first")
@@ -38,7 +36,7 @@ def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
     meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     wanted = meta.get("student_checkpoint_sha256")
     checkpoints = [
-        p for p in (work_dir / StudentKD.name).glob("*/model.pt") if sha256_file(p) == wanted
+        p for p in (work_dir / "student-kd").glob("*/model.pt") if sha256_file(p) == wanted
     ]
     if not checkpoints:
         raise SystemExit(
@@ -46,7 +44,7 @@ def latest_student(work_dir: Path) -> tuple[Path, Path, Path | None]:
         )
     # The export directory holding the same float32 model also holds its INT8 twin.
     fp32_sha = sha256_file(fp32)
-    exported = (work_dir / OnnxExport.name).glob("*/model.onnx")
+    exported = (work_dir / "onnx-export").glob("*/model.onnx")
     exports = [p for p in exported if sha256_file(p) == fp32_sha]
     int8 = exports[0].with_name("model.int8.onnx") if exports else None
     return checkpoints[0], fp32, int8 if int8 is not None and int8.is_file() else None
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = (int(channels), int(height), int(width))
     config = BenchmarkConfig(iterations=args.iterations, warmup=args.warmup)
     models = [(ONNX_VARIANT, fp32)] + ([(INT8_VARIANT, int8)] if int8 else [])
-    rows, report = measure_inference((StudentKD.name, model), models, [], shape, config)
+    rows, report = measure_inference(("student-kd", model), models, [], shape, config)
     report["models"] = {
         "checkpoint": str(checkpoint),
         "onnx": str(fp32),

@@ -473,7 +473,7 @@ def _stages() -> int:
         print(f"  reads:  {', '.join(stage.reads) or '-'}")
         if stage.settings:
             print(f"  settings (not fingerprinted): {', '.join(stage.settings)}")
-        print(f"  needs:  {', '.join(need.name for need in stage.needs) or '-'}")
+        print(f"  needs:  {', '.join(stage.needs) or '-'}")
     return 0
 
 

@@ -23,8 +23,6 @@ from components.report import (
     write_comparison_csv,
 )
 from flows.stage import Stage
-from flows.stages.benchmark import Benchmark
-from flows.stages.prepare_data import PrepareData
 from flows.tracking import DATASET_TAG, RunRecord, Tracker, TrackingError
 
 _LATENCY_KEY = re.compile(
@@ -65,8 +63,8 @@ def variant_rows(
 ) -> list[VariantRow]:
     """The model variants of one pipeline (or sweep) run, in pipeline order."""
     children = tracker.children(parent)
-    latency = _latency(children.get(Benchmark.name))
-    data = children.get(PrepareData.name)
+    latency = _latency(children.get("benchmark"))
+    data = children.get("prepare-data")
     test_n = _int(data.params.get("dataset.test_size")) if data else None
     run_name = parent.name or parent.run_id[:8]
     rows = []

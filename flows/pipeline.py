@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.io import ensure_writable, lock_holder, work_dir_lock
+from flows.refs import ReportRef
 from flows.runner import Runner, resolve_force
 from flows.stage import PipelineContext, Ref, Stage
 from flows.stages.benchmark import Benchmark
@@ -30,7 +31,7 @@ from flows.stages.logit_cache import LogitCacheStage
 from flows.stages.onnx_export import OnnxExport
 from flows.stages.prepare_data import PrepareData
 from flows.stages.promotion import Promotion
-from flows.stages.report import Report, ReportRef
+from flows.stages.report import Report
 from flows.stages.student_baseline import StudentBaseline
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
@@ -153,7 +154,7 @@ def run_pipeline(
         runner.run_all(config)
         record_reuse(tracker, runner)
     work_dir = Path(pipeline.work_dir)
-    report = runner.refs.get(Report.name)
+    report = runner.refs.get("report")
     lines = [
         line
         for stage in runner.stages

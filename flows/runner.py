@@ -37,7 +37,6 @@ from flows.stage import (
     check_pipeline,
     config_params,
 )
-from flows.stages.prepare_data import DataRef
 from flows.tracking import Tracker
 
 
@@ -101,18 +100,19 @@ def _execute(
             forced=forced,
         )
         outcome = stage.run(ctx)
-        data = next((r for r in (*inputs.values(), outcome.ref) if isinstance(r, DataRef)), None)
+        data = next((r for r in (*inputs.values(), outcome.ref) if r.dataset() is not None), None)
         if stage.splits and data is not None:
             # On the stage's run; and, from the stage that prepares the data, on the parent
             # run too: the pipeline's row in the runs table shows the data it ran on.
             owners = [run_id] + ([pipeline.parent_run_id] if data is outcome.ref else [])
+            fingerprint, sizes = cast(tuple[str, dict[str, int]], data.dataset())
             for owner in owners:
                 tracker.log_dataset_inputs(
                     owner,
                     config.dataset_name,
-                    data.fingerprint,
+                    fingerprint,
                     config.data_source_uri,
-                    {split: data.split_sizes[split] for split in stage.splits},
+                    {split: sizes[split] for split in stage.splits},
                 )
         log_record(tracker, run_id, outcome.record)
         log_record(tracker, pipeline.parent_run_id, outcome.parent)
@@ -185,7 +185,7 @@ class Runner:
         return [name for name in cached_names(self.stages) if name not in self.reused]
 
     def _inputs(self, stage: Stage[Any]) -> dict[str, Ref]:
-        return {need.name: self.refs[need.name] for need in stage.needs}
+        return {need: self.refs[need] for need in stage.needs}
 
     def _configured(self, stage: Stage[Any], refresh: bool, run_name: str) -> Task[..., Ref]:
         options: dict[str, Any] = {"task_run_name": run_name}
@@ -193,51 +193,63 @@ class Runner:
             options |= {"result_storage": self.storage, "refresh_cache": refresh}
         return stage_task(stage.name, stage.cached).with_options(**options)
 
+    def _call(
+        self, stage: Stage[Any], config: PipelineConfig, run_name: str, forced: bool
+    ) -> dict[str, Any]:
+        """The stage task's arguments, by name (``_execute``'s parameters)."""
+        inputs = self._inputs(stage)
+        return {
+            "stage": stage,
+            "config": config,
+            "pipeline": self.pipeline,
+            "inputs": inputs,
+            "fingerprint": stage.fingerprint(config, inputs),
+            "run_name": run_name,
+            "stages": self.stages,
+            "forced": forced,
+        }
+
     def run(self, stage: Stage[Any], config: PipelineConfig, run_name: str | None = None) -> Ref:
         name = run_name or stage.name
-        inputs = self._inputs(stage)
-        fingerprint = stage.fingerprint(config, inputs)
         forced = stage.name in self.force
+        call = self._call(stage, config, name, forced)
         if forced:
-            get_run_logger().info("%s: forced, recomputing (fingerprint %s)", name, fingerprint)
-        args = (stage, config, self.pipeline, inputs, fingerprint, name, self.stages, forced)
-        state = cast(State[Any], self._configured(stage, forced, name)(*args, return_state=True))
-        return self._settle(stage, state, args)
+            get_run_logger().info(
+                "%s: forced, recomputing (fingerprint %s)", name, call["fingerprint"]
+            )
+        state = cast(State[Any], self._configured(stage, forced, name)(**call, return_state=True))
+        return self._settle(state, call)
 
     def run_many(self, stage: Stage[Any], configs: dict[str, PipelineConfig]) -> dict[str, Ref]:
         """The same stage on several configs at once, through the flow's task runner;
         ``configs``: MLflow run name -> config."""
-        inputs = self._inputs(stage)
-        calls = {
-            name: (stage, config, self.pipeline, inputs, stage.fingerprint(config, inputs), name)
-            for name, config in configs.items()
-        }
         forced = stage.name in self.force
+        calls = {name: self._call(stage, config, name, forced) for name, config in configs.items()}
         futures = {
-            name: self._configured(stage, forced, name).submit(*args, self.stages, forced)
-            for name, args in calls.items()
+            name: self._configured(stage, forced, name).submit(**call)
+            for name, call in calls.items()
         }
         results = {}
         for name, future in futures.items():
             future.wait()
-            args = (*calls[name], self.stages, forced)
-            results[name] = self._settle(stage, future.state, args)
+            results[name] = self._settle(future.state, calls[name])
         return results
 
-    def _settle(self, stage: Stage[Any], state: State[Any], args: tuple[Any, ...]) -> Ref:
+    def _settle(self, state: State[Any], call: dict[str, Any]) -> Ref:
         """The stage's reference; a cached one is checked, and its reuse recorded in MLflow."""
         ref = cast(Ref, state.result())
         if state.name != "Cached":
             return ref
-        name, fingerprint = args[5], args[4]
+        stage, name = call["stage"], call["run_name"]
         problem = ref.verify(self.work_dir)
         if problem is not None:
             get_run_logger().warning(
                 "%s: the cached result cannot be used (%s); recomputing", name, problem
             )
-            fresh = cast(State[Any], self._configured(stage, True, name)(*args, return_state=True))
+            task = self._configured(stage, True, name)
+            fresh = cast(State[Any], task(**call, return_state=True))
             return cast(Ref, fresh.result())
-        self._record_reuse(name, f"{stage.name}-{fingerprint}", ref)
+        self._record_reuse(name, f"{stage.name}-{call['fingerprint']}", ref)
         return ref
 
     def _record_reuse(self, name: str, cache_key: str, ref: Ref) -> None:

@@ -6,7 +6,8 @@ A stage declares
 - ``reads``: the config sections that decide its output (dotted paths: ``"teacher"``,
   ``"cache.views"``), and ``settings``: sections it reads that change how it works but never
   what it produces (worker counts, chunk sizes);
-- ``needs``: the upstream stages whose references it takes;
+- ``needs``: the names of the upstream stages whose references it takes (a stage never
+  imports another: the order lives in the pipeline's stage list alone);
 - ``output``: its reference type, whose ``verify()`` finds damaged or missing files;
 - ``run(ctx)``: calls ``components/`` and returns an ``Outcome``: the reference with the
   params, metrics, tags and artifacts to log.
@@ -49,6 +50,11 @@ class Ref(BaseModel):
 
     def verify(self, work_dir: Path) -> str | None:
         """Why this reference can no longer be used (a file gone or changed), else None."""
+        return None
+
+    def dataset(self) -> tuple[str, dict[str, int]] | None:
+        """For a reference to prepared data: its fingerprint and split sizes (what the runner
+        logs as the MLflow dataset inputs of the stages that read it); None otherwise."""
         return None
 
 
@@ -159,7 +165,7 @@ class Stage(Generic[R]):
     output: ClassVar[type[Ref]]
     reads: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[tuple[str, ...]] = ()
-    needs: ClassVar[tuple[type[Stage[Any]], ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()  # names of upstream stages
     cached: ClassVar[bool] = True  # reused by Prefect while its fingerprint is unchanged
     version: ClassVar[int] = 1  # bump when the output changes meaning: old results then miss
     variants: ClassVar[tuple[Variant, ...]] = ()
@@ -192,7 +198,7 @@ class Stage(Generic[R]):
                 "stage": self.name,
                 "version": self.version,
                 "config": {path: section(config, path) for path in self.reads},
-                "inputs": {need.name: inputs[need.name].identity() for need in self.needs},
+                "inputs": {need: inputs[need].identity() for need in self.needs},
                 "environment": self.environment(config),
             }
         )[:16]
@@ -225,10 +231,13 @@ class StageContext:
     log: logging.Logger | logging.LoggerAdapter[Any]
     forced: bool = False  # --force / --force-stage named it: rebuild, do not reuse from disk
 
-    def input(self, stage: type[Stage[Any]], kind: type[R]) -> R:
-        ref = self.inputs[stage.name]
+    def input(self, stage: str, kind: type[R]) -> R:
+        """The reference the upstream stage named ``stage`` handed on (declared in needs)."""
+        if stage not in self.inputs:
+            raise KeyError(f"stage {self.stage.name!r} reads {stage!r} but does not need it")
+        ref = self.inputs[stage]
         if not isinstance(ref, kind):
-            raise TypeError(f"{stage.name} handed on a {type(ref).__name__}, not a {kind}")
+            raise TypeError(f"{stage} handed on a {type(ref).__name__}, not a {kind.__name__}")
         return ref
 
     @property
@@ -267,7 +276,7 @@ def check_pipeline(stages: tuple[Stage[Any], ...]) -> None:
     for stage in stages:
         if stage.name in seen:
             raise ValueError(f"stage {stage.name!r} appears twice in the pipeline")
-        missing = [need.name for need in stage.needs if need.name not in seen]
+        missing = [need for need in stage.needs if need not in seen]
         if missing:
             raise ValueError(f"stage {stage.name!r} needs {missing} earlier in the pipeline")
         seen.add(stage.name)

@@ -19,13 +19,9 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from components.config import PipelineConfig, SweepConfig, sweep_points
 from components.stats import format_accuracy, wilson
 from flows.pipeline import PIPELINE, parent_run
+from flows.refs import DataRef, ModelRef
 from flows.runner import Runner, publish_table, resolve_force
 from flows.stage import Stage
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_baseline import StudentBaseline
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
 
 
 def task_runner(sweep: SweepConfig) -> TaskRunner[Any]:
@@ -51,13 +47,13 @@ def shared_stages(stages: tuple[Stage[Any], ...]) -> list[Stage[Any]]:
     """What every distilled student of a sweep shares: the stages ``student-kd`` needs,
     transitively, and the baseline it is compared with."""
     by_name = {stage.name: stage for stage in stages}
-    wanted = {StudentBaseline.name}
-    todo = [StudentKD.name, StudentBaseline.name]
+    wanted = {"student-baseline"}
+    todo = ["student-kd", "student-baseline"]
     while todo:
         for need in by_name[todo.pop()].needs:
-            if need.name not in wanted:
-                wanted.add(need.name)
-                todo.append(need.name)
+            if need not in wanted:
+                wanted.add(need)
+                todo.append(need)
     return [stage for stage in stages if stage.name in wanted]
 
 
@@ -67,7 +63,7 @@ def sweep_table(baseline: ModelRef, students: dict[str, ModelRef], n_val: int, n
         f"| student | val accuracy [95% CI], n = {n_val} (chooses) | "
         f"test accuracy [95% CI], n = {n_test} (reported) | val vs baseline (points) |",
         "|---|---:|---:|---:|",
-        f"| {StudentBaseline.name} (labels only) | {format_accuracy(baseline.val_accuracy, n_val)} "
+        f"| student-baseline (labels only) | {format_accuracy(baseline.val_accuracy, n_val)} "
         f"| {format_accuracy(baseline.test_accuracy, n_test)} | |",
     ]
     ranked = sorted(students.items(), key=lambda item: -item[1].val_accuracy)
@@ -103,14 +99,14 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
             config.sweep.max_workers,
             config.sweep.task_runner,
         )
-        student_kd = next(s for s in PIPELINE if s.name == StudentKD.name)
+        student_kd = next(s for s in PIPELINE if s.name == "student-kd")
         trained = runner.run_many(
-            student_kd, {f"{StudentKD.name}[{label}]": point for label, point in points}
+            student_kd, {f"student-kd[{label}]": point for label, point in points}
         )
         students = {name: ref for name, ref in trained.items() if isinstance(ref, ModelRef)}
-        baseline, teacher = (runner.refs[s.name] for s in (StudentBaseline, Teacher))
+        baseline, teacher = (runner.refs[name] for name in ("student-baseline", "teacher"))
         assert isinstance(baseline, ModelRef) and isinstance(teacher, ModelRef)
-        data = runner.refs[PrepareData.name]
+        data = runner.refs["prepare-data"]
         assert isinstance(data, DataRef)
         n_val, n_test = data.split_sizes["val"], data.split_sizes["test"]
         table = sweep_table(baseline, students, n_val, n_test)
@@ -121,7 +117,7 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
         tracker.set_tags(
             parent,
             {
-                "sweep_best": best[0][len(StudentKD.name) + 1 : -1],
+                "sweep_best": best[0][len("student-kd") + 1 : -1],
                 "sweep_best.rule": "highest validation accuracy",
                 "sweep_best.val_accuracy": f"{best[1].val_accuracy:.6f}",
                 "sweep_best.val_interval": f"[{lo:.6f}, {hi:.6f}]",

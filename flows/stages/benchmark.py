@@ -19,29 +19,15 @@ from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig
 from components.io import write_json, write_text
 from components.teachers import load_teacher
-from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
-from flows.stages.onnx_export import INT8_VARIANT, ONNX_VARIANT, OnnxExport, OnnxRef
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_baseline import StudentBaseline
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
-
-
-class BenchmarkRef(Ref):
-    json_path: str  # relative to the work dir
-    markdown_path: str
-    results: list[dict[str, Any]]
-
-    def verify(self, work_dir: Path) -> str | None:
-        return file_problem(work_dir, self.json_path) or file_problem(work_dir, self.markdown_path)
+from flows.refs import INT8_VARIANT, ONNX_VARIANT, BenchmarkRef, DataRef, ModelRef, OnnxRef
+from flows.stage import Outcome, Record, Stage, StageContext
 
 
 class Benchmark(Stage[BenchmarkRef]):
     name = "benchmark"
     output = BenchmarkRef
     reads = ("benchmark",)
-    needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport)
+    needs = ("prepare-data", "teacher", "student-baseline", "student-kd", "onnx-export")
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
         cpu = cpu_info()
@@ -52,21 +38,19 @@ class Benchmark(Stage[BenchmarkRef]):
 
     def run(self, ctx: StageContext) -> Outcome[BenchmarkRef]:
         config = ctx.config.benchmark
-        info = ctx.input(PrepareData, DataRef).info(ctx.work_dir)
-        exported = ctx.input(OnnxExport, OnnxRef)
+        info = ctx.input("prepare-data", DataRef).info(ctx.work_dir)
+        exported = ctx.input("onnx-export", OnnxRef)
 
         shape = (info.in_channels, *info.image_size)
 
-        def other(
-            stage: type[Stage[Any]],
-        ) -> tuple[str, torch.nn.Module | Path, tuple[int, int, int]]:
+        def other(stage: str) -> tuple[str, torch.nn.Module | Path, tuple[int, int, int]]:
             """A model to time beside the student: an ONNX teacher runs in ONNX Runtime."""
             ref = ctx.input(stage, ModelRef)
             path = ctx.work_dir / ref.checkpoint
             model = path if ref.format == "onnx" else load_teacher(path, ref.format)
-            return stage.name, model, ref.input_shape(info)
+            return stage, model, ref.input_shape(info)
 
-        student = ctx.input(StudentKD, ModelRef)
+        student = ctx.input("student-kd", ModelRef)
         student_model = load_checkpoint(
             ctx.work_dir / student.checkpoint, "cpu", expected_sha256=student.sha256
         )[0]
@@ -74,9 +58,9 @@ class Benchmark(Stage[BenchmarkRef]):
         if exported.int8_model is not None:
             onnx_models.append((INT8_VARIANT, ctx.work_dir / exported.int8_model))
         rows, report = measure_inference(
-            (StudentKD.name, student_model),
+            ("student-kd", student_model),
             onnx_models,
-            [other(Teacher), other(StudentBaseline)],
+            [other("teacher"), other("student-baseline")],
             shape,
             config,
         )

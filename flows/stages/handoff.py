@@ -23,28 +23,11 @@ from components.onnx_export import onnx_session, run_onnx
 from components.promotion import interleaved_rounds
 from components.quantize import Int8Decision, int8_decision, onnx_correct
 from components.teachers import InputSpec
-from flows.stage import Outcome, Record, Ref, Stage, StageContext
-from flows.stages.benchmark import Benchmark, BenchmarkRef
-from flows.stages.onnx_export import OnnxExport, OnnxRef
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_baseline import StudentBaseline
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
+from flows.refs import MODEL_STAGES, BenchmarkRef, DataRef, HandoffRef, ModelRef, OnnxRef
+from flows.stage import Outcome, Record, Stage, StageContext
 from flows.tracking import DATASET_TAG
 
 TRAINING_EXAMPLES = "training_examples.json"  # on the handoff run: see training_set_record
-
-
-class HandoffRef(Ref):
-    bundle: str  # relative to the work dir
-    model_name: str
-    version: str | None  # the new version; or the one it equals; None when below a floor
-    registered: bool  # a new version was registered by this run
-    registration: str  # what happened, in words
-    alias: str
-    int8_kept: bool
-    int8_reason: str
 
 
 def registration_floor(student: float, control: float, config: PipelineConfig) -> str | None:
@@ -84,18 +67,18 @@ class Handoff(Stage[HandoffRef]):
         "registered_model_name",
         "experiment_name",
     )
-    needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
+    needs = ("prepare-data", *MODEL_STAGES, "onnx-export", "benchmark")
     cached = False
 
     def run(self, ctx: StageContext) -> Outcome[HandoffRef]:
         config = ctx.config
-        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
-        models = [ctx.input(s, ModelRef) for s in (Teacher, StudentBaseline, StudentKD)]
+        dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
+        models = [ctx.input(stage, ModelRef) for stage in MODEL_STAGES]
         teacher, control, student = models
-        onnx = ctx.input(OnnxExport, OnnxRef)
+        onnx = ctx.input("onnx-export", OnnxRef)
         exported = onnx.export
         model_path = ctx.work_dir / exported.path
-        bench = ctx.input(Benchmark, BenchmarkRef)
+        bench = ctx.input("benchmark", BenchmarkRef)
 
         # 1. INT8 earns its place only by figures measured now, on validation, timed as
         #    promotion times (the same threads, interleaved rounds).
@@ -113,8 +96,8 @@ class Handoff(Stage[HandoffRef]):
 
         # 2. The bundle, with its model card.
         accuracy_rows = [
-            (stage.name, "pytorch", ref.test_accuracy, ref.parameters)
-            for stage, ref in zip((Teacher, StudentBaseline, StudentKD), models, strict=True)
+            (stage, "pytorch", ref.test_accuracy, ref.parameters)
+            for stage, ref in zip(MODEL_STAGES, models, strict=True)
         ]
         accuracy_rows.append(
             ("model.onnx", "onnxruntime float32", exported.onnx_test_accuracy, student.parameters)
@@ -232,8 +215,8 @@ class Handoff(Stage[HandoffRef]):
         """The ONNX student as an MLflow logged model (onnx flavor, signature, input example;
         its figures linked to it), registered from it as a new version of ``name`` under the
         alias, with the model card as the version's description."""
-        exported = ctx.input(OnnxExport, OnnxRef).export
-        student = ctx.input(StudentKD, ModelRef)
+        exported = ctx.input("onnx-export", OnnxRef).export
+        student = ctx.input("student-kd", ModelRef)
         # Logged before the model: MLflow links the run's step-0 metrics to the logged model.
         ctx.tracker.log_metrics(
             ctx.run_id,

@@ -18,34 +18,12 @@ from components.config import PipelineConfig
 from components.devices import resolve_device
 from components.logit_cache import (
     CacheError,
-    CacheInfo,
-    LogitCache,
     build_logit_cache,
-    open_logit_cache,
     pipeline_cache_spec,
 )
 from components.methods import cache_readings
-from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
-
-
-class CacheRef(Ref):
-    info: CacheInfo  # its path relative to the work dir
-
-    def identity(self) -> Any:
-        return self.info.key
-
-    def verify(self, work_dir: Path) -> str | None:
-        try:
-            self.open(work_dir)
-        except CacheError as err:
-            return str(err)
-        return None
-
-    def open(self, work_dir: Path) -> LogitCache:
-        return open_logit_cache(work_dir / self.info.path, expected_key=self.info.key)
+from flows.refs import CacheRef, DataRef, ModelRef
+from flows.stage import Outcome, Record, Stage, StageContext, file_problem
 
 
 class LogitCacheStage(Stage[CacheRef]):
@@ -71,12 +49,12 @@ class LogitCacheStage(Stage[CacheRef]):
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
         return {"readings": cache_readings(config)}
 
-    needs = (PrepareData, Teacher)
+    needs = ("prepare-data", "teacher")
 
     def run(self, ctx: StageContext) -> Outcome[CacheRef]:
         config = ctx.config
-        data = ctx.input(PrepareData, DataRef)
-        teacher = ctx.input(Teacher, ModelRef)
+        data = ctx.input("prepare-data", DataRef)
+        teacher = ctx.input("teacher", ModelRef)
         dataset = data.load(ctx.work_dir)
         spec = pipeline_cache_spec(
             config,

@@ -9,41 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from components.checkpoint import load_checkpoint
 from components.io import sha256_file
-from components.onnx_export import ExportResult, ParityError, export_metadata, export_onnx
+from components.onnx_export import ParityError, export_metadata, export_onnx
 from components.quantize import onnx_accuracy, quantize_int8
-from flows.stage import Outcome, Record, Ref, Stage, StageContext, Variant, file_problem
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
-
-
-class OnnxRef(Ref):
-    """The exported student (float32, its path relative to the work dir) and, when
-    configured, its INT8 twin."""
-
-    export: ExportResult
-    parameters: int
-    int8_model: str | None
-    int8_sha256: str | None
-    int8_test_accuracy: float | None
-
-    def identity(self) -> Any:
-        return [self.export.sha256, self.int8_sha256]
-
-    def verify(self, work_dir: Path) -> str | None:
-        problem = file_problem(work_dir, self.export.path, self.export.sha256)
-        if problem is None and self.int8_model is not None:
-            problem = file_problem(work_dir, self.int8_model, self.int8_sha256)
-        return problem
-
-
-ONNX_VARIANT = f"{StudentKD.name}-onnx"
-INT8_VARIANT = f"{ONNX_VARIANT}-int8"
+from flows.refs import INT8_VARIANT, ONNX_VARIANT, DataRef, ModelRef, OnnxRef
+from flows.stage import Outcome, Record, Stage, StageContext, Variant
 
 
 class OnnxExport(Stage[OnnxRef]):
@@ -51,7 +23,7 @@ class OnnxExport(Stage[OnnxRef]):
     splits = ("test",)
     output = OnnxRef
     reads = ("export", "seed")
-    needs = (PrepareData, Teacher, StudentKD)
+    needs = ("prepare-data", "teacher", "student-kd")
     variants = (
         Variant(ONNX_VARIANT, "onnxruntime", accuracy="onnx_test_accuracy", size="model_bytes"),
         Variant(
@@ -61,9 +33,9 @@ class OnnxExport(Stage[OnnxRef]):
 
     def run(self, ctx: StageContext) -> Outcome[OnnxRef]:
         config = ctx.config.export
-        data = ctx.input(PrepareData, DataRef)
-        teacher = ctx.input(Teacher, ModelRef)
-        student = ctx.input(StudentKD, ModelRef)
+        data = ctx.input("prepare-data", DataRef)
+        teacher = ctx.input("teacher", ModelRef)
+        student = ctx.input("student-kd", ModelRef)
         dataset = data.load(ctx.work_dir)
         model, _ = load_checkpoint(
             ctx.work_dir / student.checkpoint, "cpu", expected_sha256=student.sha256

@@ -8,30 +8,12 @@ unchanged data is stored once and every later stage keys on the same fingerprint
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from components.config import PipelineConfig
-from components.data import Dataset, DatasetInfo, load_dataset, prepare_dataset
+from components.data import prepare_dataset
 from components.data_sources import DataError, check_source
-from flows.stage import Outcome, PreflightError, Record, Ref, Stage, StageContext, file_problem
-
-
-class DataRef(Ref):
-    directory: str  # relative to the work dir
-    fingerprint: str
-    split_sizes: dict[str, int]
-
-    def identity(self) -> Any:
-        return self.fingerprint
-
-    def verify(self, work_dir: Path) -> str | None:
-        return file_problem(work_dir, f"{self.directory}/meta.json")
-
-    def load(self, work_dir: Path) -> Dataset:
-        return load_dataset(work_dir / self.directory)
-
-    def info(self, work_dir: Path) -> DatasetInfo:
-        return DatasetInfo.read(work_dir / self.directory)
+from flows.refs import DataRef
+from flows.stage import Outcome, PreflightError, Record, Stage, StageContext
 
 
 class PrepareData(Stage[DataRef]):

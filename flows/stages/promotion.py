@@ -32,22 +32,9 @@ from components.promotion import (
     incomparable,
     score_models,
 )
-from flows.stage import Outcome, Record, Ref, Stage, StageContext
-from flows.stages.handoff import Handoff, HandoffRef
-from flows.stages.onnx_export import OnnxExport, OnnxRef
-from flows.stages.prepare_data import DataRef, PrepareData
+from flows.refs import DataRef, HandoffRef, OnnxRef, PromotionRef
+from flows.stage import Outcome, Record, Stage, StageContext
 from flows.tracking import DATASET_TAG
-
-
-class PromotionRef(Ref):
-    promoted: bool
-    decision: str
-    reason: str
-    model_name: str
-    challenger_version: str | None  # None: nothing was registered (below a floor)
-    champion_version_before: str | None
-    champion_version_after: str | None
-    markdown: str
 
 
 def _find_onnx(directory: Path) -> Path:
@@ -62,7 +49,7 @@ class Promotion(Stage[PromotionRef]):
     splits = ("val",)
     output = PromotionRef
     reads = ("promotion", "dataset_name")
-    needs = (PrepareData, OnnxExport, Handoff)
+    needs = ("prepare-data", "onnx-export", "handoff")
     cached = False
 
     def enabled(self, config: PipelineConfig) -> bool:
@@ -71,9 +58,9 @@ class Promotion(Stage[PromotionRef]):
     def run(self, ctx: StageContext) -> Outcome[PromotionRef]:
         policy = ctx.config.promotion
         tracker = ctx.tracker
-        handoff = ctx.input(Handoff, HandoffRef)
-        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
-        challenger_path = ctx.work_dir / ctx.input(OnnxExport, OnnxRef).export.path
+        handoff = ctx.input("handoff", HandoffRef)
+        dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
+        challenger_path = ctx.work_dir / ctx.input("onnx-export", OnnxRef).export.path
         name = handoff.model_name
         before = tracker.alias_version(name, policy.champion_alias)
         if not handoff.registered or handoff.version is None:

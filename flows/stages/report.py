@@ -23,24 +23,11 @@ from components.recipes import control_name
 from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves
 from components.stats import Verdict, verdict
 from flows.compare import compare_runs, variant_rows, write_comparison
+from flows.refs import MODEL_STAGES, BenchmarkRef, DataRef, ModelRef, OnnxRef, ReportRef
 from flows.runner import publish_table
-from flows.stage import Outcome, Record, Ref, Stage, StageContext
-from flows.stages.benchmark import Benchmark, BenchmarkRef
-from flows.stages.onnx_export import OnnxExport, OnnxRef
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_baseline import StudentBaseline
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
+from flows.stage import Outcome, Record, Stage, StageContext
 
 RUNS_IN_REPORT = 5  # this run and the four before it
-
-
-class ReportRef(Ref):
-    directory: str  # relative to the work dir
-    summary_markdown: str  # the table, and under it what distillation bought on test
-    comparison_markdown: str
-    files: dict[str, str]
 
 
 class Report(Stage[ReportRef]):
@@ -48,15 +35,15 @@ class Report(Stage[ReportRef]):
     splits = ("test",)
     output = ReportRef
     reads = ("experiment_name", "dataset_name", "student.baseline")
-    needs = (PrepareData, Teacher, StudentBaseline, StudentKD, OnnxExport, Benchmark)
+    needs = ("prepare-data", *MODEL_STAGES, "onnx-export", "benchmark")
     cached = False
 
     def run(self, ctx: StageContext) -> Outcome[ReportRef]:
         out_dir = ctx.directory
-        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
-        trained = {s.name: ctx.input(s, ModelRef) for s in (Teacher, StudentBaseline, StudentKD)}
-        exported = ctx.input(OnnxExport, OnnxRef)
-        bench = ctx.input(Benchmark, BenchmarkRef)
+        dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
+        trained = {stage: ctx.input(stage, ModelRef) for stage in MODEL_STAGES}
+        exported = ctx.input("onnx-export", OnnxRef)
+        bench = ctx.input("benchmark", BenchmarkRef)
         histories = {
             name: json.loads((ctx.work_dir / ref.history).read_text())
             for name, ref in trained.items()
@@ -73,8 +60,7 @@ class Report(Stage[ReportRef]):
             matrix,
             dataset.info.class_names,
             out_dir / "confusion_matrix.png",
-            title=f"{StudentKD.name} (ONNX), test split: accuracy "
-            f"{np.trace(matrix) / matrix.sum():.4f}",
+            title=f"student-kd (ONNX), test split: accuracy {np.trace(matrix) / matrix.sum():.4f}",
         )
 
         # This run's summary, and the comparison with the last finished runs before it.

@@ -12,7 +12,6 @@ from typing import Any
 from components.config import PipelineConfig
 from components.recipes import Recipe, baseline_recipe, control_name
 from flows.stage import StageContext
-from flows.stages.prepare_data import PrepareData
 from flows.stages.training import TrainingStage
 
 
@@ -31,7 +30,7 @@ class StudentBaseline(TrainingStage):
         "distributed",
     )
     settings = ("student.baseline.chosen_by",)
-    needs = (PrepareData,)
+    needs = ("prepare-data",)
 
     def recipe(self, config: PipelineConfig) -> Recipe:
         return baseline_recipe(config)

@@ -8,9 +8,8 @@ from typing import Any
 from components.config import PipelineConfig
 from components.methods import check_views
 from components.recipes import Recipe, student_recipe
+from flows.refs import CacheRef
 from flows.stage import PreflightError, StageContext
-from flows.stages.logit_cache import CacheRef, LogitCacheStage
-from flows.stages.prepare_data import PrepareData
 from flows.stages.training import TrainingStage
 
 
@@ -26,7 +25,7 @@ class StudentKD(TrainingStage):
         "device",
         "distributed",
     )
-    needs = (PrepareData, LogitCacheStage)
+    needs = ("prepare-data", "logit-cache")
 
     def recipe(self, config: PipelineConfig) -> Recipe:
         return student_recipe(config, distilled=True)
@@ -39,5 +38,5 @@ class StudentKD(TrainingStage):
             raise PreflightError(str(err)) from None
 
     def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
-        cache = ctx.input(LogitCacheStage, CacheRef)
+        cache = ctx.input("logit-cache", CacheRef)
         return cache.open(ctx.work_dir), {"cache.key": cache.info.key, "cache.run_id": cache.run_id}

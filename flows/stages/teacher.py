@@ -35,9 +35,9 @@ from components.teachers import (
     parameter_count,
     teacher_accuracy,
 )
+from flows.refs import DataRef, ModelRef
 from flows.stage import Outcome, PreflightError, Record, StageContext
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.training import ModelRef, TrainingStage
+from flows.stages.training import TrainingStage
 from flows.tracking import Tracker, TrackingError, resolve_tracking_uri
 
 
@@ -46,7 +46,7 @@ class Teacher(TrainingStage):
     # The device and the process count change a trained teacher's weights (kernels,
     # per-process BatchNorm).
     reads = ("teacher", "seed", "device", "distributed")
-    needs = (PrepareData,)
+    needs = ("prepare-data",)
 
     def recipe(self, config: PipelineConfig) -> Recipe:
         return teacher_recipe(config)
@@ -93,7 +93,7 @@ class Teacher(TrainingStage):
     def bring(self, ctx: StageContext) -> Outcome[ModelRef]:
         """A teacher from elsewhere: copied or converted, checked, evaluated; never trained."""
         teacher = ctx.config.teacher
-        data = ctx.input(PrepareData, DataRef)
+        data = ctx.input("prepare-data", DataRef)
         dataset = data.load(ctx.work_dir)
         spec = InputSpec.resolve(teacher.input, dataset.info)
         ctx.directory.mkdir(parents=True, exist_ok=True)

@@ -8,71 +8,28 @@ a module of its own that says which.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.checkpoint import save_checkpoint
-from components.data import DatasetInfo
 from components.data_sources import source_signature
 from components.devices import resolve_device
 from components.io import write_json
 from components.models import build_model, count_parameters
 from components.recipes import Recipe, fit
-from components.teachers import InputSpec, TeacherFormat, TeacherView, load_teacher
+from flows.refs import DataRef, ModelRef
 from flows.stage import (
     Outcome,
     PreflightError,
     Record,
-    Ref,
     Stage,
     StageContext,
     Variant,
-    file_problem,
 )
-from flows.stages.prepare_data import DataRef, PrepareData
 
 if TYPE_CHECKING:
     # Only for the annotation: a launched training process that unpickles an EpochReport
     # imports MLflow only when its rank logs.
     from flows.tracking import MetricSink
-
-
-class ModelRef(Ref):
-    arch: str
-    checkpoint: str  # relative to the work dir: model.pt, or model.onnx / model.pt2 (teachers)
-    sha256: str
-    history: str  # history.json beside the checkpoint: metrics per epoch
-    parameters: int
-    size_bytes: int
-    test_accuracy: float  # reported, never decided on
-    val_accuracy: float  # what any choice between models reads
-    format: TeacherFormat = "checkpoint"
-    # A teacher from elsewhere: its own input recipe (None: the data's) and, per dataset
-    # class, the output that scores it (None: the dataset's classes in order).
-    input_spec: dict[str, Any] | None = None
-    class_index: list[int] | None = None
-
-    def identity(self) -> Any:
-        return [self.sha256, self.input_spec, self.class_index]
-
-    def view(self, work_dir: Path, info: DatasetInfo) -> TeacherView:
-        """The model behind its input recipe and class map (see components/teachers.py)."""
-        model = load_teacher(work_dir / self.checkpoint, self.format)
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
-        return TeacherView(model, spec, self.class_index)
-
-    def input_recipe(self, info: DatasetInfo) -> str:
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
-        return spec.describe()
-
-    def input_shape(self, info: DatasetInfo) -> tuple[int, int, int]:
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
-        return (spec.channels, *spec.image_size)
-
-    def verify(self, work_dir: Path) -> str | None:
-        return file_problem(work_dir, self.checkpoint, self.sha256) or file_problem(
-            work_dir, self.history
-        )
 
 
 class EpochReport:
@@ -137,7 +94,7 @@ class TrainingStage(Stage[ModelRef]):
         return None, {}
 
     def run(self, ctx: StageContext) -> Outcome[ModelRef]:
-        data = ctx.input(PrepareData, DataRef)
+        data = ctx.input("prepare-data", DataRef)
         dataset = data.load(ctx.work_dir)
         targets, target_params = self.targets(ctx)
         device = resolve_device(ctx.config.device)

@@ -17,10 +17,8 @@ from components.inference import predict_logits
 from components.io import sha256_file, write_json
 from flows.cli import main
 from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
+from flows.refs import DataRef, ModelRef
 from flows.stage import Outcome, Record, Ref, Stage, StageContext, file_problem
-from flows.stages.prepare_data import DataRef, PrepareData
-from flows.stages.student_kd import StudentKD
-from flows.stages.training import ModelRef
 from tests.conftest import RICH_OVERRIDES
 from tests.flows.conftest import Store
 from tests.helpers import flow_run_log, pipeline_runs
@@ -41,11 +39,11 @@ class PerClassAccuracy(Stage[PerClassRef]):
     name = "per-class-accuracy"
     output = PerClassRef
     reads = ("device",)
-    needs = (PrepareData, StudentKD)
+    needs = ("prepare-data", "student-kd")
 
     def run(self, ctx: StageContext) -> Outcome[PerClassRef]:
-        dataset = ctx.input(PrepareData, DataRef).load(ctx.work_dir)
-        student = ctx.input(StudentKD, ModelRef)
+        dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
+        student = ctx.input("student-kd", ModelRef)
         model, _ = load_checkpoint(ctx.work_dir / student.checkpoint)
         images, labels = dataset.split("test")
         predicted = predict_logits(model, images, dataset, torch.device("cpu")).argmax(1).numpy()

@@ -9,11 +9,11 @@ import pytest
 from components.config import PipelineConfig, load_config
 from components.io import sha256_file
 from flows.pipeline import PIPELINE
+from flows.refs import ModelRef
 from flows.runner import StageError, resolve_force
 from flows.stage import ConfigView, Ref, Stage, UndeclaredRead, check_pipeline, config_params
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
-from flows.stages.training import ModelRef
 
 
 class Upstream(Ref):
@@ -24,7 +24,7 @@ class Upstream(Ref):
 
 
 def inputs(sha: str = "a" * 64) -> dict[str, Ref]:
-    return {need.name: Upstream(sha256=sha) for need in StudentKD.needs}
+    return {need: Upstream(sha256=sha) for need in StudentKD.needs}
 
 
 def test_a_stage_sees_only_what_it_declares() -> None:

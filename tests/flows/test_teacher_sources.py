@@ -24,8 +24,7 @@ from components.onnx_export import export_metadata, export_onnx
 from components.teachers import InputSpec, prepare
 from flows.cli import main
 from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
-from flows.stages.logit_cache import CacheRef
-from flows.stages.training import ModelRef
+from flows.refs import CacheRef, ModelRef
 from tests.conftest import RICH_OVERRIDES
 from tests.flows.conftest import Store
 from tests.helpers import one, pipeline_runs, run_args
