@@ -60,11 +60,13 @@ def decision(scratch: Path) -> tuple[dict[str, Any], str, list[str]]:
     """The newest pipeline run's promotion record (json, markdown), and what the handoff of
     each run (oldest first) did in the registry."""
     tracker = Tracker(f"sqlite:///{scratch / 'mlflow.db'}")
-    runs = tracker.pipeline_runs(PipelineConfig().experiment_name)
+    runs = tracker.runs.pipeline_runs(PipelineConfig().experiment_name)
     newest = runs[0]
-    record = json.loads(tracker.artifact_text(newest.run_id, "promotion.json"))
-    registry = [tracker.children(run)["handoff"].tags["registration"] for run in reversed(runs)]
-    return record, tracker.artifact_text(newest.run_id, "promotion.md"), registry
+    record = json.loads(tracker.runs.artifact_text(newest.run_id, "promotion.json"))
+    registry = [
+        tracker.runs.children(run)["handoff"].tags["registration"] for run in reversed(runs)
+    ]
+    return record, tracker.runs.artifact_text(newest.run_id, "promotion.md"), registry
 
 
 def registry_lines(registry: list[str]) -> list[str]:

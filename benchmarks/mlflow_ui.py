@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"kd run failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
     tracker = Tracker(store)
-    experiment_id = tracker.experiment_id(config.experiment_name)
-    (parent,) = tracker.pipeline_runs(config.experiment_name, last=1)
-    children = tracker.children(parent)
-    model_ids = tracker.logged_model_ids([run.run_id for run in children.values()])
-    (onnx_model,) = tracker.logged_model_ids([children["handoff"].run_id])
+    experiment_id = tracker.runs.experiment_id(config.experiment_name)
+    (parent,) = tracker.runs.pipeline_runs(config.experiment_name, last=1)
+    children = tracker.runs.children(parent)
+    model_ids = tracker.runs.logged_model_ids([run.run_id for run in children.values()])
+    (onnx_model,) = tracker.runs.logged_model_ids([children["handoff"].run_id])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]

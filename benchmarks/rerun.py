@@ -83,7 +83,7 @@ def _kd_in_process(arguments: list[str], scratch: Path, uri: str, out: TextIO) -
 
 def _last_parent_tags(scratch: Path, experiment: str) -> dict[str, str]:
     tracker = Tracker(f"sqlite:///{scratch / 'mlflow.db'}")
-    return tracker.pipeline_runs(experiment, last=1)[0].tags
+    return tracker.runs.pipeline_runs(experiment, last=1)[0].tags
 
 
 def main(argv: list[str] | None = None) -> int:

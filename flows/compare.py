@@ -62,7 +62,7 @@ def variant_rows(
     tracker: Tracker, parent: RunRecord, stages: Sequence[Stage[Any]]
 ) -> list[VariantRow]:
     """The model variants of one pipeline (or sweep) run, in pipeline order."""
-    children = tracker.children(parent)
+    children = tracker.runs.children(parent)
     latency = _latency(children.get("benchmark"))
     data = children.get("prepare-data")
     test_n = _int(data.params.get("dataset.test_size")) if data else None
@@ -110,9 +110,9 @@ def compare_runs(
     with theirs. Raises ``TrackingError`` for an unknown experiment or run."""
     tracker = Tracker(tracking_uri)
     if not run_ids and not all_datasets and dataset is None:
-        newest = tracker.pipeline_runs(experiment_name, 1)
+        newest = tracker.runs.pipeline_runs(experiment_name, 1)
         dataset = newest[0].tags.get(DATASET_TAG) if newest else None
-    runs = tracker.pipeline_runs(
+    runs = tracker.runs.pipeline_runs(
         experiment_name, last, run_ids, dataset=None if all_datasets else dataset
     )
     if not runs:

@@ -100,12 +100,12 @@ def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, P
     # it here, before any run is opened.
     with work_dir_lock(work_dir, f"the {prefix} flow run {flow_run.name}"):
         tracker = Tracker(resolve_tracking_uri())
-        experiment_id = tracker.experiment_id(config.experiment_name)
-        for orphan in tracker.close_orphans(experiment_id):
+        experiment_id = tracker.runs.experiment_id(config.experiment_name)
+        for orphan in tracker.orphans.close(experiment_id):
             get_run_logger().warning(
                 "MLflow run %s was left RUNNING by a killed process: ended KILLED", orphan
             )
-        parent_run_id = tracker.create_run(
+        parent_run_id = tracker.runs.create_run(
             experiment_id,
             f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={
@@ -115,9 +115,9 @@ def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, P
             },
         )
         get_run_logger().info("MLflow parent run %s on %s", parent_run_id, tracker.tracking_uri)
-        with tracker.running(parent_run_id):
-            tracker.log_params(parent_run_id, flatten(config.model_dump(mode="json")))
-            tracker.log_text(parent_run_id, config_to_yaml(config), "config.yaml")
+        with tracker.runs.running(parent_run_id):
+            tracker.runs.log_params(parent_run_id, flatten(config.model_dump(mode="json")))
+            tracker.runs.log_text(parent_run_id, config_to_yaml(config), "config.yaml")
             yield (
                 tracker,
                 PipelineContext(
@@ -131,14 +131,14 @@ def parent_run(config: PipelineConfig, prefix: str) -> Iterator[tuple[Tracker, P
 
 def record_reuse(tracker: Tracker, runner: Runner) -> None:
     """Which cached stages this run reused and which it computed, on the parent run."""
-    tracker.set_tags(
+    tracker.runs.set_tags(
         runner.pipeline.parent_run_id,
         {
             "reused_stages": ",".join(runner.reused) or "none",
             "computed_stages": ",".join(runner.computed()) or "none",
         },
     )
-    tracker.log_metrics(runner.pipeline.parent_run_id, {"stages_reused": len(runner.reused)})
+    tracker.runs.log_metrics(runner.pipeline.parent_run_id, {"stages_reused": len(runner.reused)})
 
 
 def run_pipeline(

@@ -77,8 +77,8 @@ def _execute(
     """The body of every stage's Prefect task: its MLflow child run around ``Stage.run``."""
     tracker = Tracker(pipeline.tracking_uri)
     declared = (*stage.reads, *stage.settings)
-    with tracker.child_run(pipeline.experiment_id, pipeline.parent_run_id, run_name) as run_id:
-        tracker.log_params(
+    with tracker.runs.child_run(pipeline.experiment_id, pipeline.parent_run_id, run_name) as run_id:
+        tracker.runs.log_params(
             run_id,
             {
                 **config_params(config, declared),
@@ -107,7 +107,7 @@ def _execute(
             owners = [run_id] + ([pipeline.parent_run_id] if data is outcome.ref else [])
             fingerprint, sizes = cast(tuple[str, dict[str, int]], data.dataset())
             for owner in owners:
-                tracker.log_dataset_inputs(
+                tracker.runs.log_dataset_inputs(
                     owner,
                     config.dataset_name,
                     fingerprint,
@@ -120,22 +120,22 @@ def _execute(
 
 
 def log_record(tracker: Tracker, run_id: str, record: Record) -> None:
-    tracker.log_params(run_id, record.params)
-    tracker.log_metrics(run_id, record.metrics, step=record.step)
-    tracker.set_tags(run_id, record.tags)
+    tracker.runs.log_params(run_id, record.params)
+    tracker.runs.log_metrics(run_id, record.metrics, step=record.step)
+    tracker.runs.set_tags(run_id, record.tags)
     for path, folder in record.files:
         if path.is_dir():
-            tracker.log_artifacts(run_id, path, folder)
+            tracker.runs.log_artifacts(run_id, path, folder)
         else:
-            tracker.log_artifact(run_id, path, folder)
+            tracker.runs.log_artifact(run_id, path, folder)
     for name, text in record.texts.items():
         if isinstance(text, dict):
-            tracker.log_dict(run_id, text, name)
+            tracker.runs.log_dict(run_id, text, name)
         else:
-            tracker.log_text(run_id, text, name)
+            tracker.runs.log_text(run_id, text, name)
     if record.model is not None:
         # After the metrics: MLflow links the run's metrics at this step to the model.
-        tracker.log_pytorch_model(run_id, *record.model, step=record.step)
+        tracker.runs.log_pytorch_model(run_id, *record.model, step=record.step)
 
 
 @functools.cache
@@ -254,7 +254,7 @@ class Runner:
 
     def _record_reuse(self, name: str, cache_key: str, ref: Ref) -> None:
         tracker, pipeline = self.tracker, self.pipeline
-        run_id = tracker.create_run(
+        run_id = tracker.runs.create_run(
             pipeline.experiment_id,
             name,
             pipeline.parent_run_id,
@@ -264,9 +264,9 @@ class Runner:
                 "prefect_cache_key": cache_key,
             },
         )
-        with tracker.running(run_id):
-            if not tracker.copy_outcome(ref.run_id, run_id):
-                tracker.set_tags(run_id, {"reused_from_run_found": "false"})
+        with tracker.runs.running(run_id):
+            if not tracker.runs.copy_outcome(ref.run_id, run_id):
+                tracker.runs.set_tags(run_id, {"reused_from_run_found": "false"})
         self.reused[name] = ref.run_id
         get_run_logger().info(
             "%s: inputs unchanged (Prefect cache %s): reused the result of MLflow run %s",

@@ -90,7 +90,7 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
     forced = resolve_force(force, PIPELINE)
     with parent_run(config, "kd-sweep") as (tracker, pipeline):
         parent = pipeline.parent_run_id
-        tracker.set_tags(parent, {"sweep_points": len(points)})
+        tracker.runs.set_tags(parent, {"sweep_points": len(points)})
         runner = Runner(pipeline, PIPELINE, forced)
         runner.run_all(config, shared_stages(PIPELINE))
         get_run_logger().info(
@@ -110,11 +110,11 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
         assert isinstance(data, DataRef)
         n_val, n_test = data.split_sizes["val"], data.split_sizes["test"]
         table = sweep_table(baseline, students, n_val, n_test)
-        tracker.log_text(parent, table, "sweep.md")
+        tracker.runs.log_text(parent, table, "sweep.md")
         # Validation chooses: the test split is only reported beside it.
         best = max(students.items(), key=lambda item: item[1].val_accuracy)
         lo, hi = wilson(round(best[1].val_accuracy * n_val), n_val)
-        tracker.set_tags(
+        tracker.runs.set_tags(
             parent,
             {
                 "sweep_best": best[0][len("student-kd") + 1 : -1],
@@ -125,7 +125,7 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
                 "reused_stages": ",".join(runner.reused) or "none",
             },
         )
-        tracker.log_metrics(
+        tracker.runs.log_metrics(
             parent,
             {
                 "teacher_test_accuracy": teacher.test_accuracy,

@@ -48,11 +48,12 @@ def test_lock_pins_every_dependency_exactly() -> None:
 
 
 def test_every_package_of_the_project_is_installed_not_only_the_top_level() -> None:
-    # the image installs the project non-editable: a sub-package missing from pyproject's
-    # list is missing there (flows.stages once was), while the editable venv hides it
-    listed = set(
-        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
+    # the image installs the project non-editable: a sub-package pyproject's package search
+    # misses is missing there (flows.stages once was), while the editable venv hides it
+    from setuptools import find_packages
+
+    search = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(find_packages(where=str(REPO), include=search["packages"]["find"]["include"]))
     on_disk = {
         ".".join(init.parent.relative_to(REPO).parts)
         for top in ("components", "flows")

@@ -168,7 +168,7 @@ class Handoff(Stage[HandoffRef]):
         #    examples; unless it is below a floor, or a version with the same bytes exists.
         training = training_set_record(dataset)
         below = registration_floor(student.val_accuracy, control.val_accuracy, config)
-        same = ctx.tracker.version_tagged(name, "onnx_sha256", exported.sha256)
+        same = ctx.tracker.registry.version_tagged(name, "onnx_sha256", exported.sha256)
         version: str | None
         if below is not None:
             version, registration = None, f"not registered: {below}"
@@ -218,7 +218,7 @@ class Handoff(Stage[HandoffRef]):
         exported = ctx.input("onnx-export", OnnxRef).export
         student = ctx.input("student-kd", ModelRef)
         # Logged before the model: MLflow links the run's step-0 metrics to the logged model.
-        ctx.tracker.log_metrics(
+        ctx.tracker.runs.log_metrics(
             ctx.run_id,
             {
                 "onnx_test_accuracy": exported.onnx_test_accuracy,
@@ -230,10 +230,10 @@ class Handoff(Stage[HandoffRef]):
         example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
         example_input = example.contiguous().numpy()
         outputs = run_onnx(onnx_session(model_path), example_input)
-        model = ctx.tracker.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
+        model = ctx.tracker.runs.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
         # The pipeline's row in the runs table shows the model it handed off.
-        ctx.tracker.link_model(ctx.pipeline.parent_run_id, model[0])
-        return ctx.tracker.register(
+        ctx.tracker.runs.link_model(ctx.pipeline.parent_run_id, model[0])
+        return ctx.tracker.registry.register(
             name,
             ctx.run_id,
             model,

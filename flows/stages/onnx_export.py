@@ -55,7 +55,7 @@ class OnnxExport(Stage[OnnxRef]):
             result = export_onnx(model, dataset, path, config, metadata)
         except ParityError as err:
             # What failed and how far, for whoever investigates: then fail loudly.
-            ctx.tracker.log_dict(
+            ctx.tracker.runs.log_dict(
                 ctx.run_id, {"error": str(err), "reports": err.reports}, "parity.json"
             )
             raise

@@ -62,7 +62,7 @@ class Promotion(Stage[PromotionRef]):
         dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
         challenger_path = ctx.work_dir / ctx.input("onnx-export", OnnxRef).export.path
         name = handoff.model_name
-        before = tracker.alias_version(name, policy.champion_alias)
+        before = tracker.registry.alias_version(name, policy.champion_alias)
         if not handoff.registered or handoff.version is None:
             # Nothing new to judge: no version, or the bytes of one judged before.
             reason = f"nothing to judge: the model was {handoff.registration}"
@@ -83,14 +83,14 @@ class Promotion(Stage[PromotionRef]):
             decision = self.judge(ctx, dataset, challenger_path, name, before, Path(scratch))
         version = handoff.version
         if decision.promote:
-            tracker.set_alias(name, policy.champion_alias, version)
+            tracker.registry.set_alias(name, policy.champion_alias, version)
         after = version if decision.promote else before
         tags = self.tags(decision, version, before, ctx.pipeline.parent_run_id)
-        tracker.set_version_tags(name, version, tags)
+        tracker.registry.set_version_tags(name, version, tags)
         if before is not None:
             # The champion keeps its own promotion record; the challenge goes beside it.
             challenge = {k.replace("promotion.", "last_challenge.", 1): v for k, v in tags.items()}
-            tracker.set_version_tags(name, before, challenge)
+            tracker.registry.set_version_tags(name, before, challenge)
         markdown = decision_markdown(decision, name, version, before)
         record = {
             **decision.as_dict(),
@@ -146,7 +146,7 @@ class Promotion(Stage[PromotionRef]):
         if champion is None:
             evaluation = evaluation_set(dataset)
             return first_model(alone(evaluation), evaluation, policy)
-        theirs = tracker.version_tags(name, champion).get(DATASET_TAG)
+        theirs = tracker.registry.version_tags(name, champion).get(DATASET_TAG)
         if theirs != ctx.config.dataset_name:
             why = (
                 f"version {champion} was trained on dataset {theirs or 'unrecorded'}, this run "
@@ -155,7 +155,7 @@ class Promotion(Stage[PromotionRef]):
             return incomparable(
                 alone(evaluation_set(dataset)), why, evaluation_set(dataset), policy
             )
-        trained_on = tracker.training_examples(name, champion, scratch)
+        trained_on = tracker.registry.training_examples(name, champion, scratch)
         evaluation = evaluation_set(dataset, trained_on or ())
         if trained_on is None:
             why = f"version {champion} records no training examples to leave out"
@@ -167,7 +167,9 @@ class Promotion(Stage[PromotionRef]):
                 f"promotion.min_examples is {policy.min_examples}"
             )
             return incomparable(alone(evaluation), why, evaluation, policy)
-        champion_path = _find_onnx(tracker.download_version(name, champion, scratch / "champion"))
+        champion_path = _find_onnx(
+            tracker.registry.download_version(name, champion, scratch / "champion")
+        )
         paths = {"challenger": challenger, "champion": champion_path}
         try:
             scores = score_models(paths, evaluation, info, policy)

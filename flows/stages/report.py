@@ -64,7 +64,7 @@ class Report(Stage[ReportRef]):
         )
 
         # This run's summary, and the comparison with the last finished runs before it.
-        parent = ctx.tracker.run(ctx.pipeline.parent_run_id)
+        parent = ctx.tracker.runs.run(ctx.pipeline.parent_run_id)
         p50 = {
             (r["variant"], r["batch_size"]): p50_of(bench.results, r["variant"], r["batch_size"])
             for r in bench.results
@@ -86,7 +86,9 @@ class Report(Stage[ReportRef]):
         experiment = ctx.config.experiment_name
         # Runs of this dataset only: another dataset's figures are not comparable.
         data_name = ctx.config.dataset_name
-        earlier = ctx.tracker.pipeline_runs(experiment, last=RUNS_IN_REPORT - 1, dataset=data_name)
+        earlier = ctx.tracker.runs.pipeline_runs(
+            experiment, last=RUNS_IN_REPORT - 1, dataset=data_name
+        )
         run_ids = [parent.run_id, *(r.run_id for r in earlier)]
         rows = compare_runs(ctx.pipeline.tracking_uri, experiment, ctx.stages, run_ids=run_ids)
         files = write_comparison(rows, out_dir)

@@ -53,7 +53,7 @@ class Teacher(TrainingStage):
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
         source = config.teacher.source
-        return source_of(source).identity(source, Tracker(resolve_tracking_uri()))
+        return source_of(source).identity(source, Tracker(resolve_tracking_uri()).models)
 
     def preflight(self, config: PipelineConfig) -> None:
         teacher = config.teacher
@@ -73,7 +73,7 @@ class Teacher(TrainingStage):
         )
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                models = Tracker(resolve_tracking_uri())
+                models = Tracker(resolve_tracking_uri()).models
                 brought = source_of(teacher.source).bring_in(
                     teacher.source, spec, Path(scratch), models
                 )
@@ -98,7 +98,7 @@ class Teacher(TrainingStage):
         spec = InputSpec.resolve(teacher.input, dataset.info)
         ctx.directory.mkdir(parents=True, exist_ok=True)
         source = source_of(teacher.source)
-        brought = source.bring_in(teacher.source, spec, ctx.directory, ctx.tracker)
+        brought = source.bring_in(teacher.source, spec, ctx.directory, ctx.tracker.models)
         path, kind = brought.path, brought.format
         model = load_teacher(path, kind)
         index = class_index(

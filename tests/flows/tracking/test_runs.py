@@ -1,4 +1,3 @@
-import os
 import re
 from importlib import metadata
 
@@ -14,18 +13,18 @@ from tests.helpers import MODEL, pipeline_runs
 
 def test_runs_end_finished_failed_or_killed_never_running(mlflow_store: str) -> None:
     tracker = Tracker(mlflow_store)
-    experiment = tracker.experiment_id("t")
-    assert tracker.experiment_id("t") == experiment  # found, not created twice
-    parent = tracker.create_run(experiment, "parent")
-    with tracker.running(parent):
-        with tracker.child_run(experiment, parent, "ok") as ok:
-            tracker.log_params(ok, {f"p{i}": i for i in range(150)})  # more than one batch
-            tracker.log_metrics(ok, {"acc": 0.5, "nan": float("nan")}, step=2)
-        with pytest.raises(ValueError), tracker.child_run(experiment, parent, "bad") as bad:
+    experiment = tracker.runs.experiment_id("t")
+    assert tracker.runs.experiment_id("t") == experiment  # found, not created twice
+    parent = tracker.runs.create_run(experiment, "parent")
+    with tracker.runs.running(parent):
+        with tracker.runs.child_run(experiment, parent, "ok") as ok:
+            tracker.runs.log_params(ok, {f"p{i}": i for i in range(150)})  # more than one batch
+            tracker.runs.log_metrics(ok, {"acc": 0.5, "nan": float("nan")}, step=2)
+        with pytest.raises(ValueError), tracker.runs.child_run(experiment, parent, "bad") as bad:
             raise ValueError("boom")
         with (
             pytest.raises(KeyboardInterrupt),
-            tracker.child_run(experiment, parent, "stopped") as stopped,
+            tracker.runs.child_run(experiment, parent, "stopped") as stopped,
         ):
             raise KeyboardInterrupt
     client = MlflowClient(mlflow_store)
@@ -117,28 +116,3 @@ def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> Non
     card = (session_runs.store.work / "handoff" / parent.info.run_id / "MODEL_CARD.md").read_text()
     assert version.description == card
     assert f"- code: `git {parent.data.tags['mlflow.source.git.commit']} (" in card
-
-
-def test_model_logging_leaves_the_tracking_uri_as_the_user_set_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    from flows.tracking import _fluent_tracking_uri
-
-    store = f"sqlite:///{tmp_path / 'other.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
-    with _fluent_tracking_uri(store):
-        assert mlflow.get_tracking_uri() == store
-    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"  # not deleted, not pinned
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///changed.db")
-    assert mlflow.get_tracking_uri() == "sqlite:///changed.db"
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    with _fluent_tracking_uri(store):
-        pass
-    assert "MLFLOW_TRACKING_URI" not in os.environ
-    # the experiment a model is filed under, for the block only; the user's own names kept
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
-    with _fluent_tracking_uri(store, "7"):
-        assert os.environ["MLFLOW_EXPERIMENT_ID"] == "7"
-        assert "MLFLOW_EXPERIMENT_NAME" not in os.environ
-    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
-    assert os.environ["MLFLOW_EXPERIMENT_NAME"] == "mine"

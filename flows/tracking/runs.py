@@ -1,8 +1,8 @@
-"""The one thin layer between kd-pipeline and MLflow: the only module that imports it.
+"""Run logging: the pipeline's parent and child runs, what they log (params, metrics, tags,
+artifacts, dataset inputs, models), and reading them back as plain ``RunRecord`` values.
 
 Everything goes through an ``MlflowClient`` and explicit run ids: no stage relies on the
-fluent API's thread-local active run, so Prefect may run tasks on any thread. Runs read back
-come out as plain ``RunRecord`` values, so no other module handles MLflow's own types.
+fluent API's thread-local active run, so Prefect may run tasks on any thread.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import os
 import socket
 import tempfile
-import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,18 +45,18 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from components.io import code_version, temporary_env
+from components.io import code_version
+from flows.tracking.fluent import fluent_tracking_uri, quiet_downloads, quiet_model_logging
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
-
 HOST = socket.gethostname()
+# Which process owns a run: a later run can close it if that process was killed (cleanup.py).
 OWNER_HOST, OWNER_PID = "kd_host", "kd_pid"
 PIPELINE_TAG = ("pipeline", "kd-pipeline")  # set on every parent run (kd run, kd sweep)
 # What the run's data is (PipelineConfig.dataset_name), on parent runs and registered versions:
 # promotion, the run report and kd compare compare runs of one dataset only.
 DATASET_TAG = "dataset"
-
 
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
 # MLflow 3's UI opens an experiment on this kind's view (the runs table), not on traces.
@@ -110,91 +109,6 @@ class RunRecord:
         )
 
 
-@dataclass(frozen=True)
-class MetricSink:
-    """Logs metrics to one run: picklable, so a launched training process can use it."""
-
-    tracking_uri: str
-    run_id: str
-
-    def log(self, metrics: dict[str, float], step: int = 0) -> None:
-        Tracker(self.tracking_uri).log_metrics(self.run_id, metrics, step)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
-_FLUENT = threading.RLock()
-
-
-@contextlib.contextmanager
-def _fluent_tracking_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
-    """``uri`` for the block, for the MLflow calls that read the process-wide tracking URI
-    rather than take a client (model logging; the registry resolving ``models:/<id>``).
-    Restored exactly afterwards, MLFLOW_TRACKING_URI included: MLflow's setter writes that
-    variable and, given None, deletes it, which would take the user's setting away from the
-    rest of the process and from the processes it starts. ``experiment_id``: the experiment
-    a model logged in the block belongs to; MLflow 3 otherwise files a model logged for a
-    run (``log_model(run_id=...)``, no active run) under the Default experiment, where the
-    run's experiment page never shows it."""
-    from mlflow.tracking._tracking_service import utils
-
-    experiment = (
-        {"MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_EXPERIMENT_NAME": None}
-        if experiment_id is not None
-        else {}
-    )
-    # One block at a time: a sweep's students log their models from parallel threads, and
-    # interleaved save/restore pairs would leave the process pinned to one store.
-    # (MLFLOW_TRACKING_URI "set" to what it is: the setter below changes it, the exit restores)
-    block_env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"), **experiment}
-    with _FLUENT, temporary_env(**block_env):
-        saved_uri = utils._tracking_uri
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            utils._tracking_uri = saved_uri  # (the setter refuses None, deletes the variable)
-
-
-@contextlib.contextmanager
-def _quiet_model_logging() -> Iterator[None]:
-    """Without MLflow's advice on pickle (our own modules, loaded by us) and its check of
-    the stated requirements against this venv (the same venv): a warning per model."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("mlflow.pytorch", "mlflow.utils.requirements_utils")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """No progress bar: it fills the run's log with a line per artifact file."""
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
-
-
 def resolve_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else MLflow's own default store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
@@ -211,11 +125,24 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
-class Tracker:
-    def __init__(self, tracking_uri: str) -> None:
-        self.tracking_uri = tracking_uri
-        # The registry lives in the same store or server as the runs.
-        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+@dataclass(frozen=True)
+class MetricSink:
+    """Logs metrics to one run: picklable, so a launched training process can use it."""
+
+    tracking_uri: str
+    run_id: str
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        RunLog(MlflowClient(self.tracking_uri), self.tracking_uri).log_metrics(
+            self.run_id, metrics, step
+        )
+
+
+class RunLog:
+    """The runs of one MLflow store: created, logged to, ended, read back."""
+
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
+        self.client, self.tracking_uri = client, tracking_uri
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id (created when new), marked as a model-training experiment so
@@ -245,27 +172,6 @@ class Tracker:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
-
-    def close_orphans(self, experiment_id: str) -> list[str]:
-        """End KILLED the RUNNING runs whose process on this machine is gone (a SIGKILL,
-        which no handler can catch); returns their ids."""
-        orphans = []
-        for run in self.client.search_runs(
-            [experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.{OWNER_HOST} = '{HOST}'",
-        ):
-            pid = int(run.data.tags.get(OWNER_PID, "0"))
-            if pid <= 0 or pid == os.getpid() or _alive(pid):
-                continue
-            self.client.set_tag(
-                run.info.run_id,
-                "error",
-                f"process {pid} on {HOST} ended without closing this run (killed); "
-                "closed by a later run",
-            )
-            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            orphans.append(run.info.run_id)
-        return orphans
 
     @contextlib.contextmanager
     def running(self, run_id: str) -> Iterator[str]:
@@ -334,89 +240,11 @@ class Tracker:
     ) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
 
-    def register(
-        self,
-        name: str,
-        run_id: str,
-        model: tuple[str, str],
-        alias: str,
-        tags: dict[str, Any],
-        description: str,
-        model_description: str,
-    ) -> str:
-        """A new version of registered model ``name`` from a logged model (id, URI), with
-        ``description`` (the model card) on the version; the alias moved to it. A new
-        registered model gets ``model_description``, an existing one keeps its own."""
-        try:
-            registered = self.client.get_registered_model(name)
-            if not registered.description:
-                self.client.update_registered_model(name, description=model_description)
-        except MlflowException:
-            self.client.create_registered_model(name, description=model_description)
-        model_id, model_uri = model
-        with _fluent_tracking_uri(self.tracking_uri):  # the store resolves models:/<id> so
-            version = self.client.create_model_version(
-                name,
-                model_uri,
-                run_id=run_id,
-                tags={k: str(v) for k, v in tags.items()},
-                description=description,
-                model_id=model_id,
-            )
-        self.client.set_registered_model_alias(name, alias, version.version)
-        return str(version.version)
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
 
-    def version_tagged(self, name: str, key: str, value: str) -> str | None:
-        """The oldest version of registered model ``name`` whose tag ``key`` is ``value``."""
-        try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
-        except MlflowException:
-            return None
-        found = sorted(int(v.version) for v in versions if v.tags.get(key) == value)
-        return str(found[0]) if found else None
-
-    def version_tags(self, name: str, version: str) -> dict[str, str]:
-        return dict(self.client.get_model_version(name, version).tags)
-
-    def alias_version(self, name: str, alias: str) -> str | None:
-        """The version of registered model ``name`` holding ``alias``; None when there is none."""
-        try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, version)
-
-    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, str(value))
-
-    def download_version(self, name: str, version: str, destination: Path) -> Path:
-        """The registered version's files, fetched through the registry (local or remote)."""
-        source = self.client.get_model_version_download_uri(name, version)
-        with _quiet_downloads():
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=source, dst_path=str(destination), tracking_uri=self.tracking_uri
-                )
-            )
-
-    def training_examples(self, name: str, version: str, destination: Path) -> list[str] | None:
-        """The image hashes a registered version records it was trained on (its handoff run's
-        ``training_examples.json``); None when it records none."""
-        import json
-
-        try:
-            run_id = self.client.get_model_version(name, version).run_id
-            if run_id is None:
-                return None
-            path = self.client.download_artifacts(
-                run_id, "training_examples.json", str(destination)
-            )
-        except (MlflowException, OSError):
-            return None
-        return list(json.loads(Path(path).read_text())["examples"])
+    def log_dict(self, run_id: str, payload: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, payload, artifact_file)
 
     def copy_outcome(self, source_run_id: str, target_run_id: str) -> bool:
         """Params and latest metrics of an earlier run, so a reusing run compares like it;
@@ -434,7 +262,7 @@ class Tracker:
         """The block in which a model is logged for ``run_id``: MLflow's fluent API on this
         store, the model filed under the run's experiment, MLflow's advice silenced."""
         experiment_id = self.client.get_run(run_id).info.experiment_id
-        with _fluent_tracking_uri(self.tracking_uri, experiment_id), _quiet_model_logging():
+        with fluent_tracking_uri(self.tracking_uri, experiment_id), quiet_model_logging():
             yield
 
     def log_onnx_model(
@@ -492,60 +320,18 @@ class Tracker:
             )
         return str(info.model_id)
 
-    # --- models from the registry or a run -------------------------------------------------
+    def link_model(self, run_id: str, model_id: str) -> None:
+        """Show a logged model as an output of another run too (the pipeline's parent run
+        shows the model it handed off)."""
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
-    def resolve_model(self, uri: str) -> tuple[str, str]:
-        """(where its files are, what it is): a ``models:/name@alias`` or ``models:/name/3``
-        URI resolved to its version now, or a ``runs:/<id>/<path>`` URI as it is."""
-        try:
-            if uri.startswith("runs:/"):
-                run_id = uri.removeprefix("runs:/").partition("/")[0]
-                self.client.get_run(run_id)
-                return uri, uri
-            name, sep, version = uri.removeprefix("models:/").rpartition("/")
-            if sep and version.isdigit():
-                found = self.client.get_model_version(name, version)
-            else:
-                name, _, alias = uri.removeprefix("models:/").partition("@")
-                if not alias:
-                    raise TrackingError(f"{uri}: give a version or an alias (models:/name/3)")
-                found = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException as err:
-            raise TrackingError(f"{uri}: MLflow cannot resolve it ({err.message})") from None
-        source = self.client.get_model_version_download_uri(found.name, str(found.version))
-        return source, f"models:/{found.name}/{found.version} (run {found.run_id})"
-
-    def fetch_model(self, uri: str, destination: Path) -> tuple[str, Any]:
-        """The model's files, downloaded: ("onnx", the .onnx file) or ("pytorch", the module
-        MLflow's PyTorch flavour loads). Raises ``TrackingError`` for anything else."""
-        import yaml
-
-        source, _ = self.resolve_model(uri)
-        try:
-            with _quiet_downloads():
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=source,
-                        dst_path=str(destination),
-                        tracking_uri=self.tracking_uri,
-                    )
-                )
-        except MlflowException as err:
-            raise TrackingError(f"{uri}: cannot download it ({err.message})") from None
-        spec = local / "MLmodel"
-        if not spec.is_file():
-            raise TrackingError(f"{uri}: not an MLflow model (no MLmodel file)")
-        flavors = yaml.safe_load(spec.read_text()).get("flavors", {})
-        if "onnx" in flavors:
-            return "onnx", local / flavors["onnx"]["data"]
-        if "pytorch" in flavors:
-            from mlflow import pytorch as mlflow_pytorch
-
-            # MLflow's PyTorch flavour is a pickle: loaded only from the configured registry.
-            return "pytorch", mlflow_pytorch.load_model(str(local), map_location="cpu")
-        raise TrackingError(f"{uri}: flavours {sorted(flavors)}; a teacher must be onnx or pytorch")
-
-    # --- reading runs back ------------------------------------------------------------------
+    def logged_model_ids(self, run_ids: Sequence[str]) -> list[str]:
+        """The logged models the runs output (MLflow 3 model outputs), in run order."""
+        found = []
+        for run_id in run_ids:
+            outputs = self.client.get_run(run_id).outputs
+            found += [output.model_id for output in (outputs.model_outputs if outputs else [])]
+        return found
 
     def run(self, run_id: str) -> RunRecord:
         try:
@@ -585,19 +371,6 @@ class Tracker:
         )
         return [RunRecord.of(run) for run in found]
 
-    def link_model(self, run_id: str, model_id: str) -> None:
-        """Show a logged model as an output of another run too (the pipeline's parent run
-        shows the model it handed off)."""
-        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
-
-    def logged_model_ids(self, run_ids: Sequence[str]) -> list[str]:
-        """The logged models the runs output (MLflow 3 model outputs), in run order."""
-        found = []
-        for run_id in run_ids:
-            outputs = self.client.get_run(run_id).outputs
-            found += [output.model_id for output in (outputs.model_outputs if outputs else [])]
-        return found
-
     def children(self, parent: RunRecord) -> dict[str, RunRecord]:
         """Child runs by name; of two with one name (a retried stage), the later one."""
         found = self.client.search_runs(
@@ -609,11 +382,5 @@ class Tracker:
 
     def artifact_text(self, run_id: str, artifact_file: str) -> str:
         """A text artifact of a run, read through the store (local or remote)."""
-        with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
+        with tempfile.TemporaryDirectory() as scratch, quiet_downloads():
             return Path(self.client.download_artifacts(run_id, artifact_file, scratch)).read_text()
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
-
-    def log_dict(self, run_id: str, payload: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(run_id, payload, artifact_file)
