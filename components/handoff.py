@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from components.config import RegistryConfig
 from components.data import DatasetInfo
 from components.io import atomic_dir, sha256_file
 from components.predict import SELF_CHECK, self_check
@@ -277,3 +278,20 @@ def handoff_card(
         run_ids={**provenance, **{f"{k} input": v for k, v in (recipes or {}).items()}},
         appearance=appearance,
     )
+
+
+def registration_floor(student: float, control: float, registry: RegistryConfig) -> str | None:
+    """Why a model with these validation accuracies (the distilled student's and its
+    label-only control's) is not registered (None: it may be)."""
+    if student < registry.min_val_accuracy:
+        return (
+            f"validation accuracy {student:.4f} is below registry.min_val_accuracy "
+            f"{registry.min_val_accuracy:.4f}"
+        )
+    gain = registry.min_gain_over_control
+    if gain is not None and student - control < gain:
+        return (
+            f"validation accuracy {student:.4f} minus its label-only control's {control:.4f} "
+            f"is {student - control:+.4f}, below registry.min_gain_over_control {gain:+.4f}"
+        )
+    return None

@@ -10,6 +10,7 @@ intervals; both outcomes are reported with the reason.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from components.config import ExportConfig, PromotionConfig
 from components.data import Dataset, normalize
 from components.io import atomic_path
-from components.onnx_export import INPUT_NAME, onnx_session, run_onnx
+from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
+from components.promotion import interleaved_rounds
 from components.stats import Estimate, paired_difference, ratio_of_medians
 
 
@@ -129,3 +132,28 @@ def int8_decision(
         f"{accuracy.estimate * 100:+.2f} points on validation"
     )
     return Int8Decision(True, reason, accuracy, latency)
+
+
+def measure_int8(
+    fp32: Path, int8: Path, dataset: Dataset, export: ExportConfig, timing: PromotionConfig
+) -> Int8Decision:
+    """Whether the INT8 twin earns its place, by figures measured now: both models on the
+    validation split, and their latency at batch 1 timed as promotion times them (the same
+    threads, interleaved rounds)."""
+    images, _ = dataset.split("val")
+    one = normalize(np.asarray(images[:1]), dataset.info).contiguous().numpy()
+    calls = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        session = onnx_session(path, threads=timing.threads)
+        calls[name] = functools.partial(session.run, [OUTPUT_NAME], {INPUT_NAME: one})
+    rounds = interleaved_rounds(calls, timing.warmup, timing.iterations, timing.rounds)
+    return int8_decision(
+        onnx_correct(fp32, dataset, "val"),
+        onnx_correct(int8, dataset, "val"),
+        rounds["fp32"],
+        rounds["int8"],
+        export.int8_max_accuracy_drop,
+        export.int8_latency_margin,
+        timing.confidence,
+        timing.resamples,
+    )

@@ -8,43 +8,27 @@ Not cached: every run writes its own bundle and makes its own registry decision.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.config import PipelineConfig
-from components.data import Dataset, normalize, training_set_record
-from components.handoff import expected_image, handoff_card, self_check_indices, write_bundle
+from components.data import normalize, training_set_record
+from components.handoff import (
+    expected_image,
+    handoff_card,
+    registration_floor,
+    self_check_indices,
+    write_bundle,
+)
 from components.io import code_description
 from components.onnx_export import onnx_session, run_onnx
-from components.promotion import interleaved_rounds
-from components.quantize import Int8Decision, int8_decision, onnx_correct
+from components.quantize import measure_int8
 from components.teachers import InputSpec
 from flows.refs import MODEL_STAGES, BenchmarkRef, DataRef, HandoffRef, ModelRef, OnnxRef
+from flows.registration import TRAINING_EXAMPLES, register_challenger
 from flows.stage import Outcome, Record, Stage, StageContext
-from flows.tracking import DATASET_TAG
-
-TRAINING_EXAMPLES = "training_examples.json"  # on the handoff run: see training_set_record
-
-
-def registration_floor(student: float, control: float, config: PipelineConfig) -> str | None:
-    """Why a model with these validation accuracies is not registered (None: it may be)."""
-    registry = config.registry
-    if student < registry.min_val_accuracy:
-        return (
-            f"validation accuracy {student:.4f} is below registry.min_val_accuracy "
-            f"{registry.min_val_accuracy:.4f}"
-        )
-    gain = registry.min_gain_over_control
-    if gain is not None and student - control < gain:
-        return (
-            f"validation accuracy {student:.4f} minus its label-only control's {control:.4f} "
-            f"is {student - control:+.4f}, below registry.min_gain_over_control {gain:+.4f}"
-        )
-    return None
 
 
 class Handoff(Stage[HandoffRef]):
@@ -86,7 +70,9 @@ class Handoff(Stage[HandoffRef]):
         metrics: dict[str, float] = {}
         texts: dict[str, str | dict[str, Any]] = {}
         if onnx.int8_model is not None:
-            decision = self.decide_int8(ctx, dataset, model_path, ctx.work_dir / onnx.int8_model)
+            decision = measure_int8(
+                model_path, ctx.work_dir / onnx.int8_model, dataset, config.export, config.promotion
+            )
             int8_kept, int8_reason = decision.keep, decision.reason
             texts["int8_decision.json"] = decision.as_dict()
             if decision.accuracy is not None:
@@ -167,7 +153,7 @@ class Handoff(Stage[HandoffRef]):
         # 3. The registry: a new version under the alias, with the record of its training
         #    examples; unless it is below a floor, or a version with the same bytes exists.
         training = training_set_record(dataset)
-        below = registration_floor(student.val_accuracy, control.val_accuracy, config)
+        below = registration_floor(student.val_accuracy, control.val_accuracy, config.registry)
         same = ctx.tracker.registry.version_tagged(name, "onnx_sha256", exported.sha256)
         version: str | None
         if below is not None:
@@ -176,7 +162,9 @@ class Handoff(Stage[HandoffRef]):
             version, registration = same, f"not registered: byte-identical to version {same}"
         else:
             card = (bundle / "MODEL_CARD.md").read_text()  # as written: with its list of files
-            version = self.register(ctx, dataset, model_path, name, training, int8_reason, card)
+            version = register_challenger(
+                ctx, dataset, model_path, name, training, int8_reason, card
+            )
             registration = f"registered version {version} as @{registry.alias}"
         ctx.log.info("handoff bundle %s; %s %s; INT8 %s", bundle, name, registration, int8_reason)
         tags = {"model_name": name, "registration": registration, "int8": int8_reason}
@@ -201,87 +189,6 @@ class Handoff(Stage[HandoffRef]):
             int8_reason=int8_reason,
         )
         return Outcome(ref, record)
-
-    def register(
-        self,
-        ctx: StageContext,
-        dataset: Dataset,
-        model_path: Path,
-        name: str,
-        training: dict[str, Any],
-        int8_reason: str,
-        card: str,
-    ) -> str:
-        """The ONNX student as an MLflow logged model (onnx flavor, signature, input example;
-        its figures linked to it), registered from it as a new version of ``name`` under the
-        alias, with the model card as the version's description."""
-        exported = ctx.input("onnx-export", OnnxRef).export
-        student = ctx.input("student-kd", ModelRef)
-        # Logged before the model: MLflow links the run's step-0 metrics to the logged model.
-        ctx.tracker.runs.log_metrics(
-            ctx.run_id,
-            {
-                "onnx_test_accuracy": exported.onnx_test_accuracy,
-                "val_accuracy": student.val_accuracy,
-                "parity_max_abs_diff": exported.max_abs_diff,
-                "parity_top1_agreement": exported.top1_agreement,
-            },
-        )
-        example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
-        example_input = example.contiguous().numpy()
-        outputs = run_onnx(onnx_session(model_path), example_input)
-        model = ctx.tracker.runs.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
-        # The pipeline's row in the runs table shows the model it handed off.
-        ctx.tracker.runs.link_model(ctx.pipeline.parent_run_id, model[0])
-        return ctx.tracker.registry.register(
-            name,
-            ctx.run_id,
-            model,
-            ctx.config.registry.alias,
-            tags={
-                "opset": exported.opset,
-                "exporter": exported.exporter,
-                "onnx_sha256": exported.sha256,
-                "parity_max_abs_diff": f"{exported.max_abs_diff:.3g}",
-                "parity_top1_agreement": f"{exported.top1_agreement:.6f}",
-                "test_accuracy": f"{exported.onnx_test_accuracy:.6f}",
-                DATASET_TAG: ctx.config.dataset_name,
-                "dataset_fingerprint": dataset.info.fingerprint,
-                "training_set_fingerprint": training["set_fingerprint"],
-                "training_examples": f"runs:/{ctx.run_id}/{TRAINING_EXAMPLES}",
-                "pipeline_run_id": ctx.pipeline.parent_run_id,
-                "int8": int8_reason,
-            },
-            description=card,
-            model_description=(
-                f"Students distilled by kd-pipeline on dataset {ctx.config.dataset_name} "
-                f"(experiment {ctx.config.experiment_name}), exported to ONNX. Each version's "
-                "description is its model card; its tags record its parity, training examples "
-                "and promotion decisions."
-            ),
-        )
-
-    def decide_int8(
-        self, ctx: StageContext, dataset: Dataset, fp32: Path, int8: Path
-    ) -> Int8Decision:
-        policy, export = ctx.config.promotion, ctx.config.export
-        images, _ = dataset.split("val")
-        one = normalize(np.asarray(images[:1]), dataset.info).contiguous().numpy()
-        calls = {}
-        for name, path in (("fp32", fp32), ("int8", int8)):
-            session = onnx_session(path, threads=policy.threads)
-            calls[name] = functools.partial(session.run, ["logits"], {"input": one})
-        rounds = interleaved_rounds(calls, policy.warmup, policy.iterations, policy.rounds)
-        return int8_decision(
-            onnx_correct(fp32, dataset, "val"),
-            onnx_correct(int8, dataset, "val"),
-            rounds["fp32"],
-            rounds["int8"],
-            export.int8_max_accuracy_drop,
-            export.int8_latency_margin,
-            policy.confidence,
-            policy.resamples,
-        )
 
     def summary(self, ref: HandoffRef, work_dir: Path) -> list[str]:
         registry = (

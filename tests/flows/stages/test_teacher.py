@@ -1,0 +1,69 @@
+"""The teacher stage alone: a teacher from elsewhere is brought in, checked against the data
+through its class map, evaluated, and handed on as the cache reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import torch
+from mlflow.tracking import MlflowClient
+
+from components.checkpoint import load_checkpoint
+from components.io import sha256_file
+from flows.refs import ModelRef
+from tests.flows.stages.harness import StageHarness, stage
+
+
+def _bring(harness: StageHarness, images: Path, *overrides: str) -> tuple[ModelRef, dict]:
+    outcome = harness.run(stage("teacher"), harness.config(images, *overrides))
+    assert isinstance(outcome.ref, ModelRef)
+    run = MlflowClient(harness.pipeline.tracking_uri).get_run(outcome.ref.run_id)
+    return outcome.ref, {**run.data.params, **run.data.tags}
+
+
+def test_a_checkpoint_is_brought_in_byte_for_byte_and_evaluated(
+    staged: tuple[StageHarness, Path],
+) -> None:
+    harness, images = staged
+    trained = harness.work / harness.refs["teacher"].checkpoint
+    ref, logged = _bring(harness, images, f"teacher.source={{kind: checkpoint, path: {trained}}}")
+    assert ref.format == "checkpoint" and ref.sha256 == sha256_file(trained)
+    assert ref.input_spec is None and ref.class_index is None  # the data's own, in order
+    assert ref.test_accuracy == harness.refs["teacher"].test_accuracy
+    assert logged["teacher_source"] == "checkpoint" and logged["teacher.origin"] == str(trained)
+
+
+def test_an_onnx_teacher_with_other_classes_is_mapped_onto_the_data(
+    staged: tuple[StageHarness, Path], tmp_path: Path
+) -> None:
+    harness, images = staged
+    # the trained teacher, exported with its outputs reversed and named so
+    model, _ = load_checkpoint(harness.work / harness.refs["teacher"].checkpoint)
+    reversed_model = torch.nn.Sequential(model, _Reverse()).eval()
+    path = tmp_path / "reversed.onnx"
+    torch.onnx.export(
+        reversed_model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "class_labels", json.dumps(["c3", "c2", "c1", "c0"])
+    onnx.save(proto, str(path))
+    source = f"teacher.source={{kind: onnx, path: {path}}}"
+    by_name = "teacher.class_map={c0: c0, c1: c1, c2: c2, c3: c3}"
+    ref, logged = _bring(harness, images, source, by_name)
+    # the map names the teacher's classes: their outputs, read off its metadata
+    assert ref.format == "onnx" and ref.class_index == [3, 2, 1, 0]
+    assert abs(ref.test_accuracy - harness.refs["teacher"].test_accuracy) <= 0.02
+    assert logged["model.runtime"] == "onnxruntime"
+
+
+class _Reverse(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(1)
