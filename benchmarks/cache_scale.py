@@ -98,7 +98,7 @@ def epoch_reads(
     for start in range(0, len(order), batch):
         rows = order[start : start + batch]
         views = choose_views(cache.spec.view_seed, rows, epoch, cache.views)
-        cache.teacher(rows, views)
+        cache.batch_logits(rows, views)
         read += len(rows)
         if seconds is not None and time.perf_counter() - started > seconds:
             break

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.benchmark import cpu_info
 from components.config import MlxtendMnistSource, PipelineConfig, load_config
 from components.data_sources import load_source
 from components.io import write_json, write_text
+from components.latency import cpu_info
 from flows.cli import script_parser
 from flows.tracking import Tracker
 

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.benchmark import cpu_info
 from components.config import load_config
 from components.io import write_json, write_text
+from components.latency import cpu_info
 from flows.cli import script_parser
 
 

@@ -324,7 +324,7 @@ def _train_student(ctx: Context, unit: int, student: Student) -> None:
             )
         targets = open_logit_cache(Path(built.path))
     started = time.perf_counter()
-    model, _ = fit(recipe, dataset, device, targets=targets)
+    model, _ = fit(recipe, dataset, device, teacher_logits=targets)
     _write(
         ctx.store / "students" / f"{key}.json",
         {

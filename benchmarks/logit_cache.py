@@ -64,7 +64,7 @@ def train_student(
         recipe,
         dataset,
         CPU,
-        targets=teacher,
+        teacher_logits=teacher,
         on_epoch=lambda epoch, metrics: epoch_seconds.append(metrics["epoch_seconds"]),
     )
     return result.final["test_accuracy"], statistics.median(epoch_seconds)

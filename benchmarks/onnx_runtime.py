@@ -18,10 +18,10 @@ from pathlib import Path
 
 import onnx
 
-from components.benchmark import latency_chart, measure_inference, report_markdown
 from components.checkpoint import load_checkpoint
 from components.config import BenchmarkConfig
 from components.io import sha256_file, write_json, write_text
+from components.latency import latency_chart, measure_inference, report_markdown
 from flows.refs import INT8_VARIANT, ONNX_VARIANT
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from components.benchmark import cpu_info
 from components.config import load_config
 from components.data import load_dataset, prepare_dataset
 from components.devices import resolve_device
 from components.io import write_json, write_text
+from components.latency import cpu_info
 from components.logit_cache import build_logit_cache, pipeline_cache_spec
 from components.models import build_model
 from components.recipes import fit, teacher_recipe

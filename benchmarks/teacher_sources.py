@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.benchmark import environment
 from components.config import load_config
 from components.data import Dataset, load_dataset, prepare_dataset
 from components.io import write_json, write_text
+from components.latency import environment
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.models import build_model, count_parameters
 from components.online_teacher import OnlineTeacher
@@ -63,7 +63,7 @@ def epoch_seconds(config: Any, dataset: Dataset, targets: Any) -> float:
         student_recipe(config, distilled=True),
         dataset,
         CPU,
-        targets=targets,
+        teacher_logits=targets,
         on_epoch=lambda epoch, metrics: seconds.append(metrics["epoch_seconds"]),
     )
     return statistics.median(seconds)

@@ -385,7 +385,7 @@ class LogitCache:
             raise CacheError(f"logit cache {self.directory}: top-k storage, read per temperature")
         return torch.from_numpy(self.arrays[name][rows, views].astype(np.float32))
 
-    def teacher(
+    def batch_logits(
         self,
         rows: np.ndarray,
         views: np.ndarray,

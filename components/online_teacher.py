@@ -36,7 +36,7 @@ class OnlineTeacher:
         rendered = render_views(fetch, rows, train, views, self.policy, self.seed)
         return self.view(rendered.images)
 
-    def teacher(
+    def batch_logits(
         self,
         rows: np.ndarray,
         views: np.ndarray,

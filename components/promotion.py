@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from components.benchmark import time_calls
 from components.config import PromotionConfig
 from components.data import Dataset, DatasetInfo, example_hashes, standardize_pixels
+from components.latency import time_calls
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
 from components.stats import Estimate, paired_difference, ratio_of_medians, wilson
 

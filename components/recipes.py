@@ -62,7 +62,7 @@ def teacher_recipe(config: PipelineConfig) -> Recipe:
 
 
 def student_recipe(config: PipelineConfig, distilled: bool) -> Recipe:
-    """Both students: the same budget, seed and K cached views; only the targets differ."""
+    """Both students: the same budget, seed and K cached views; only the teacher_logits differ."""
     return Recipe(
         arch=config.student.model.name,
         train=config.student.train,
@@ -109,7 +109,7 @@ def fit(
     dataset: Dataset,
     device: torch.device,
     *,
-    targets: Any | None = None,
+    teacher_logits: Any | None = None,
     nproc: int = 1,
     on_epoch: EpochCallback | None = None,
     state_path: Path | None = None,
@@ -118,18 +118,20 @@ def fit(
     """Build the recipe's model from its seed and train it; returns the model (eval mode) and
     its per-epoch and final metrics.
 
-    ``targets``: the teacher's logits for a distilled recipe, a ``LogitCache`` (or any object
-    answering ``logits(rows, views)`` like it, in one process). ``nproc`` > 1 launches that
-    many processes; ``on_epoch`` must then be picklable (rank 0 calls it). ``state_path``: the
-    per-epoch training state a killed run resumes from.
+    ``teacher_logits``: for a distilled recipe, where the teacher's logits come from: a
+    ``LogitCache`` (or any object answering ``batch_logits`` like it, in one process).
+    ``nproc`` > 1 launches that many processes; ``on_epoch`` must then be picklable (rank 0
+    calls it). ``state_path``: the per-epoch training state a killed run resumes from.
     """
-    if (targets is None) != (recipe.distill is None):
-        raise ValueError("a distilled recipe needs the teacher's targets, a label-only one none")
+    if (teacher_logits is None) != (recipe.distill is None):
+        raise ValueError(
+            "a distilled recipe needs the teacher's teacher_logits, a label-only one none"
+        )
     seed_everything(recipe.seed)
     info = dataset.info
     model = build_model(recipe.arch, info.in_channels, info.num_classes, min(info.image_size))
     if nproc == 1:
-        result = _train(recipe, model, dataset, device, targets, on_epoch, state_path, desc)
+        result = _train(recipe, model, dataset, device, teacher_logits, on_epoch, state_path, desc)
         return model.eval(), result
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         # NCCL needs a GPU of its own for every process.
@@ -137,9 +139,13 @@ def fit(
             f"distributed.nproc={nproc} needs {nproc} GPUs for training on cuda; "
             f"this machine has {torch.cuda.device_count()}"
         )
-    if targets is not None and not isinstance(targets, LogitCache):
+    if teacher_logits is not None and not isinstance(teacher_logits, LogitCache):
         raise ValueError("training in several processes reads the teacher from a logit cache")
-    cache = (str(targets.directory), targets.manifest["key"]) if targets is not None else None
+    cache = (
+        (str(teacher_logits.directory), teacher_logits.manifest["key"])
+        if teacher_logits is not None
+        else None
+    )
     report = pickle.dumps(on_epoch) if on_epoch is not None else None
     job = _Job(recipe, dataset.info.path, cache, device.type, report, state_path, desc)
     state, result = launch(_fit_share, nproc, job, model)[0]
@@ -152,7 +158,7 @@ def _train(
     model: nn.Module,
     dataset: Dataset,
     device: torch.device,
-    targets: Any | None,
+    teacher_logits: Any | None,
     on_epoch: EpochCallback | None,
     state_path: Path | None,
     desc: str,
@@ -168,7 +174,7 @@ def _train(
         device=device,
         view_seed=recipe.view_seed,
         view_pool=recipe.view_pool,
-        teacher_cache=targets,
+        teacher_cache=teacher_logits,
         distill=recipe.distill,
         on_epoch=on_epoch,
         desc=desc,
@@ -200,7 +206,7 @@ def _fit_share(job: _Job, model: nn.Module) -> tuple[dict[str, torch.Tensor], Tr
     join_process_group(device)
     if rank == 0:  # a fresh process: its log lines go to the launching console
         logging.basicConfig(level=logging.INFO, format="%(asctime)s | rank 0 | %(message)s")
-    targets = (
+    teacher_logits = (
         open_logit_cache(Path(job.cache[0]), expected_key=job.cache[1])
         if job.cache is not None
         else None
@@ -212,7 +218,7 @@ def _fit_share(job: _Job, model: nn.Module) -> tuple[dict[str, torch.Tensor], Tr
             model,
             load_dataset(job.dataset_path),
             device,
-            targets,
+            teacher_logits,
             on_epoch,
             job.state_path,
             job.desc,

@@ -1,13 +1,16 @@
 """One training loop for teacher, baseline student and distilled student.
 
 The loop reads down like nanoGPT's: schedule, batches, views, loss, step, evaluate, report.
-The only difference between the three uses is the loss: labels only, or labels plus the
-teacher's cached logits, looked up by the sample's row in the training split and its view
+What differs between the uses is the recipe (components/recipes.py: the training config,
+the seeds, the views) and the loss: labels only (``targets``: class indices, or class
+probabilities for mixed views), or labels plus the teacher's cached logits for the same
+views (``teacher_cache``), looked up by the sample's row in the training split and its view
 number (never by batch position, so shuffling cannot misalign them).
 
-Views: with ``view_pool=None`` (the teacher) each epoch draws a fresh view of every sample;
-with ``view_pool=K`` (both students) each epoch picks one of the K views the cache holds,
-and the student sees exactly the input the teacher saw for it.
+Views: with ``view_pool=None`` (the teacher, a control on fresh views) each epoch draws a
+fresh view of every sample; with ``view_pool=K`` (the distilled student, a control on cached
+views) each epoch picks one of the K views the cache holds, and the student sees exactly the
+input the teacher saw for it.
 """
 
 from __future__ import annotations
@@ -245,10 +248,10 @@ def train_classifier(
                 strong_logits = net(normalize(strong, dataset.info))
             loss: LossOutput
             if teacher_cache is not None and distill is not None:
-                soft = teacher_cache.teacher(rows, views, device, rendered=rendered.images)
+                soft = teacher_cache.batch_logits(rows, views, device, rendered=rendered.images)
                 pair = None
                 if strong is not None and strong_logits is not None:
-                    strong_teacher = teacher_cache.teacher(
+                    strong_teacher = teacher_cache.batch_logits(
                         rows, views, device, strong=True, rendered=strong
                     )
                     pair = (strong_logits, strong_teacher)

@@ -4,10 +4,10 @@ A variant is one kind of a config union (a distillation method, a teacher source
 source). Its config class is pure data (components/config.py: fields, the ``kind`` literal,
 and ``implementation``, the dotted name of the module that carries its behaviour); that
 module's ``IMPLEMENTATION`` object implements the variant's protocol (``"module:name"``
-names another object of the module, for a module that carries several variants). The module is imported
-only when the behaviour is needed, so reading, validating and printing a config never
-imports PyTorch, and a variant defined outside the project (its own config class in an
-extended union, its own module) is found the same way as ours.
+names another object of the module, for a module that carries several variants). The
+module is imported only when the behaviour is needed, so reading, validating and printing
+a config never imports PyTorch, and a variant defined outside the project (its own config
+class in an extended union, its own module) is found the same way as ours.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from typing import Any
 import onnxruntime
 import torch
 
-from components.benchmark import cpu_info, latency_chart, measure_inference, report_markdown
 from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig
 from components.io import write_json, write_text
+from components.latency import cpu_info, latency_chart, measure_inference, report_markdown
 from components.teachers import load_teacher
 from flows.refs import INT8_VARIANT, ONNX_VARIANT, BenchmarkRef, DataRef, ModelRef, OnnxRef
 from flows.stage import Outcome, Record, Stage, StageContext

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.benchmark import p50_of
 from components.checkpoint import load_checkpoint
 from components.data import Dataset, normalize
 from components.inference import predict_logits
+from components.latency import p50_of
 from components.onnx_export import onnx_session, run_onnx
 from components.recipes import control_name
 from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves

@@ -35,7 +35,7 @@ class StudentBaseline(TrainingStage):
     def recipe(self, config: PipelineConfig) -> Recipe:
         return baseline_recipe(config)
 
-    def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
+    def teacher_logits(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
         baseline = ctx.config.student.baseline
         name = control_name(baseline.views, baseline.label_smoothing)
         return None, {"control.recipe": name, "control.chosen_by": baseline.chosen_by}

@@ -37,6 +37,6 @@ class StudentKD(TrainingStage):
         except ValueError as err:
             raise PreflightError(str(err)) from None
 
-    def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
+    def teacher_logits(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
         cache = ctx.input("logit-cache", CacheRef)
         return cache.open(ctx.work_dir), {"cache.key": cache.info.key, "cache.run_id": cache.run_id}

@@ -1,8 +1,9 @@
-"""What the three training stages share: the trained-model reference and the stage body.
+"""What the three training stages share: the stage body that trains a recipe and keeps its
+checkpoint and history, the per-epoch report, and the pre-flight check of the architecture.
 
-``teacher``, ``student-baseline`` and ``student-kd`` differ only in their recipe (see
-components/recipes.py) and in whether the teacher's cached logits are the targets; each is
-a module of its own that says which.
+``teacher``, ``student-baseline`` and ``student-kd`` each say which recipe they train
+(components/recipes.py) and whether the teacher's cached logits are learnt from
+(``teacher_logits``); the teacher stage also brings in teachers from elsewhere.
 """
 
 from __future__ import annotations
@@ -89,14 +90,14 @@ class TrainingStage(Stage[ModelRef]):
                 f"({reason})"
             ) from None
 
-    def targets(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
+    def teacher_logits(self, ctx: StageContext) -> tuple[Any | None, dict[str, Any]]:
         """The teacher's logits to learn from (None: labels only), and params saying which."""
         return None, {}
 
     def run(self, ctx: StageContext) -> Outcome[ModelRef]:
         data = ctx.input("prepare-data", DataRef)
         dataset = data.load(ctx.work_dir)
-        targets, target_params = self.targets(ctx)
+        teacher_logits, params = self.teacher_logits(ctx)
         device = resolve_device(ctx.config.device)
         nproc = ctx.config.distributed.nproc
         checkpoint = ctx.directory / "model.pt"
@@ -113,7 +114,7 @@ class TrainingStage(Stage[ModelRef]):
             recipe,
             dataset,
             device,
-            targets=targets,
+            teacher_logits=teacher_logits,
             nproc=nproc,
             on_epoch=report,
             state_path=state_path,
@@ -152,7 +153,7 @@ class TrainingStage(Stage[ModelRef]):
                 "dataset.fingerprint": data.fingerprint,
                 "views": "cached" if recipe.view_pool else "fresh",
                 "label_smoothing": recipe.train.label_smoothing,
-                **target_params,
+                **params,
             },
             metrics={**test_metrics, "checkpoint_bytes": size},
             step=recipe.train.epochs,

@@ -232,7 +232,7 @@ def test_topk_cache_round_trip_through_the_training_reader(
     assert topk_cache.arrays["indices"].dtype == np.uint8
     rows, views = np.arange(0, 4000, 37), np.arange(0, 4000, 37) % 3
     exact = torch.softmax(full_cache.logits(rows, views) / 4, dim=1)
-    teacher_reading = topk_cache.teacher(rows, views)
+    teacher_reading = topk_cache.batch_logits(rows, views)
     assert not isinstance(teacher_reading, torch.Tensor)
     rebuilt = torch.softmax(teacher_reading.at(4.0) / 4, dim=1)
     top = exact.topk(3, dim=1).indices
@@ -412,7 +412,7 @@ def test_a_two_view_cache_holds_the_teacher_on_each_views_strong_view(
     # a one-view cache has no strong views to give
     plain = build_logit_cache(teacher, spec_for(mnist_dataset), mnist_dataset, tmp_path, 1000, CPU)
     with pytest.raises(CacheError, match="no strong views"):
-        open_logit_cache(Path(plain.path)).teacher(rows, views, strong=True)
+        open_logit_cache(Path(plain.path)).batch_logits(rows, views, strong=True)
 
 
 @pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime"])

@@ -18,10 +18,10 @@ import pytest
 import torch
 from prefect import flow
 
-from components.benchmark import cores
 from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig, load_config
 from components.data import load_dataset
+from components.latency import cores
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.predict import self_check
 from flows.cli import main

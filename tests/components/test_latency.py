@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.benchmark import (
+from components.config import BenchmarkConfig, ExportConfig
+from components.data import Dataset
+from components.latency import (
     benchmark_onnx,
     benchmark_torch,
     cores,
@@ -16,8 +18,6 @@ from components.benchmark import (
     report_markdown,
     time_calls,
 )
-from components.config import BenchmarkConfig, ExportConfig
-from components.data import Dataset
 from components.models import build_model
 from components.onnx_export import export_onnx
 
