@@ -2,6 +2,11 @@
 work dir, ids, fingerprints), never live models or tensors. One module for all of them: a
 stage reads the references it needs from here, by the name of the stage that made them
 (``ctx.input("teacher", ModelRef)``), and never imports another stage.
+
+Prefect persists a cached stage's reference under its class's import path. Results written
+before these classes moved here name the stage modules (``flows.stages.training.ModelRef``);
+every stage module imports its own output type from here, so those paths still resolve and
+an existing work dir keeps its cached stages (tests/flows/test_stage.py).
 """
 
 from __future__ import annotations

@@ -106,3 +106,27 @@ def test_references_verify_their_files(tmp_path: Path) -> None:
     assert "changed since it was cached" in (ref.verify(tmp_path) or "")
     (tmp_path / "m" / "model.pt").unlink()
     assert "no longer exists" in (ref.verify(tmp_path) or "")
+
+
+@pytest.mark.parametrize(
+    "old_path",
+    [
+        "flows.stages.prepare_data.DataRef",
+        "flows.stages.training.ModelRef",
+        "flows.stages.logit_cache.CacheRef",
+        "flows.stages.onnx_export.OnnxRef",
+        "flows.stages.benchmark.BenchmarkRef",
+        "flows.stages.handoff.HandoffRef",
+        "flows.stages.promotion.PromotionRef",
+        "flows.stages.report.ReportRef",
+    ],
+)
+def test_references_persisted_before_refs_moved_still_load(old_path: str) -> None:
+    # Prefect stores a cached stage's reference under its class's import path, and reads it
+    # back through that path: an existing work dir's results name the stage modules
+    from prefect.utilities.importtools import from_qualified_name
+
+    import flows.refs
+
+    found = from_qualified_name(old_path)
+    assert found is getattr(flows.refs, old_path.rpartition(".")[2])
