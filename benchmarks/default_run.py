@@ -4,8 +4,10 @@
 
 Runs the real command line once, as its own process, with its own work dir and MLflow SQLite
 store, and writes what it printed: DIR/default_run.md (the summary table and the lines after
-it, scratch paths shortened) and DIR/default_run.json (wall time, per-variant accuracy and the
-parent run's reuse tags). README quotes DIR/default_run.md.
+it, scratch paths shortened) and DIR/default_run.json (wall time, per-variant accuracy, each
+stage's time from its MLflow run, and the rates benchmarks/distill_quality.py weighs budgets
+with: seconds per teacher epoch, per cached view, per student epoch). README quotes
+DIR/default_run.md.
 """
 
 from __future__ import annotations
@@ -19,10 +21,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.config import load_config
+from components.config import PipelineConfig, load_config
 from components.io import write_json, write_text
 from components.latency import cpu_info
 from flows.cli import script_parser
+from flows.tracking import Tracker
+
+
+def stage_seconds(tracking_uri: str) -> dict[str, float]:
+    """Each stage's own time in the run, from its MLflow child run."""
+    tracker = Tracker(tracking_uri)
+    (parent,) = tracker.runs.pipeline_runs(PipelineConfig().experiment_name, last=1)
+    return {
+        name: round(((run.end_time or run.start_time) - run.start_time) / 1000, 2)
+        for name, run in tracker.runs.children(parent).items()
+    }
+
+
+def rates(stages: dict[str, float], config: PipelineConfig) -> dict[str, float]:
+    """What the default run's training and cache cost on this machine: seconds per teacher
+    epoch, per cached view, per student epoch (the mean of the two students); what
+    benchmarks/distill_quality.py weighs budgets with."""
+    epochs = config.student.train.epochs
+    return {
+        "teacher_epoch": stages["teacher"] / config.teacher.train.epochs,
+        "cache_view": stages["logit-cache"] / config.cache.views,
+        "student_epoch": (stages["student-kd"] + stages["student-baseline"]) / (2 * epochs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"kd run failed (exit {done.returncode})")
     printed = done.stdout.replace(str(scratch), "<scratch>")
     summary = printed[printed.index("| model |") :].rstrip() + "\n"
-    rows = re.findall(r"^\| (\S+) \| (\w+) \| ([0-9.]+) \|", summary, re.MULTILINE)
+    rows = re.findall(r"^\| (\S+) \| (\w+) \| ([0-9.]+)(?: \[[^\]]*\])? \|", summary, re.MULTILINE)
+    stages = stage_seconds(f"sqlite:///{scratch / 'mlflow.db'}")
     report = {
         "process_seconds": round(seconds, 1),
         "test_accuracy": {variant: float(accuracy) for variant, _, accuracy in rows},
+        "stage_seconds": stages,
+        "rates": rates(stages, load_config(args.config, args.overrides)),
         "cpu": cpu_info()["model"],
         "cores": os.cpu_count(),
         "overrides": args.overrides,

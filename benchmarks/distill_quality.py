@@ -447,6 +447,7 @@ class Bench:
     protocol: Protocol
     workers: int
     out: Path
+    rates: Path | None = None  # default_run.json: what a default run's work costs here
     teacher: tuple[str, ...] = ()
     method: tuple[str, ...] = ()
     budget: tuple[str, ...] = ()
@@ -557,11 +558,11 @@ def _cell(epochs: int, views: int) -> tuple[str, ...]:
 
 
 def run_cost(
-    teacher_epochs: int, epochs: int, views: int, costs: dict[str, float], controls: int = 1
+    teacher_epochs: int, epochs: int, views: int, costs: dict[str, Any], controls: int = 1
 ) -> float:
     """Seconds of the work a default run spends on training and the cache: the teacher's
     epochs, the cache's views, and the distilled student's and ``controls`` controls'
-    epochs, at the rates measured here (one thread)."""
+    epochs, at the given rates (``_costs``)."""
     return (
         teacher_epochs * costs["teacher_epoch"]
         + views * costs["cache_view"]
@@ -610,7 +611,7 @@ def phase_patience(bench: Bench) -> None:
                 "kd_per_unit": held.tolist(),
             }
         )
-    costs = _costs(ctx, units, grid)
+    costs = _costs(bench, grid)
     teacher_epochs = ctx.config(0, *bench.teacher).teacher.train.epochs
     old_teacher_epochs = base.teacher.train.epochs
     # The incumbent default run: its teacher, its cache, its student and four controls.
@@ -647,15 +648,22 @@ def phase_patience(bench: Bench) -> None:
     print(f"budget: {default['chosen']}, patient {patient['chosen']}", flush=True)
 
 
-def _costs(ctx: Context, units: list[int], grid: list[dict[str, Any]]) -> dict[str, float]:
-    """Measured rates: seconds per teacher epoch, per cached view (the teacher's forward
-    passes), per student epoch."""
+def _costs(bench: Bench, grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per teacher epoch, per cached view and per student epoch in a default run: the
+    rates ``benchmarks/default_run.py`` measured on this machine (its ``rates``), else the
+    units' own (one thread each, measured here: a stand-in until a default run is measured)."""
+    if bench.rates is not None and bench.rates.is_file():
+        measured = json.loads(bench.rates.read_text()).get("rates")
+        if measured:
+            return {**measured, "source": str(bench.rates)}
+    ctx = bench.ctx
     teachers = [json.loads(p.read_text()) for p in (ctx.store / "teachers").glob("*.json")]
     caches = [json.loads(p.read_text()) for p in (ctx.store / "caches").glob("*.json")]
     return {
         "teacher_epoch": statistics.median(t["seconds"] / t["epochs"] for t in teachers),
         "cache_view": statistics.median(c["build_seconds"] / c["views"] for c in caches),
         "student_epoch": statistics.median(c["student_seconds"] / c["epochs"] for c in grid),
+        "source": "the units of this benchmark (one thread each)",
     }
 
 
@@ -765,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, default=Path(".kd-bench"), help="weights, caches")
     parser.add_argument("--until", choices=list(PHASES), help="stop after this phase")
+    parser.add_argument(
+        "--rates",
+        type=Path,
+        default=Path("benchmarks/results/default_run.json"),
+        help="a default run's measured cost rates (benchmarks/default_run.py), for which "
+        "budgets fit the default run",
+    )
     args = parser.parse_args(argv)
 
     protocol = QUICK if args.quick else Protocol()
@@ -773,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     store = args.store or args.out / "distill_quality_units"
     ctx = Context(args.config, overrides, store.resolve(), args.work.resolve())
     args.out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(ctx, protocol, args.workers, args.out)
+    bench = Bench(ctx, protocol, args.workers, args.out, args.rates)
     started = time.perf_counter()
     pool = _pool(ctx)
     base = ctx.config(0)
@@ -906,8 +921,9 @@ def _write_report(bench: Bench) -> None:
             "",
             "![patience](patience.png)",
             "",
-            f"Cost rates (one thread): teacher {costs['teacher_epoch']:.1f} s/epoch, cache "
-            f"{costs['cache_view']:.1f} s/view, student {costs['student_epoch']:.2f} s/epoch. "
+            f"Cost rates ({costs['source']}): teacher {costs['teacher_epoch']:.1f} s/epoch, "
+            f"cache {costs['cache_view']:.2f} s/view, student {costs['student_epoch']:.2f} "
+            "s/epoch. "
             "A budget fits the default run when its training and cache cost no more than the "
             f"incumbent default's ({pa['incumbent_run_cost_seconds']:.0f} s: its teacher, "
             "cache, student and four controls).",

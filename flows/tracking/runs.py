@@ -91,6 +91,7 @@ class RunRecord:
     experiment_id: str
     status: str
     start_time: int
+    end_time: int | None  # None while running
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
@@ -103,6 +104,7 @@ class RunRecord:
             experiment_id=run.info.experiment_id,
             status=run.info.status,
             start_time=run.info.start_time or 0,
+            end_time=run.info.end_time,
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             tags=dict(run.data.tags),
