@@ -11,7 +11,7 @@ import numpy as np
 
 from components.data import Dataset, normalize
 from components.onnx_export import onnx_session, run_onnx
-from flows.refs import ModelRef, OnnxRef
+from flows.refs import ONNX_VARIANT, ModelRef, OnnxRef
 from flows.stage import StageContext
 from flows.tracking import DATASET_TAG
 
@@ -45,7 +45,9 @@ def register_challenger(
     example = normalize(np.asarray(dataset.split("test")[0][:2]), dataset.info)
     example_input = example.contiguous().numpy()
     outputs = run_onnx(onnx_session(model_path), example_input)
-    model = ctx.tracker.runs.log_onnx_model(ctx.run_id, model_path, example_input, outputs)
+    model = ctx.tracker.runs.log_onnx_model(
+        ctx.run_id, model_path, example_input, outputs, name=ONNX_VARIANT
+    )
     # The pipeline's row in the runs table shows the model it handed off.
     ctx.tracker.runs.link_model(ctx.pipeline.parent_run_id, model[0])
     return ctx.tracker.registry.register(

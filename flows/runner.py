@@ -114,12 +114,14 @@ def _execute(
                     config.data_source_uri,
                     {split: sizes[split] for split in stage.splits},
                 )
-        log_record(tracker, run_id, outcome.record)
+        log_record(tracker, run_id, outcome.record, model_name=stage.name)
         log_record(tracker, pipeline.parent_run_id, outcome.parent)
         return outcome.ref.model_copy(update={"run_id": run_id})
 
 
-def log_record(tracker: Tracker, run_id: str, record: Record) -> None:
+def log_record(tracker: Tracker, run_id: str, record: Record, model_name: str = "model") -> None:
+    """What a stage hands the tracker, logged to ``run_id``; its model under ``model_name``
+    (the stage's name: MLflow's Models view tells the teacher from the students)."""
     tracker.runs.log_params(run_id, record.params)
     tracker.runs.log_metrics(run_id, record.metrics, step=record.step)
     tracker.runs.set_tags(run_id, record.tags)
@@ -135,7 +137,7 @@ def log_record(tracker: Tracker, run_id: str, record: Record) -> None:
             tracker.runs.log_text(run_id, text, name)
     if record.model is not None:
         # After the metrics: MLflow links the run's metrics at this step to the model.
-        tracker.runs.log_pytorch_model(run_id, *record.model, step=record.step)
+        tracker.runs.log_pytorch_model(run_id, *record.model, step=record.step, name=model_name)
 
 
 @functools.cache

@@ -159,7 +159,7 @@ class TrainingStage(Stage[ModelRef]):
             step=recipe.train.epochs,
             tags=tags,
             files=[(checkpoint, "checkpoint"), (history, "checkpoint")],
-            # An MLflow model too: mlflow.pytorch.load_model / pyfunc on runs:/<id>/model.
+            # An MLflow model too, named after the stage (runs:/<id>/<stage name>).
             model=(model.cpu().eval(), dataset.info.in_channels, dataset.info.image_size),
         )
         ref = ModelRef(

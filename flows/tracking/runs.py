@@ -268,7 +268,12 @@ class RunLog:
             yield
 
     def log_onnx_model(
-        self, run_id: str, model_path: Path, example: np.ndarray, outputs: np.ndarray
+        self,
+        run_id: str,
+        model_path: Path,
+        example: np.ndarray,
+        outputs: np.ndarray,
+        name: str = "model",
     ) -> tuple[str, str]:
         """The ONNX model through MLflow 3's model API: a logged model linked to the run (the
         runs table's Models column), with signature and input example, and with the run's
@@ -281,7 +286,7 @@ class RunLog:
         with self._model_logging(run_id):
             info = mlflow.onnx.log_model(
                 onnx.load(str(model_path)),
-                name="model",
+                name=name,
                 signature=infer_signature(example, outputs),
                 input_example=example,
                 save_as_external_data=False,
@@ -298,7 +303,13 @@ class RunLog:
         return str(info.model_id), str(info.model_uri)
 
     def log_pytorch_model(
-        self, run_id: str, model: Any, channels: int, size: tuple[int, int], step: int = 0
+        self,
+        run_id: str,
+        model: Any,
+        channels: int,
+        size: tuple[int, int],
+        step: int = 0,
+        name: str = "model",
     ) -> str:
         """A PyTorch model through MLflow 3's model API, linked to the run and to its
         metrics at ``step``; ``mlflow.pytorch.load_model(f"models:/{id}")`` loads it."""
@@ -312,7 +323,7 @@ class RunLog:
         with self._model_logging(run_id):
             info = mlflow.pytorch.log_model(
                 model,
-                name="model",
+                name=name,
                 signature=infer_signature(example.numpy(), outputs),
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__}"],
                 # pickle: our own modules, saved in milliseconds; "pt2" would trace each model

@@ -87,7 +87,7 @@ class StageHarness:
         ctx = self.context(stage, config)
         with self.tracker.runs.running(ctx.run_id):
             outcome = stage.run(ctx)
-            log_record(self.tracker, ctx.run_id, outcome.record)
+            log_record(self.tracker, ctx.run_id, outcome.record, model_name=stage.name)
         outcome.ref = outcome.ref.model_copy(update={"run_id": ctx.run_id})
         self.refs[stage.name] = outcome.ref
         return outcome

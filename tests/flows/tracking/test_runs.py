@@ -90,9 +90,13 @@ def test_the_store_shows_mlflow_native_lineage(session_runs: SessionRuns) -> Non
 
     # logged models: the PyTorch teacher and students, and the ONNX student the registry
     # version is made from, each linked to its run and its metrics
-    for stage in ("teacher", "student-baseline", "student-kd", "handoff"):
+    # named by role, so MLflow's Models view tells them apart
+    roles = {"teacher": "teacher", "student-baseline": "student-baseline"}
+    roles |= {"student-kd": "student-kd", "handoff": "student-kd-onnx"}
+    for stage, role in roles.items():
         (output,) = children[stage].outputs.model_outputs
         model = client.get_logged_model(output.model_id)
+        assert model.name == role
         assert model.source_run_id == children[stage].info.run_id
         # in the run's own experiment, where its page and runs table look for it
         assert model.experiment_id == children[stage].info.experiment_id
