@@ -261,3 +261,24 @@ def test_a_corrupted_checkpoint_is_never_reused(warm_store: Store) -> None:
     assert f"{checkpoint} changed since it was cached (sha256 differs)" in logged
     assert "teacher" not in parent.data.tags["reused_stages"].split(",")
     assert checkpoint.read_bytes() == good  # retrained from its inputs: the same bytes again
+
+
+@pytest.mark.parametrize("after_s", [0.05, 0.6, 1.5])
+def test_ctrl_c_while_kd_starts_is_one_line_and_exit_130(after_s: float, tmp_path: Path) -> None:
+    # the console script as a shell runs it, interrupted while it imports its libraries
+    kd = Path(sys.executable).parent / "kd"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen(
+        ["env", "--default-signal=INT", str(kd), "run", "--set", f"work_dir={tmp_path / 'w'}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(after_s)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "kd: interrupted"
