@@ -136,6 +136,41 @@ def write_bundle(
     return directory
 
 
+REFUSED_KEY = "kd_status"  # in preprocessing.json and the ONNX metadata: "refused: <why>"
+
+
+def mark_refused(bundle: Path, reason: str) -> None:
+    """Mark a written bundle refused (by a registry floor, or not promoted) where whoever
+    deploys it looks: a banner on ``MODEL_CARD.md``, ``kd_status`` in ``preprocessing.json``
+    and in the ONNX models' metadata. The checksums are written anew, the whole bundle
+    replaced in one rename (a deployment never sees half a mark)."""
+    import onnx
+
+    status = f"refused: {reason}"
+    with atomic_dir(bundle) as tmp:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+        card = (tmp / "MODEL_CARD.md").read_text()
+        banner = (
+            "> **REFUSED: do not deploy.** This model was not accepted: "
+            f"{reason}. It is kept for inspection.\n\n"
+        )
+        (tmp / "MODEL_CARD.md").write_text(banner + card)
+        prep = json.loads((tmp / "preprocessing.json").read_text())
+        (tmp / "preprocessing.json").write_text(json.dumps({**prep, REFUSED_KEY: status}, indent=2))
+        for path in sorted(tmp.glob("*.onnx")):
+            proto = onnx.load(str(path))
+            props = {entry.key: entry for entry in proto.metadata_props}
+            entry = props.get(REFUSED_KEY) or proto.metadata_props.add()
+            entry.key, entry.value = REFUSED_KEY, status
+            onnx.save(proto, str(path))
+        sums = {
+            p.relative_to(tmp).as_posix(): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS
+        }
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
+
+
 def _write_test_vector(
     bundle: Path, info: DatasetInfo, images: np.ndarray, labels: np.ndarray, logits: np.ndarray
 ) -> None:

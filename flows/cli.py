@@ -51,6 +51,7 @@ DEPLOYMENT_NAME = "kd-scheduled"
 
 EXIT_USAGE = 2  # bad config or input: the user's to fix
 EXIT_FAILED = 1  # the run itself failed
+EXIT_REFUSED = 3  # the run finished, and its model was refused (a registry floor, no promotion)
 
 
 def config_help() -> str:
@@ -461,6 +462,9 @@ def _run(config: PipelineConfig, force: list[str]) -> int:
     print(f"Reused stages: {reused or 'none (all computed)'}")
     print(f"MLflow parent run: {result.parent_run_id} ({result.tracking_uri})")
     print(f"Open the MLflow UI: {result.ui_command}")
+    if result.refused is not None:
+        print(f"Refused: {result.refused}")
+        return EXIT_REFUSED
     return 0
 
 

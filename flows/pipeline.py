@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.io import ensure_writable, lock_holder, work_dir_lock
@@ -61,6 +62,15 @@ class PipelineResult:
     reused: dict[str, str]  # stage -> the MLflow run whose result was reused
     summary_markdown: str
     lines: list[str]  # what the stages have to say about their results, in order
+    refused: str | None = None  # why the model was refused (a registry floor, no promotion)
+
+
+def finished(result: PipelineResult) -> Any:
+    """A flow's final state: Completed, named "Refused" (with why) when the model was
+    refused, so the Prefect UI shows it; calling the flow still returns ``result``."""
+    if result.refused is None:
+        return result
+    return Completed(name="Refused", message=f"model refused: {result.refused}", data=result)
 
 
 @flow(name="kd-pipeline")
@@ -71,7 +81,7 @@ def distillation_pipeline(config: PipelineConfig, force: list[str] | None = None
     ``force`` names stages to recompute even when their inputs are unchanged (``all``: every
     cached stage).
     """
-    return run_pipeline(config, force)
+    return finished(run_pipeline(config, force))
 
 
 @flow(name="kd-retrain")
@@ -88,7 +98,7 @@ def retrain(
         get_run_logger().warning("work_dir %s is in use by %s: waiting", config.work_dir, holder)
     # A scheduled run that finds a manual one going waits for it rather than skip a retrain.
     with work_dir_lock(config.work_dir, f"scheduled run {flow_run.name}", wait=True):
-        return run_pipeline(config, force)
+        return finished(run_pipeline(config, force))
 
 
 @contextlib.contextmanager
@@ -170,4 +180,5 @@ def run_pipeline(
         reused=runner.reused,
         summary_markdown=report.summary_markdown if isinstance(report, ReportRef) else "",
         lines=lines,
+        refused=next((r.refusal() for r in runner.refs.values() if r.refusal()), None),
     )

@@ -142,6 +142,10 @@ class HandoffRef(Ref):
     int8_kept: bool
     int8_reason: str
 
+    def refusal(self) -> str | None:
+        # Not registered and equal to no version: refused by a registry floor.
+        return self.registration if not self.registered and self.version is None else None
+
 
 class PromotionRef(Ref):
     promoted: bool
@@ -152,6 +156,11 @@ class PromotionRef(Ref):
     champion_version_before: str | None
     champion_version_after: str | None
     markdown: str
+
+    def refusal(self) -> str | None:
+        if self.decision in ("rejected", "incomparable"):
+            return f"not promoted ({self.decision}): {self.reason}"
+        return None
 
 
 class ReportRef(Ref):

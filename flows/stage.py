@@ -52,6 +52,11 @@ class Ref(BaseModel):
         """Why this reference can no longer be used (a file gone or changed), else None."""
         return None
 
+    def refusal(self) -> str | None:
+        """Why the run's model was refused, when this reference says it was (a registry floor,
+        a promotion that said no); None otherwise. A refused run exits with its own code."""
+        return None
+
     def dataset(self) -> tuple[str, dict[str, int]] | None:
         """For a reference to prepared data: its fingerprint and split sizes (what the runner
         logs as the MLflow dataset inputs of the stages that read it); None otherwise."""

@@ -18,6 +18,7 @@ from components.data import normalize, training_set_record
 from components.handoff import (
     expected_image,
     handoff_card,
+    mark_refused,
     registration_floor,
     self_check_indices,
     write_bundle,
@@ -158,6 +159,8 @@ class Handoff(Stage[HandoffRef]):
         version: str | None
         if below is not None:
             version, registration = None, f"not registered: {below}"
+            # Written for inspection, marked where a deployer looks: card, recipe, ONNX.
+            mark_refused(bundle, below)
         elif same is not None:
             version, registration = same, f"not registered: byte-identical to version {same}"
         else:

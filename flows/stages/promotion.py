@@ -20,6 +20,7 @@ from typing import Any
 
 from components.config import PipelineConfig
 from components.data import Dataset
+from components.handoff import mark_refused
 from components.promotion import (
     Decision,
     EvaluationSet,
@@ -110,6 +111,9 @@ class Promotion(Stage[PromotionRef]):
             after or "none",
             decision.reason,
         )
+        if decision.decision in ("rejected", "incomparable"):
+            # The bundle written for this model says so, where whoever deploys it looks.
+            mark_refused(ctx.work_dir / handoff.bundle, f"not promoted: {decision.reason}")
         ref = PromotionRef(
             promoted=decision.promote,
             decision=decision.decision,

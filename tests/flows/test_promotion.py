@@ -7,9 +7,11 @@ from pathlib import Path
 
 import mlflow.artifacts
 import numpy as np
+import onnx
 import pytest
 
 from components.data import example_hashes, load_dataset
+from components.predict import self_check
 from flows.cli import main
 from tests.flows.conftest import Store
 from tests.helpers import MODEL, pipeline_runs, quadrant_images, run_args
@@ -31,8 +33,12 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     client = warm_store.client
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     capsys.readouterr()
-    assert main(warm_store.args(WEAK, LATENCY_TIE)) == 0  # version 2: worse
-    assert "Promotion: kept the champion: accuracy" in capsys.readouterr().out
+    # version 2: worse; the run finishes, and says loudly that its model was refused
+    assert main(warm_store.args(WEAK, LATENCY_TIE)) == 3
+    printed = capsys.readouterr().out
+    assert "Promotion: kept the champion: accuracy" in printed
+    refused = printed.strip().splitlines()[-1]
+    assert refused.startswith("Refused: not promoted (rejected): accuracy")
     # the champion's bytes again: nothing registered, no alias moves
     assert main(warm_store.args(LATENCY_TIE)) == 0
     assert "byte-identical to version 1" in capsys.readouterr().out
@@ -74,14 +80,23 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/promotion.md")
     assert "**REJECTED**" in markdown and "champion (version 1)" in markdown
     assert children["promotion"].data.metrics["promoted"] == 0.0
+    # its bundle says so where a deployer looks, and still checks itself whole
+    bundle = warm_store.work / "handoff" / parent.info.run_id
+    assert (bundle / "MODEL_CARD.md").read_text().startswith("> **REFUSED: do not deploy.**")
+    status = json.loads((bundle / "preprocessing.json").read_text())["kd_status"]
+    assert status.startswith("refused: not promoted: accuracy")
+    metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
+    assert metadata["kd_status"] == status
+    assert self_check(bundle).passed
 
 
 def test_a_model_below_a_registry_floor_is_not_registered(warm_store: Store) -> None:
     client = warm_store.client
-    # not better than its own label-only control on validation by the margin asked: refused
-    assert main(warm_store.args("registry.min_gain_over_control=0.5")) == 0
+    # not better than its own label-only control on validation by the margin asked: refused,
+    # and the run exits with the code for a refused model
+    assert main(warm_store.args("registry.min_gain_over_control=0.5")) == 3
     # or below an absolute floor
-    assert main(warm_store.args("registry.min_val_accuracy=0.99")) == 0
+    assert main(warm_store.args("registry.min_val_accuracy=0.99")) == 3
     (_, floor_gain), (_, floor_accuracy) = pipeline_runs(client)[1:]
     assert (
         "below registry.min_gain_over_control +0.5000"
@@ -94,6 +109,9 @@ def test_a_model_below_a_registry_floor_is_not_registered(warm_store: Store) -> 
     for children in (floor_gain, floor_accuracy):
         assert "model_version" not in children["handoff"].data.tags
         assert children["promotion"].data.tags["promotion.decision"] == "skipped"
+    parent = pipeline_runs(client)[-1][0]
+    card = (warm_store.work / "handoff" / parent.info.run_id / "MODEL_CARD.md").read_text()
+    assert card.startswith("> **REFUSED: do not deploy.**") and "min_val_accuracy" in card
     assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
 
@@ -104,7 +122,7 @@ def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     # given a champion trained on split seed 0; when the split is reshuffled (seed 1), with
     # a minimum of clean examples that the reshuffle leaves too few of (the decision on the
     # examples that remain is the image-folder test's below)
-    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=400")) == 0
+    assert main(warm_store.args("split.seed=1", LATENCY_TIE, "promotion.min_examples=400")) == 3
     (_, first), (parent, second) = pipeline_runs(warm_store.client)
     decision = record(warm_store.client, parent)
 
@@ -152,7 +170,7 @@ def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
     work = tmp_path / "work"
     assert main(run_args(work, *data)) == 0  # the champion
     quadrant_images(root, per_class=30, start=60)  # new images arrive
-    assert main(run_args(work, *data)) == 0
+    assert main(run_args(work, *data)) in (0, 3)  # promoted, or refused: either is decided
     store = Store(tmp_path)
     (_, first), (parent, _) = pipeline_runs(store.client)
     decision = record(store.client, parent)

@@ -129,3 +129,23 @@ def test_prefect_yaml_deploys_the_same_flow_to_a_work_pool(tmp_path: Path) -> No
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
     ]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_refused_model_ends_the_flow_run_in_a_state_named_refused() -> None:
+    from prefect import flow
+
+    from flows.pipeline import PipelineResult, finished
+
+    def result(refused: str | None) -> PipelineResult:
+        return PipelineResult("run", "uri", "ui", "work", {}, {}, "", [], refused)
+
+    @flow(name="kd-refusal-check")
+    def pipeline(refused: str | None) -> PipelineResult:
+        return finished(result(refused))
+
+    state = pipeline("not promoted (rejected): worse", return_state=True)
+    assert state.name == "Refused" and state.is_completed()
+    assert state.message == "model refused: not promoted (rejected): worse"
+    assert pipeline("not promoted (rejected): worse") == result("not promoted (rejected): worse")
+    assert pipeline(None, return_state=True).name == "Completed"

@@ -23,6 +23,7 @@ def test_a_new_model_is_registered_and_the_same_bytes_are_not_registered_twice(
     harness, images = staged
     first = _handoff(harness, images)
     assert first.registered and first.version == "1" and first.alias == "challenger"
+    assert first.refusal() is None
     client = MlflowClient(harness.pipeline.tracking_uri)
     version = client.get_model_version_by_alias(first.model_name, "challenger")
     assert str(version.version) == "1" and version.description.startswith("# ")
@@ -43,7 +44,10 @@ def test_a_model_below_a_floor_is_handed_off_but_not_registered(
     ref = _handoff(harness, images, "registry.min_val_accuracy=1.0")
     assert not ref.registered and ref.version is None
     assert "below registry.min_val_accuracy" in ref.registration
+    assert ref.refusal() == ref.registration  # the run ends with the refused exit code
     assert (harness.work / ref.bundle / "model.onnx").is_file()
+    card = (harness.work / ref.bundle / "MODEL_CARD.md").read_text()
+    assert card.startswith("> **REFUSED: do not deploy.**")
     client = MlflowClient(harness.pipeline.tracking_uri)
     assert not client.search_registered_models(f"name = '{ref.model_name}'")
 
