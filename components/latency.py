@@ -226,13 +226,20 @@ def environment() -> dict[str, Any]:
 
 
 def p50_of(
-    results: list[dict[str, Any]], variant: str, batch: int, threads: int | None = None
+    results: list[dict[str, Any]],
+    variant: str,
+    batch: int,
+    threads: int | None = None,
+    runtime: str | None = None,
 ) -> float | None:
-    """p50 of ``variant`` at ``batch`` from report rows; ``threads=None``: the most measured."""
+    """p50 of ``variant`` at ``batch`` from report rows; ``threads=None``: the most measured;
+    ``runtime``: of that runtime only (a teacher is timed in PyTorch and ONNX Runtime)."""
     if threads is None:
         threads = max(r["threads"] for r in results)
     for r in results:
-        if (r["variant"], r["batch_size"], r["threads"]) == (variant, batch, threads):
+        if (r["variant"], r["batch_size"], r["threads"]) == (variant, batch, threads) and (
+            runtime is None or r["runtime"] == runtime
+        ):
             return r["p50_ms"]
     return None
 

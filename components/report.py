@@ -23,12 +23,13 @@ COLUMNS = (
     "run",
     "variant",
     "runtime",
+    "threads",
     "test accuracy [95% CI]",
     "parameters",
     "size (KiB)",
     "p50 ms @ batch 1",
     "images/s @ batch 32",
-    "speed-up vs teacher",
+    "speed-up vs teacher (same runtime and threads)",
     "accuracy retained",
 )
 
@@ -49,6 +50,10 @@ class VariantRow:
     p50_ms_batch1: float | None
     images_per_s_batch32: float | None
     test_n: int | None = None  # test examples behind test_accuracy
+    threads: int | None = None  # the thread count the latency figures were measured on
+    # The teacher's p50 at batch 1 in this row's runtime and thread count, when measured: a
+    # speed-up compares like with like, never an ONNX Runtime model with a PyTorch one.
+    teacher_p50_ms_batch1: float | None = None
     speedup_vs_teacher: float | None = None  # filled by with_relative_figures
     accuracy_retained: float | None = None  # filled by with_relative_figures
 
@@ -61,9 +66,10 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def with_relative_figures(rows: list[VariantRow]) -> list[VariantRow]:
-    """Fill speedup_vs_teacher (teacher p50 at batch 1 / this variant's) and accuracy_retained
-    (this variant's test accuracy / the teacher's) against the teacher row of the same run_id;
-    None where either figure is missing or there is no teacher row for that run. Order kept."""
+    """Fill speedup_vs_teacher (the teacher's p50 at batch 1 in the same runtime and thread
+    count / this variant's) and accuracy_retained (this variant's test accuracy / the
+    teacher's, the teacher row of the same run_id); None where a figure is missing, the
+    teacher was not timed in that runtime, or there is no teacher row. Order kept."""
     teachers: dict[str, VariantRow] = {}
     for row in rows:
         if row.variant == "teacher":
@@ -77,7 +83,7 @@ def with_relative_figures(rows: list[VariantRow]) -> list[VariantRow]:
         filled.append(
             dataclasses.replace(
                 row,
-                speedup_vs_teacher=_ratio(teacher.p50_ms_batch1, row.p50_ms_batch1),
+                speedup_vs_teacher=_ratio(row.teacher_p50_ms_batch1, row.p50_ms_batch1),
                 accuracy_retained=_ratio(row.test_accuracy, teacher.test_accuracy),
             )
         )
@@ -132,6 +138,7 @@ def comparison_markdown(rows: list[VariantRow]) -> str:
             f"{r.run_name} ({r.run_id[:8]})",
             r.variant,
             r.runtime,
+            _cell(r.threads, "d"),
             accuracy_cell(r),
             _cell(r.parameters, ","),
             _cell(None if r.size_bytes is None else r.size_bytes / 1024, ".1f"),

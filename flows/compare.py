@@ -31,20 +31,30 @@ _LATENCY_KEY = re.compile(
 )
 
 
-def _latency(benchmark: RunRecord | None) -> dict[tuple[str, int, str], float]:
-    """(variant, batch, stat) -> value, on the most threads measured for that variant."""
+Latency = dict[tuple[str, str, int, str], tuple[int, float]]
+
+
+def _latency(benchmark: RunRecord | None) -> Latency:
+    """(variant, runtime, batch, stat) -> (threads, value), on the most threads measured for
+    that variant in that runtime."""
     if benchmark is None:
         return {}
-    best: dict[tuple[str, int, str], tuple[int, float]] = {}
+    best: Latency = {}
     for key, value in benchmark.metrics.items():
         match = _LATENCY_KEY.match(key)
         if match is None:
             continue
-        slot = (match["variant"], int(match["batch"]), match["stat"])
+        slot = (match["variant"], match["runtime"], int(match["batch"]), match["stat"])
         threads = int(match["threads"])
         if slot not in best or threads > best[slot][0]:
             best[slot] = (threads, value)
-    return {slot: value for slot, (_, value) in best.items()}
+    return best
+
+
+def _teacher_p50(latency: Latency, runtime: str, threads: int | None) -> float | None:
+    """The teacher's p50 at batch 1 in ``runtime`` on ``threads`` threads, when measured."""
+    found = latency.get(("teacher", runtime, 1, "p50_ms"))
+    return found[1] if found is not None and found[0] == threads else None
 
 
 def _int(value: float | str | None) -> int | None:
@@ -77,18 +87,24 @@ def variant_rows(
                 if accuracy is None:
                     continue  # not produced by this run (INT8 switched off)
                 name = variant.name.format(run=run.name)
+                runtime = run.params.get(variant.runtime_param, variant.runtime)
+                p50 = latency.get((name, runtime, 1, "p50_ms"))
+                throughput = latency.get((name, runtime, 32, "images_per_s"))
+                threads = p50[0] if p50 is not None else None
                 rows.append(
                     VariantRow(
                         run_id=parent.run_id,
                         run_name=run_name,
                         variant=name,
-                        runtime=run.params.get(variant.runtime_param, variant.runtime),
+                        runtime=runtime,
                         test_accuracy=accuracy,
                         parameters=_int(run.params.get(variant.parameters)),
                         size_bytes=_int(run.metrics.get(variant.size)),
-                        p50_ms_batch1=latency.get((name, 1, "p50_ms")),
-                        images_per_s_batch32=latency.get((name, 32, "images_per_s")),
+                        p50_ms_batch1=p50[1] if p50 is not None else None,
+                        images_per_s_batch32=throughput[1] if throughput is not None else None,
                         test_n=test_n,
+                        threads=threads,
+                        teacher_p50_ms_batch1=_teacher_p50(latency, runtime, threads),
                     )
                 )
     return rows

@@ -65,8 +65,13 @@ class Report(Stage[ReportRef]):
 
         # This run's summary, and the comparison with the last finished runs before it.
         parent = ctx.tracker.runs.run(ctx.pipeline.parent_run_id)
+        rows = variant_rows(ctx.tracker, parent, ctx.stages)
+        # each model's latency in the runtime its row names (a teacher is timed in both)
         p50 = {
-            (r["variant"], r["batch_size"]): p50_of(bench.results, r["variant"], r["batch_size"])
+            (row.variant, r["batch_size"]): p50_of(
+                bench.results, row.variant, r["batch_size"], runtime=row.runtime
+            )
+            for row in rows
             for r in bench.results
         }
         # What distillation bought: the distilled student against its control on test,
@@ -74,8 +79,7 @@ class Report(Stage[ReportRef]):
         teacher, baseline, student = trained.values()
         bought = _verdict(ctx.work_dir, dataset, teacher, baseline, student)
         summary = summary_markdown(
-            variant_rows(ctx.tracker, parent, ctx.stages),
-            {key: value for key, value in p50.items() if value is not None},
+            rows, {key: value for key, value in p50.items() if value is not None}
         )
         recipe = ctx.config.student.baseline
         summary += (

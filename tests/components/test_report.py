@@ -21,7 +21,13 @@ from components.report import (
 PNG_MAGIC = b"\x89PNG"
 
 
-def row(run_id: str, variant: str, accuracy: float | None, p50: float | None) -> VariantRow:
+def row(
+    run_id: str,
+    variant: str,
+    accuracy: float | None,
+    p50: float | None,
+    teacher_p50: float | None = None,
+) -> VariantRow:
     return VariantRow(
         run_id=run_id,
         run_name=f"name-{run_id}",
@@ -32,15 +38,18 @@ def row(run_id: str, variant: str, accuracy: float | None, p50: float | None) ->
         size_bytes=4096,
         p50_ms_batch1=p50,
         images_per_s_batch32=5000.0,
+        threads=2,
+        teacher_p50_ms_batch1=teacher_p50,
     )
 
 
 def sample_rows() -> list[VariantRow]:
     return with_relative_figures(
         [
-            row("run-a", "teacher", 0.99, 10.0),
-            row("run-a", "student-kd", 0.98, 2.0),
-            row("run-a", "student-kd-onnx-int8", None, 1.0),
+            row("run-a", "teacher", 0.99, 10.0, teacher_p50=10.0),
+            row("run-a", "student-kd", 0.98, 2.0, teacher_p50=10.0),
+            # ONNX Runtime: against the teacher's own ONNX Runtime timing, never PyTorch's
+            row("run-a", "student-kd-onnx-int8", None, 1.0, teacher_p50=4.0),
             row("run-b", "student-kd", 0.97, 2.5),
         ]
     )
@@ -67,8 +76,8 @@ def test_relative_figures_against_the_teacher_of_the_same_run() -> None:
     assert teacher.accuracy_retained == pytest.approx(1.0)
     assert kd.speedup_vs_teacher == pytest.approx(5.0)
     assert kd.accuracy_retained == pytest.approx(0.98 / 0.99)
-    # a missing accuracy leaves its ratio empty but not the speed-up
-    assert int8.speedup_vs_teacher == pytest.approx(10.0)
+    # a missing accuracy leaves its ratio empty but not the speed-up, like for like
+    assert int8.speedup_vs_teacher == pytest.approx(4.0)
     assert int8.accuracy_retained is None
     # no teacher row in run-b
     assert other.speedup_vs_teacher is None and other.accuracy_retained is None
@@ -94,6 +103,7 @@ def test_markdown_formats_each_cell() -> None:
         size_bytes=2048 + 512,
         p50_ms_batch1=1.23456,
         images_per_s_batch32=12345.6,
+        threads=2,
         speedup_vs_teacher=5.4123,
         accuracy_retained=0.99412,
     )
@@ -104,14 +114,16 @@ def test_markdown_formats_each_cell() -> None:
 
     # then: header, separator, one line per row
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert lines[0].startswith("| run | variant | runtime | test accuracy [95% CI] | parameters |")
+    assert lines[0].startswith(
+        "| run | variant | runtime | threads | test accuracy [95% CI] | parameters |"
+    )
     assert set(lines[1]) <= set("|-:") and lines[1].count("|") == len(COLUMNS) + 1
     assert len(lines) == 4
     assert lines[2] == (
-        "| cifar-kd (01234567) | student-kd-onnx | onnxruntime | 0.9123 | 1,234,567 | 2.5 "
+        "| cifar-kd (01234567) | student-kd-onnx | onnxruntime | 2 | 0.9123 | 1,234,567 | 2.5 "
         "| 1.235 | 12,346 | 5.41x | 99.4% |"
     )
-    assert lines[3] == "| bare (fedcba98) | teacher | pytorch | - | - | - | - | - | - | - |"
+    assert lines[3] == "| bare (fedcba98) | teacher | pytorch | - | - | - | - | - | - | - | - |"
 
 
 def test_markdown_escapes_a_pipe_in_the_run_name() -> None:

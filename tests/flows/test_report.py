@@ -64,8 +64,15 @@ def test_compare_reads_two_real_runs_back_from_mlflow(
         threads = max(int(k.split(".threads")[1].split(".")[0]) for k in bench if ".threads" in k)
         p50 = bench[f"student-kd-onnx.onnxruntime.threads{threads}.batch1.p50_ms"]
         assert float(onnx_row["p50_ms_batch1"]) == p50
-        teacher_p50 = bench[f"teacher.pytorch.threads{threads}.batch1.p50_ms"]
+        # like for like: the ONNX student against the teacher in ONNX Runtime, same threads
+        teacher_p50 = bench[f"teacher.onnxruntime.threads{threads}.batch1.p50_ms"]
         assert float(onnx_row["speedup_vs_teacher"]) == pytest.approx(teacher_p50 / p50)
+        assert onnx_row["threads"] == str(threads)
+        torch_p50 = bench[f"student-kd.pytorch.threads{threads}.batch1.p50_ms"]
+        torch_teacher = bench[f"teacher.pytorch.threads{threads}.batch1.p50_ms"]
+        assert float(mine["student-kd"]["speedup_vs_teacher"]) == pytest.approx(
+            torch_teacher / torch_p50
+        )
         assert float(onnx_row["accuracy_retained"]) == pytest.approx(
             export["onnx_test_accuracy"] / teacher.data.metrics["test_accuracy"]
         )
