@@ -277,11 +277,23 @@ def load_teacher(path: Path, kind: TeacherFormat) -> nn.Module:
             return OnnxModule(path).eval()
 
 
-def output_count(model: nn.Module, spec: InputSpec) -> int:
-    """How many logits the model gives, from one forward pass of a blank input."""
-    with torch.no_grad():
-        blank = torch.zeros(2, spec.channels, *spec.image_size, dtype=torch.uint8)
-        out = model(prepare(blank, spec))
+def output_count(model: nn.Module, spec: InputSpec, pixels: torch.Tensor | None = None) -> int:
+    """How many logits the model gives, from one forward pass: of ``pixels`` (the data's
+    own images, uint8 (N, C, H, W)) through the input recipe, or of a blank input of the
+    recipe's shape. A model that cannot take that input is a ``TeacherError`` naming the
+    keys that say what input the teacher was trained on."""
+    if pixels is None:
+        pixels = torch.zeros(2, spec.channels, *spec.image_size, dtype=torch.uint8)
+    fed = f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}"
+    try:
+        with torch.no_grad():
+            out = model(prepare(pixels, spec))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TeacherError(
+            f"the teacher cannot take the data's images as {fed} ({reason[:200]}): set "
+            "teacher.input (image_size, channels, mean, std) to the input it was trained on"
+        ) from None
     if out.ndim != 2:
         raise TeacherError(f"the teacher gives outputs of shape {list(out.shape)}, not logits")
     return int(out.shape[1])

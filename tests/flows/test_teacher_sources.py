@@ -171,6 +171,8 @@ def test_bad_teacher_sources_stop_before_any_work(
     torch.save(trained.state_dict(), plain)  # cnn_small weights, no architecture inside
     twelve = tmp_path / "twelve.pt"
     torch.save(build_model("cnn_tiny", 1, 12).state_dict(), twelve)
+    rgb = tmp_path / "rgb.pt"  # torchvision's, trained on 3-channel images: not the data's
+    torch.save(build_model("torchvision:mobilenet_v3_small", 3, 10, native=True).state_dict(), rgb)
     cases = {
         "missing file": (
             f"teacher.source={{kind: checkpoint, path: {tmp_path / 'absent.pt'}}}",
@@ -188,6 +190,10 @@ def test_bad_teacher_sources_stop_before_any_work(
             f"teacher.source={{kind: checkpoint, path: {twelve}, arch: cnn_tiny}}",
             "(12 unnamed outputs) are not the dataset's (['0', '1', '2'",
         ),
+        "a teacher trained on other inputs, without teacher.input": (
+            f"teacher.source={{kind: torchvision, name: mobilenet_v3_small, weights: {rgb}}}",
+            "cannot take the data's images as 1x28x28",
+        ),
     }
     before = sorted(p.relative_to(warm_store.root) for p in warm_store.root.rglob("*"))
     for case, (override, message) in cases.items():
@@ -197,5 +203,7 @@ def test_bad_teacher_sources_stop_before_any_work(
             case,
             err,
         )
+        if "other inputs" in case:
+            assert "set teacher.input" in err[0]  # the keys that fix it
     after = sorted(p.relative_to(warm_store.root) for p in warm_store.root.rglob("*"))
     assert after == before  # nothing written: no run, no file

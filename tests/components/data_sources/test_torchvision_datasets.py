@@ -10,7 +10,13 @@ import pytest
 from torchvision import datasets
 
 from components.config import TorchvisionSource
-from components.data_sources import DataError, check_source, load_source, source_signature
+from components.data_sources import (
+    DataError,
+    check_source,
+    load_source,
+    source_sample,
+    source_signature,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -98,3 +104,4 @@ def test_the_check_and_the_signature(tmp_path: Path) -> None:
     check_source(source)
     classes, channels, size = source_signature(source)
     assert (len(classes), channels, size) == (10, 1, 28)
+    assert source_sample(source).shape == (1, 1, 28, 28)
