@@ -23,6 +23,14 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_files(paths: list[Path]) -> str:
+    """One sha256 over several files: of the first alone when it is alone (a single file's
+    hash is its own), else over each file's name and hash, in the order given."""
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    return sha256_json([[path.name, sha256_file(path)] for path in paths])
+
+
 def sha256_json(payload: Any) -> str:
     """Fingerprint of a JSON-able value, independent of key order."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -24,7 +24,7 @@ from torch import nn
 
 from components.config import BenchmarkConfig
 from components.devices import torch_threads
-from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session
+from components.onnx_export import onnx_session
 
 ISA_FLAGS = (
     "avx2",
@@ -122,15 +122,20 @@ def benchmark_onnx(
     config: BenchmarkConfig,
     threads: tuple[int, ...] | None = None,
 ) -> list[Latency]:
+    """``path``'s latency in ONNX Runtime. Any model exporters write: its own input name and
+    type (float16 too); one exported with a fixed batch size is timed at that size only."""
     rows = []
     for n in threads if threads is not None else config.threads:
         session = onnx_session(path, threads=resolve_threads(n))
-        for batch in config.batch_sizes:
+        first = session.get_inputs()[0]
+        dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        fixed = first.shape[0] if isinstance(first.shape[0], int) and first.shape[0] > 0 else None
+        for batch in config.batch_sizes if fixed is None else (fixed,):
             rng = np.random.default_rng(0)
-            feed = {INPUT_NAME: rng.standard_normal((batch, *input_shape), np.float32)}
+            feed = {first.name: rng.standard_normal((batch, *input_shape)).astype(dtype)}
 
             def run(feed: dict[str, np.ndarray] = feed, session: Any = session) -> object:
-                return session.run([OUTPUT_NAME], feed)
+                return session.run(None, feed)
 
             times = time_calls(run, config.warmup, config.iterations)
             rows.append(_summarise(variant, "onnxruntime", batch, resolve_threads(n), times))

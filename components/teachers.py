@@ -130,10 +130,26 @@ class OnnxModule(nn.Module):
         return self._session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) for a batch of any size: the model's own input name and type
+        (float16 models are fed float16), and a model exported with a fixed batch size
+        (``torch.onnx.export``'s default) run on slices of that size, the last one padded."""
         session = self.session()
-        name = session.get_inputs()[0].name
-        feed = {name: x.detach().cpu().contiguous().numpy().astype(np.float32)}
-        return torch.from_numpy(session.run(None, feed)[0])
+        first = session.get_inputs()[0]
+        dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        batch = x.detach().cpu().contiguous().numpy().astype(dtype)
+        fixed = first.shape[0] if isinstance(first.shape[0], int) and first.shape[0] > 0 else None
+        step = fixed or max(len(batch), 1)
+        outputs = []
+        for start in range(0, len(batch), step):
+            part = batch[start : start + step]
+            short = step - len(part) if fixed else 0
+            if short:
+                part = np.concatenate([part, np.repeat(part[-1:], short, axis=0)])
+            out = session.run(None, {first.name: part})[0]
+            outputs.append(out[: len(out) - short].astype(np.float32))
+        if not outputs:
+            return torch.empty(0)
+        return torch.from_numpy(np.concatenate(outputs))
 
 
 class Exported(nn.Module):

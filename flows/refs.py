@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components.data import Dataset, DatasetInfo, load_dataset
+from components.io import sha256_files
 from components.logit_cache import CacheError, CacheInfo, LogitCache, open_logit_cache
 from components.onnx_export import ExportResult
 from components.teachers import InputSpec, TeacherFormat, TeacherView, load_teacher
@@ -62,6 +63,9 @@ class ModelRef(Ref):
     # class, the output that scores it (None: the dataset's classes in order).
     input_spec: dict[str, Any] | None = None
     class_index: list[int] | None = None
+    # Files the model needs beside ``checkpoint`` (an ONNX teacher's external data), relative
+    # to the work dir; ``sha256`` is then over all of them (components.io.sha256_files).
+    extra_files: tuple[str, ...] = ()
 
     def identity(self) -> Any:
         return [self.sha256, self.input_spec, self.class_index]
@@ -81,6 +85,14 @@ class ModelRef(Ref):
         return (spec.channels, *spec.image_size)
 
     def verify(self, work_dir: Path) -> str | None:
+        if self.extra_files:
+            files = [work_dir / f for f in (self.checkpoint, *self.extra_files)]
+            gone = [str(f) for f in files if not f.is_file()]
+            if gone:
+                return f"{gone[0]} no longer exists"
+            if sha256_files(files) != self.sha256:
+                return f"{files[0]} or its data changed since it was cached (sha256 differs)"
+            return file_problem(work_dir, self.history)
         return file_problem(work_dir, self.checkpoint, self.sha256) or file_problem(
             work_dir, self.history
         )

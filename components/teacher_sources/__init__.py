@@ -37,6 +37,8 @@ class Brought:
     format: TeacherFormat
     class_names: list[str] | None  # the classes its file names (None: unnamed outputs)
     origin: str  # what it was made from, in words: a path, a URI
+    # Files the model needs beside ``path`` (an ONNX model's external data): hashed with it.
+    extra_files: tuple[Path, ...] = ()
 
 
 class ModelStore(Protocol):

@@ -52,7 +52,8 @@ class MlflowModel:
             flavour, found = models.fetch_model(source.uri, Path(scratch))
             if flavour == "onnx":
                 path = directory / "model.onnx"
-                return Brought(path, "onnx", import_onnx(found, path), source.uri)
+                names, external = import_onnx(found, path)
+                return Brought(path, "onnx", names, source.uri, tuple(external))
             path = directory / "model.pt2"
             import_module(found, spec, path)
             return Brought(path, "exported", None, source.uri)

@@ -23,7 +23,7 @@ from components.logit_cache import (
 )
 from components.methods import cache_readings
 from flows.refs import CacheRef, DataRef, ModelRef
-from flows.stage import Outcome, Record, Stage, StageContext, file_problem
+from flows.stage import Outcome, Record, Stage, StageContext
 
 
 class LogitCacheStage(Stage[CacheRef]):
@@ -64,7 +64,7 @@ class LogitCacheStage(Stage[CacheRef]):
             class_index=teacher.class_index,
             teacher_format=teacher.format,
         )
-        problem = file_problem(ctx.work_dir, teacher.checkpoint, teacher.sha256)
+        problem = teacher.verify(ctx.work_dir)  # the model file, and any data beside it
         if problem is not None:
             raise CacheError(f"the teacher cannot be used: {problem}")
         # ONNX Runtime runs on the CPU here; PyTorch teachers on the configured device.

@@ -22,7 +22,7 @@ import torch
 from components.config import PipelineConfig
 from components.data_sources import DataError, source_sample, source_signature
 from components.devices import place, resolve_device
-from components.io import sha256_file, write_json
+from components.io import sha256_files, write_json
 from components.recipes import Recipe, teacher_recipe
 from components.teacher_sources import source_of
 from components.teachers import (
@@ -38,7 +38,8 @@ from components.teachers import (
 from flows.refs import DataRef, ModelRef
 from flows.stage import Outcome, PreflightError, Record, StageContext
 from flows.stages.training import TrainingStage
-from flows.tracking import Tracker, TrackingError, resolve_tracking_uri
+from flows.tracking import TrackingError, resolve_tracking_uri
+from flows.tracking.models import LazyModelLoader
 
 
 class Teacher(TrainingStage):
@@ -53,7 +54,7 @@ class Teacher(TrainingStage):
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
         source = config.teacher.source
-        return source_of(source).identity(source, Tracker(resolve_tracking_uri()).models)
+        return source_of(source).identity(source, LazyModelLoader(resolve_tracking_uri()))
 
     def preflight(self, config: PipelineConfig) -> None:
         teacher = config.teacher
@@ -73,7 +74,7 @@ class Teacher(TrainingStage):
         )
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                models = Tracker(resolve_tracking_uri()).models
+                models = LazyModelLoader(resolve_tracking_uri())
                 brought = source_of(teacher.source).bring_in(
                     teacher.source, spec, Path(scratch), models
                 )
@@ -117,7 +118,8 @@ class Teacher(TrainingStage):
             **teacher_accuracy(view, dataset, "test", device),
         }
         history = write_json(ctx.directory / "history.json", [])  # trained elsewhere
-        sha256, size = sha256_file(path), path.stat().st_size
+        files = [path, *brought.extra_files]  # an ONNX model's external data with it
+        sha256, size = sha256_files(files), sum(f.stat().st_size for f in files)
         parameters = parameter_count(model, path, kind)
         arch = source.describe(teacher.source, brought)
         ctx.log.info(
@@ -142,7 +144,7 @@ class Teacher(TrainingStage):
             },
             metrics={**metrics, "checkpoint_bytes": size},
             tags={"checkpoint_sha256": sha256, "teacher_source": teacher.source.kind},
-            files=[(path, "checkpoint")],
+            files=[(f, "checkpoint") for f in files],
         )
         ref = ModelRef(
             arch=arch,
@@ -158,5 +160,6 @@ class Teacher(TrainingStage):
             # trained teacher of the same bytes has
             input_spec=None if spec == InputSpec.of_data(dataset.info) else spec.as_dict(),
             class_index=index,
+            extra_files=tuple(ctx.relative(f) for f in brought.extra_files),
         )
         return Outcome(ref, record)

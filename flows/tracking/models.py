@@ -71,3 +71,25 @@ class ModelLoader:
             # MLflow's PyTorch flavour is a pickle: loaded only from the configured registry.
             return "pytorch", mlflow_pytorch.load_model(str(local), map_location="cpu")
         raise TrackingError(f"{uri}: flavours {sorted(flavors)}; a teacher must be onnx or pytorch")
+
+
+class LazyModelLoader:
+    """A ``ModelLoader`` made on first use: the pre-flight check and the fingerprint ask a
+    teacher source for its identity, and only the MLflow source asks the store anything, so
+    no store is opened (a SQLite file created) for the others."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self._loader: ModelLoader | None = None
+
+    def _open(self) -> ModelLoader:
+        if self._loader is None:
+            client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+            self._loader = ModelLoader(client, self.tracking_uri)
+        return self._loader
+
+    def resolve_model(self, uri: str) -> tuple[str, str]:
+        return self._open().resolve_model(uri)
+
+    def fetch_model(self, uri: str, destination: Path) -> tuple[str, Any]:
+        return self._open().fetch_model(uri, destination)

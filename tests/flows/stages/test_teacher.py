@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from mlflow.tracking import MlflowClient
@@ -67,3 +68,31 @@ def test_an_onnx_teacher_with_other_classes_is_mapped_onto_the_data(
 class _Reverse(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(1)
+
+
+def test_an_onnx_teacher_as_torch_exports_it_by_default_feeds_the_cache_and_is_timed(
+    staged: tuple[StageHarness, Path], tmp_path: Path
+) -> None:
+    harness, images = staged
+    model, _ = load_checkpoint(harness.work / harness.refs["teacher"].checkpoint)
+    exported = tmp_path / "teacher.onnx"  # weights in teacher.onnx.data, batch fixed at 1
+    torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(exported))
+    assert (tmp_path / "teacher.onnx.data").is_file()
+    ref, _ = _bring(harness, images, f"teacher.source={{kind: onnx, path: {exported}}}")
+    assert ref.format == "onnx" and len(ref.extra_files) == 1
+    assert ref.verify(harness.work) is None
+    assert abs(ref.test_accuracy - harness.refs["teacher"].test_accuracy) <= 0.02
+    # the cache holds its logits for every view, in batches its fixed size does not take
+    config = harness.config(images, f"teacher.source={{kind: onnx, path: {exported}}}")
+    trained = harness.refs["logit-cache"]  # the cache of the teacher trained here
+    cache = harness.run(stage("logit-cache"), config).ref
+    assert cache.info.key != trained.info.key
+    ours = np.asarray(cache.open(harness.work).arrays["logits"], np.float32)
+    assert ours.shape == np.asarray(trained.open(harness.work).arrays["logits"]).shape
+    # and the benchmark times it at the batch size it takes
+    results = harness.run(stage("benchmark"), config).ref.results
+    assert {r["batch_size"] for r in results if r["variant"] == "teacher"} == {1}
+    # new external data is a new teacher: the cached reference no longer verifies
+    data = harness.work / ref.extra_files[0]
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    assert "changed since it was cached" in (ref.verify(harness.work) or "")
