@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from components.calibration import Calibration
 from components.config import RegistryConfig
 from components.data import DatasetInfo
 from components.io import atomic_dir, sha256_file
 from components.predict import SELF_CHECK, self_check
+from components.report import reliability_chart
 from components.stats import format_accuracy
 
 # What the data looks like, in words, for the sources we know (PipelineConfig.dataset_name).
@@ -101,17 +103,37 @@ def write_bundle(
     card: str,
     appearance: str,
     test_vector: tuple[np.ndarray, np.ndarray, np.ndarray],
+    calibration: Calibration | None = None,
 ) -> Path:
     """The bundle at ``directory``, whole or not at all. ``test_vector``: raw uint8 images
     (N, C, H, W), their labels, and the logits the pipeline's own input path gave for them;
     the bundle is refused if its documented recipe, applied to the saved image files, does
-    not reproduce those logits."""
+    not reproduce those logits. ``calibration``: the temperature fitted on validation, in
+    ``preprocessing.json`` (``temperature``: divide the logits by it before the softmax) and
+    in the ONNX models' metadata, with the reliability diagram beside them."""
     with atomic_dir(directory) as tmp:
         shutil.copyfile(model, tmp / "model.onnx")
         if int8_model is not None:
             shutil.copyfile(int8_model, tmp / "model.int8.onnx")
         (tmp / "labels.json").write_text(json.dumps(dict(enumerate(info.class_names)), indent=2))
         prep = preprocessing_spec(info, appearance)
+        if calibration is not None:
+            prep |= {
+                "temperature": calibration.temperature,
+                "calibration": {
+                    **calibration.summary(),
+                    "about": "probabilities = softmax(logits / temperature): the temperature "
+                    "was fitted on the validation split (Guo et al. 2017); ECE in 15 bins",
+                },
+            }
+            for onnx_file in sorted(tmp.glob("*.onnx")):
+                _set_metadata(onnx_file, {"temperature": f"{calibration.temperature:.6g}"})
+            reliability_chart(
+                calibration.test_reliability_before,
+                calibration.test_reliability_after,
+                calibration.temperature,
+                tmp / "reliability.png",
+            )
         (tmp / "preprocessing.json").write_text(json.dumps(prep, indent=2))
         _write_test_vector(tmp, info, *test_vector)
         (tmp / "parity.json").write_text(json.dumps(parity, indent=2))
@@ -139,13 +161,23 @@ def write_bundle(
 REFUSED_KEY = "kd_status"  # in preprocessing.json and the ONNX metadata: "refused: <why>"
 
 
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Set (or replace) metadata entries of an ONNX file, in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {entry.key: entry for entry in proto.metadata_props}
+    for key, value in values.items():
+        entry = props.get(key) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
 def mark_refused(bundle: Path, reason: str) -> None:
     """Mark a written bundle refused (by a registry floor, or not promoted) where whoever
     deploys it looks: a banner on ``MODEL_CARD.md``, ``kd_status`` in ``preprocessing.json``
     and in the ONNX models' metadata. The checksums are written anew, the whole bundle
-    replaced in one rename (a deployment never sees half a mark)."""
-    import onnx
-
+    replaced by a whole one (a deployment never sees half a mark)."""
     status = f"refused: {reason}"
     with atomic_dir(bundle) as tmp:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
@@ -158,11 +190,7 @@ def mark_refused(bundle: Path, reason: str) -> None:
         prep = json.loads((tmp / "preprocessing.json").read_text())
         (tmp / "preprocessing.json").write_text(json.dumps({**prep, REFUSED_KEY: status}, indent=2))
         for path in sorted(tmp.glob("*.onnx")):
-            proto = onnx.load(str(path))
-            props = {entry.key: entry for entry in proto.metadata_props}
-            entry = props.get(REFUSED_KEY) or proto.metadata_props.add()
-            entry.key, entry.value = REFUSED_KEY, status
-            onnx.save(proto, str(path))
+            _set_metadata(path, {REFUSED_KEY: status})
         sums = {
             p.relative_to(tmp).as_posix(): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
@@ -221,6 +249,7 @@ def model_card(
     parity: dict[str, Any],
     run_ids: dict[str, str],
     appearance: str | None = None,
+    calibration: Calibration | None = None,
 ) -> str:
     """Markdown model card. Rows: (model, runtime, test accuracy, parameters) and
     (variant, threads, batch, p50 ms, images /s)."""
@@ -245,6 +274,7 @@ def model_card(
         f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.4f}.",
         f"INT8 (decided on the validation split): {int8_reason}.",
         "",
+        *_calibration_lines(calibration),
         "## Latency (ONNX Runtime, CPU of the exporting machine)",
         "| variant | threads | batch | p50 ms | images/s |",
         "|---|---:|---:|---:|---:|",
@@ -272,6 +302,25 @@ def model_card(
     return "\n".join(lines)
 
 
+def _calibration_lines(calibration: Calibration | None) -> list[str]:
+    if calibration is None:
+        return []
+    c = calibration
+    return [
+        "## Calibration (are the confidences right?)",
+        f"Expected calibration error (15 confidence bins; 0 is perfect): {c.ece_val_before:.4f} "
+        f"on validation (n = {c.val_n}) and {c.ece_test_before:.4f} on test (n = {c.test_n}) as "
+        f"trained. Temperature scaling, fitted on validation: T = {c.temperature:.3f}, ECE "
+        f"{c.ece_val_after:.4f} on validation and {c.ece_test_after:.4f} on test. Divide the "
+        "logits by `temperature` (in `preprocessing.json` and the ONNX metadata) before the "
+        "softmax when you threshold on confidence; the predicted class does not change. "
+        "`kd predict` does.",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+
+
 def handoff_card(
     *,
     model_name: str,
@@ -287,6 +336,7 @@ def handoff_card(
     provenance: dict[str, str],
     recipes: dict[str, str] | None = None,
     appearance: str | None = None,
+    calibration: Calibration | None = None,
 ) -> str:
     """The model card of a handed-off student. ``recipes``: model -> the input it was fed
     (the teacher's own, when it came from elsewhere). ``teacher``/``student``: (architecture,
@@ -312,6 +362,7 @@ def handoff_card(
         parity=export["parity"],
         run_ids={**provenance, **{f"{k} input": v for k, v in (recipes or {}).items()}},
         appearance=appearance,
+        calibration=calibration,
     )
 
 

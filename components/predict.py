@@ -141,7 +141,8 @@ class Bundle:
                 )
                 results[i] = Prediction(str(path), [], f"{path}: {reason}")
         if batch:
-            logits = self.logits(np.stack(batch))
+            # the temperature fitted on validation (the bundle's calibration), when it has one
+            logits = self.logits(np.stack(batch)) / float(self.prep.get("temperature", 1.0))
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs = shifted / shifted.sum(axis=1, keepdims=True)
             for row, i in enumerate(where):

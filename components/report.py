@@ -363,3 +363,34 @@ def patience_chart(grid: list[dict[str, Any]], path: Path) -> Path:
     axis.legend(fontsize=7)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def reliability_chart(
+    before: list[dict[str, Any]], after: list[dict[str, Any]], temperature: float, path: Path
+) -> Path:
+    """The reliability diagram: accuracy against mean confidence per confidence bin, before
+    and after temperature scaling (the diagonal is a perfectly calibrated model), with each
+    bin's share of the images beneath. Atomic; returns path."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for rows, style, label in (
+        (before, "o-", "as trained (T = 1)"),
+        (after, "s--", f"temperature-scaled (T = {temperature:.2f})"),
+    ):
+        kept = [r for r in rows if r["count"]]
+        top.plot([r["confidence"] for r in kept], [r["accuracy"] for r in kept], style, label=label)
+    top.set(ylabel="accuracy in the bin", title="Reliability on the test split", ylim=(0, 1.02))
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8, loc="upper left")
+    total = max(1, sum(r["count"] for r in after))
+    for rows, offset, label in ((before, -0.25, "T = 1"), (after, 0.25, "scaled")):
+        width = rows[0]["high"] - rows[0]["low"]
+        centres = [(r["low"] + r["high"]) / 2 + offset * width for r in rows]
+        bottom.bar(centres, [r["count"] / total for r in rows], width=width / 2, label=label)
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="share", xlim=(0, 1))
+    bottom.legend(fontsize=7)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from components.data import normalize, training_set_record
+from components.calibration import calibrate
+from components.data import Dataset, normalize, training_set_record
 from components.handoff import (
     expected_image,
     handoff_card,
@@ -81,7 +82,17 @@ class Handoff(Stage[HandoffRef]):
             if decision.latency is not None:
                 metrics["int8_latency_ratio"] = decision.latency.estimate
 
-        # 2. The bundle, with its model card.
+        # 2. Calibration: a temperature fitted on validation, ECE before and after (the test
+        #    split reported); it travels in the bundle for whoever thresholds on confidence.
+        session = onnx_session(model_path)
+        calibration = calibrate(
+            *_logits_and_labels(session, dataset, "val"),
+            *_logits_and_labels(session, dataset, "test"),
+        )
+        metrics |= {f"calibration.{k}": v for k, v in calibration.summary().items()}
+        texts["calibration.json"] = calibration.as_dict()
+
+        # 3. The bundle, with its model card.
         accuracy_rows = [
             (stage, "pytorch", ref.test_accuracy, ref.parameters)
             for stage, ref in zip(MODEL_STAGES, models, strict=True)
@@ -128,6 +139,7 @@ class Handoff(Stage[HandoffRef]):
                 "student run": student.run_id,
                 "ONNX sha256": exported.sha256,
             },
+            calibration=calibration,
         )
         # The test vector: the first test image of each class, with the logits the pipeline's
         # own input path gives (write_bundle checks the bundle's recipe reproduces them).
@@ -144,14 +156,11 @@ class Handoff(Stage[HandoffRef]):
             json.loads((ctx.work_dir / bench.json_path).read_text()),
             card,
             appearance=appearance,
-            test_vector=(
-                raw,
-                np.asarray(test_labels)[chosen],
-                run_onnx(onnx_session(model_path), inputs),
-            ),
+            test_vector=(raw, np.asarray(test_labels)[chosen], run_onnx(session, inputs)),
+            calibration=calibration,
         )
 
-        # 3. The registry: a new version under the alias, with the record of its training
+        # 4. The registry: a new version under the alias, with the record of its training
         #    examples; unless it is below a floor, or a version with the same bytes exists.
         training = training_set_record(dataset)
         below = registration_floor(student.val_accuracy, control.val_accuracy, config.registry)
@@ -165,8 +174,9 @@ class Handoff(Stage[HandoffRef]):
             version, registration = same, f"not registered: byte-identical to version {same}"
         else:
             card = (bundle / "MODEL_CARD.md").read_text()  # as written: with its list of files
+            # the bundle's model: the export with its temperature in the metadata
             version = register_challenger(
-                ctx, dataset, model_path, name, training, int8_reason, card
+                ctx, dataset, bundle / "model.onnx", name, training, int8_reason, card
             )
             registration = f"registered version {version} as @{registry.alias}"
         ctx.log.info("handoff bundle %s; %s %s; INT8 %s", bundle, name, registration, int8_reason)
@@ -200,3 +210,10 @@ class Handoff(Stage[HandoffRef]):
             else f"Registry: {ref.model_name} {ref.registration}"
         )
         return [f"Handoff bundle: {work_dir / ref.bundle} (INT8 {ref.int8_reason})", registry]
+
+
+def _logits_and_labels(session: Any, dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ONNX student's logits on a split, and the split's labels."""
+    images, labels = dataset.split(split)
+    inputs = normalize(np.asarray(images), dataset.info).contiguous().numpy()
+    return run_onnx(session, inputs), np.asarray(labels)

@@ -3,10 +3,16 @@ on tiny upstream artifacts, without a pipeline run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import onnx
+import pytest
 from mlflow.tracking import MlflowClient
 
+from components.calibration import softmax
+from components.predict import Bundle, self_check
 from flows.refs import HandoffRef
 from tests.flows.stages.harness import StageHarness, new_parent, stage
 
@@ -62,3 +68,29 @@ def test_int8_that_is_not_faster_by_the_margin_stays_out_of_the_bundle(
     assert not (harness.work / ref.bundle / "model.int8.onnx").exists()
     run = MlflowClient(harness.pipeline.tracking_uri).get_run(harness.refs["handoff"].run_id)
     assert run.data.tags["int8"] == ref.int8_reason
+
+
+def test_the_bundle_carries_the_temperature_fitted_on_validation(
+    staged: tuple[StageHarness, Path],
+) -> None:
+    harness, images = staged
+    outcome = harness.run(stage("handoff"), harness.config(images))
+    bundle = harness.work / outcome.ref.bundle
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    calibration = outcome.record.texts["calibration.json"]
+    assert prep["temperature"] == calibration["temperature"] > 0
+    assert set(prep["calibration"]) >= {"ece_val_before", "ece_val_after", "ece_test_after"}
+    assert calibration["val_n"] == 16 and calibration["test_n"] == 16
+    metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
+    assert float(metadata["temperature"]) == pytest.approx(prep["temperature"], rel=1e-5)
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Calibration" in card and "![reliability diagram](reliability.png)" in card
+    assert (bundle / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # kd predict reports probabilities at that temperature; the class is unchanged
+    loaded = Bundle(bundle)
+    files = sorted((bundle / "self_check").glob("*.png"))[:3]
+    logits = loaded.logits(np.stack([loaded.preprocess(f) for f in files]))
+    expected = softmax(logits, prep["temperature"])
+    for prediction, row in zip(loaded.classify(files, top_k=1), expected, strict=True):
+        assert prediction.top[0][1] == pytest.approx(row.max(), rel=1e-5)
+    assert self_check(bundle).passed  # the test vector's raw logits are unchanged
