@@ -112,6 +112,19 @@ class WorkDirError(ValueError):
     """The work directory cannot be created or written."""
 
 
+def check_writable(directory: Path) -> Path:
+    """The resolved directory, if it can be written or created, without creating anything:
+    it, or its nearest existing parent, is a writable directory (the pre-flight check)."""
+    directory = directory.expanduser().resolve()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise WorkDirError(f"work_dir {directory}: not writable ({existing} {what})")
+    return directory
+
+
 def ensure_writable(directory: Path) -> Path:
     """The resolved directory, created if needed; fails before any work if it is unwritable."""
     directory = directory.expanduser().resolve()

@@ -41,6 +41,7 @@ from components.config import (
 from components.io import (
     WorkDirBusy,
     WorkDirError,
+    check_writable,
     ensure_writable,
     sha256_json,
     work_dir_lock,
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pipeline_arguments(run)
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="run the pre-flight checks only (config, paths, data, teacher, architectures, "
+        "servers and credentials), write nothing, and exit",
+    )
     run.add_argument(
         "--nproc",
         type=int,
@@ -586,13 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_to_yaml(config), end="")
         return 0
-    # Imported here, not at the top: `kd predict` must run without torch.
+    # Imported here, not at the top: `kd predict` must run without torch. Neither Prefect nor
+    # MLflow is imported before the pre-flight checks pass (they cost seconds).
     from components.data_sources import DataError
     from components.teachers import TeacherError
-    from flows.pipeline import PIPELINE
-    from flows.runner import StageError, resolve_force
-    from flows.servers import work_dir_prefect
-    from flows.stage import PreflightError
+    from flows.stage import PreflightError, StageError, resolve_force
+    from flows.stages import PIPELINE
 
     # Bad input is the user's to fix: one line, exit 2, before any run is opened or any file
     # written. Each stage checks what it will read (data source, teacher, architectures).
@@ -601,11 +607,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_servers()
         for stage in PIPELINE:
             stage.preflight(config)
-        ensure_writable(config.work_dir)
+        check_writable(config.work_dir)
     except (WorkDirError, ServerUnreachable, StageError, PreflightError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "check", False):
+        print(f"kd: every pre-flight check passed ({len(PIPELINE)} stages); nothing was written")
+        return 0
+    from flows.servers import work_dir_prefect
+
     try:
+        ensure_writable(config.work_dir)  # the work begins: its directory, made now
         if args.command == "serve":
             return _serve(args, config.work_dir)
         # One pipeline at a time per work dir: a second refuses here, before any run opens.

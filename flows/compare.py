@@ -23,7 +23,8 @@ from components.report import (
     write_comparison_csv,
 )
 from flows.stage import Stage
-from flows.tracking import DATASET_TAG, RunRecord, Tracker, TrackingError
+from flows.tracking import DATASET_TAG, Tracker, TrackingError
+from flows.tracking.runs import RunRecord
 
 _LATENCY_KEY = re.compile(
     r"^(?P<variant>.+)\.(?P<runtime>pytorch|onnxruntime)\.threads(?P<threads>\d+)"

@@ -24,32 +24,10 @@ from prefect.states import Completed
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.io import ensure_writable, lock_holder, work_dir_lock
 from flows.refs import ReportRef
-from flows.runner import Runner, resolve_force
-from flows.stage import PipelineContext, Ref, Stage
-from flows.stages.benchmark import Benchmark
-from flows.stages.handoff import Handoff
-from flows.stages.logit_cache import LogitCacheStage
-from flows.stages.onnx_export import OnnxExport
-from flows.stages.prepare_data import PrepareData
-from flows.stages.promotion import Promotion
-from flows.stages.report import Report
-from flows.stages.student_baseline import StudentBaseline
-from flows.stages.student_kd import StudentKD
-from flows.stages.teacher import Teacher
+from flows.runner import Runner
+from flows.stage import PipelineContext, Ref, Stage, resolve_force
+from flows.stages import PIPELINE
 from flows.tracking import DATASET_TAG, PIPELINE_TAG, Tracker, resolve_tracking_uri, ui_command
-
-PIPELINE: tuple[Stage[Any], ...] = (
-    PrepareData(),
-    Teacher(),
-    LogitCacheStage(),
-    StudentBaseline(),
-    StudentKD(),
-    OnnxExport(),
-    Benchmark(),
-    Handoff(),
-    Promotion(),
-    Report(),
-)
 
 
 @dataclass(frozen=True)

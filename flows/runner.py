@@ -34,30 +34,11 @@ from flows.stage import (
     Ref,
     Stage,
     StageContext,
+    cached_names,
     check_pipeline,
     config_params,
 )
 from flows.tracking import Tracker
-
-
-class StageError(ValueError):
-    """An unknown stage name given to ``--force-stage``."""
-
-
-def cached_names(stages: Sequence[Stage[Any]]) -> list[str]:
-    return [stage.name for stage in stages if stage.cached]
-
-
-def resolve_force(force: Sequence[str] | None, stages: Sequence[Stage[Any]]) -> frozenset[str]:
-    """Stage names to recompute regardless of the cache; ``all`` means every cached stage."""
-    names, cached = set(force or []), cached_names(stages)
-    unknown = names - {*cached, "all"}
-    if unknown:
-        raise StageError(
-            f"force: unknown stage(s) {', '.join(sorted(unknown))}; "
-            f"choose from all, {', '.join(cached)}"
-        )
-    return frozenset(cached) if "all" in names else frozenset(names)
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

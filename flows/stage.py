@@ -22,7 +22,7 @@ everything stages share (MLflow child run, Prefect caching, damage checks, reuse
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -33,7 +33,8 @@ from components.config import PipelineConfig, flatten
 from components.io import sha256_file, sha256_json
 
 if TYPE_CHECKING:
-    from flows.tracking import MetricSink, Tracker
+    from flows.tracking import Tracker
+    from flows.tracking.runs import MetricSink
 
 
 class Ref(BaseModel):
@@ -270,9 +271,29 @@ class StageContext:
 
     def metrics(self) -> MetricSink:
         """A picklable handle that logs metrics to this stage's run (launched processes too)."""
-        from flows.tracking import MetricSink
+        from flows.tracking.runs import MetricSink
 
         return MetricSink(self.pipeline.tracking_uri, self.run_id)
+
+
+class StageError(ValueError):
+    """An unknown stage name given to ``--force-stage``."""
+
+
+def cached_names(stages: Sequence[Stage[Any]]) -> list[str]:
+    return [stage.name for stage in stages if stage.cached]
+
+
+def resolve_force(force: Sequence[str] | None, stages: Sequence[Stage[Any]]) -> frozenset[str]:
+    """Stage names to recompute regardless of the cache; ``all`` means every cached stage."""
+    names, cached = set(force or []), cached_names(stages)
+    unknown = names - {*cached, "all"}
+    if unknown:
+        raise StageError(
+            f"force: unknown stage(s) {', '.join(sorted(unknown))}; "
+            f"choose from all, {', '.join(cached)}"
+        )
+    return frozenset(cached) if "all" in names else frozenset(names)
 
 
 def check_pipeline(stages: tuple[Stage[Any], ...]) -> None:

@@ -20,8 +20,8 @@ from components.config import PipelineConfig, SweepConfig, sweep_points
 from components.stats import format_accuracy, wilson
 from flows.pipeline import PIPELINE, parent_run
 from flows.refs import DataRef, ModelRef
-from flows.runner import Runner, publish_table, resolve_force
-from flows.stage import Stage
+from flows.runner import Runner, publish_table
+from flows.stage import Stage, resolve_force
 
 
 def task_runner(sweep: SweepConfig) -> TaskRunner[Any]:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from components.config import PipelineConfig
 from flows.pipeline import PIPELINE
-from flows.runner import cached_names
+from flows.stage import cached_names
 from tests.conftest import TINY_OVERRIDES
 
 STAGES = [stage.name for stage in PIPELINE]  # every stage is a child run of the pipeline run

@@ -22,9 +22,7 @@ from components.onnx_export import onnx_session, run_onnx
 from components.recipes import control_name
 from components.report import confusion_chart, confusion_matrix, summary_markdown, training_curves
 from components.stats import Verdict, verdict
-from flows.compare import compare_runs, variant_rows, write_comparison
 from flows.refs import MODEL_STAGES, BenchmarkRef, DataRef, ModelRef, OnnxRef, ReportRef
-from flows.runner import publish_table
 from flows.stage import Outcome, Record, Stage, StageContext
 
 RUNS_IN_REPORT = 5  # this run and the four before it
@@ -39,6 +37,11 @@ class Report(Stage[ReportRef]):
     cached = False
 
     def run(self, ctx: StageContext) -> Outcome[ReportRef]:
+        # Here, not at the top: the stage list is imported by the pre-flight checks, which
+        # run before MLflow (read back by compare) and Prefect (the table) are loaded.
+        from flows.compare import compare_runs, variant_rows, write_comparison
+        from flows.runner import publish_table
+
         out_dir = ctx.directory
         dataset = ctx.input("prepare-data", DataRef).load(ctx.work_dir)
         trained = {stage: ctx.input(stage, ModelRef) for stage in MODEL_STAGES}

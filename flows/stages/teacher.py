@@ -39,7 +39,6 @@ from flows.refs import DataRef, ModelRef
 from flows.stage import Outcome, PreflightError, Record, StageContext
 from flows.stages.training import TrainingStage
 from flows.tracking import TrackingError, resolve_tracking_uri
-from flows.tracking.models import LazyModelLoader
 
 
 class Teacher(TrainingStage):
@@ -53,6 +52,8 @@ class Teacher(TrainingStage):
         return teacher_recipe(config)
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
+        from flows.tracking.models import LazyModelLoader  # loads MLflow: see preflight
+
         source = config.teacher.source
         return source_of(source).identity(source, LazyModelLoader(resolve_tracking_uri()))
 
@@ -72,6 +73,10 @@ class Teacher(TrainingStage):
             recipe.mean or (0.5,) * (recipe.channels or channels),
             recipe.std or (0.25,) * (recipe.channels or channels),
         )
+        # Here, not at the top: a teacher trained here needs no model store, and the checks
+        # run before MLflow is loaded.
+        from flows.tracking.models import LazyModelLoader
+
         with tempfile.TemporaryDirectory() as scratch:
             try:
                 models = LazyModelLoader(resolve_tracking_uri())

@@ -30,7 +30,7 @@ from flows.stage import (
 if TYPE_CHECKING:
     # Only for the annotation: a launched training process that unpickles an EpochReport
     # imports MLflow only when its rank logs.
-    from flows.tracking import MetricSink
+    from flows.tracking.runs import MetricSink
 
 
 class EpochReport:

@@ -5,7 +5,8 @@ module per job.
 - ``registry``: registered models, versions and aliases (``Registry``);
 - ``models``: models brought in from a store, for teacher sources (``ModelLoader``);
 - ``cleanup``: runs left RUNNING by killed processes (``OrphanRuns``);
-- ``fluent``: MLflow's process-wide state, where a call needs it.
+- ``fluent``: MLflow's process-wide state, where a call needs it;
+- ``common``: the names the rest of the tree uses without importing MLflow.
 
 A ``Tracker`` holds one of each for one store: ``tracker.runs.log_params(...)``,
 ``tracker.registry.register(...)``, ``tracker.models``, ``tracker.orphans.close(...)``.
@@ -13,31 +14,25 @@ A ``Tracker`` holds one of each for one store: ``tracker.runs.log_params(...)``,
 
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
-from flows.tracking.cleanup import OrphanRuns
-from flows.tracking.models import ModelLoader
-from flows.tracking.registry import Registry
-from flows.tracking.runs import (
+from flows.tracking.common import (
     DATASET_TAG,
     PIPELINE_TAG,
-    MetricSink,
-    RunLog,
-    RunRecord,
     TrackingError,
     resolve_tracking_uri,
     ui_command,
 )
 
+if TYPE_CHECKING:
+    from flows.tracking.cleanup import OrphanRuns
+    from flows.tracking.models import ModelLoader
+    from flows.tracking.registry import Registry
+    from flows.tracking.runs import RunLog
+
 __all__ = [
     "DATASET_TAG",
     "PIPELINE_TAG",
-    "MetricSink",
-    "ModelLoader",
-    "OrphanRuns",
-    "Registry",
-    "RunLog",
-    "RunRecord",
     "Tracker",
     "TrackingError",
     "resolve_tracking_uri",
@@ -46,9 +41,22 @@ __all__ = [
 
 
 class Tracker:
-    """One MLflow store (runs and registry together), by job."""
+    """One MLflow store (runs and registry together), by job. MLflow is imported when the
+    first one is made, not when this package is (see common.py)."""
+
+    runs: RunLog
+    registry: Registry
+    models: ModelLoader
+    orphans: OrphanRuns
 
     def __init__(self, tracking_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from flows.tracking.cleanup import OrphanRuns
+        from flows.tracking.models import ModelLoader
+        from flows.tracking.registry import Registry
+        from flows.tracking.runs import RunLog
+
         self.tracking_uri = tracking_uri
         # The registry lives in the same store or server as the runs.
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)

@@ -9,7 +9,7 @@ import os
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from flows.tracking.runs import HOST, OWNER_HOST, OWNER_PID
+from flows.tracking.common import HOST, OWNER_HOST, OWNER_PID
 
 
 def _alive(pid: int) -> bool:

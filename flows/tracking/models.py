@@ -11,8 +11,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from flows.tracking.common import TrackingError
 from flows.tracking.fluent import quiet_downloads
-from flows.tracking.runs import TrackingError
 
 
 class ModelLoader:

@@ -11,14 +11,12 @@ import contextlib
 import json
 import math
 import os
-import socket
 import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -46,21 +44,19 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from components.io import code_version
+from flows.tracking.common import (
+    DATASET_TAG,
+    EXPERIMENT_KIND,
+    HOST,
+    OWNER_HOST,
+    OWNER_PID,
+    PIPELINE_TAG,
+    SPLIT_CONTEXT,
+    TrackingError,
+)
 from flows.tracking.fluent import fluent_tracking_uri, quiet_downloads, quiet_model_logging
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
-
-HOST = socket.gethostname()
-# Which process owns a run: a later run can close it if that process was killed (cleanup.py).
-OWNER_HOST, OWNER_PID = "kd_host", "kd_pid"
-PIPELINE_TAG = ("pipeline", "kd-pipeline")  # set on every parent run (kd run, kd sweep)
-# What the run's data is (PipelineConfig.dataset_name), on parent runs and registered versions:
-# promotion, the run report and kd compare compare runs of one dataset only.
-DATASET_TAG = "dataset"
-
-SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
-# MLflow 3's UI opens an experiment on this kind's view (the runs table), not on traces.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def source_tags() -> dict[str, str]:
@@ -76,10 +72,6 @@ def source_tags() -> dict[str, str]:
     }
     tags |= {f"kd.{key}": value for key, value in code.items() if key.endswith("_version")}
     return tags
-
-
-class TrackingError(ValueError):
-    """No such experiment or run, or a run that is not a kd-pipeline parent run."""
 
 
 @dataclass(frozen=True)
@@ -109,22 +101,6 @@ class RunRecord:
             metrics=dict(run.data.metrics),
             tags=dict(run.data.tags),
         )
-
-
-def resolve_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else MLflow's own default store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-
-
-def ui_command(tracking_uri: str) -> str:
-    """The exact command that opens the MLflow UI on this store."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme in ("http", "https"):
-        return f"open {tracking_uri} in a browser (the server's own UI)"
-    if parsed.scheme == "sqlite":
-        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-        return f"mlflow ui --backend-store-uri sqlite:///{db}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 @dataclass(frozen=True)

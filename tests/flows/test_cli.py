@@ -282,3 +282,22 @@ def test_a_refused_write_is_told_as_a_full_disk() -> None:
             assert disk_full(wrapped)
     assert not disk_full(OSError("[Errno 2] No such file or directory"))
     assert not disk_full(ValueError("3 requested and 3 written, fine"))
+
+
+def test_the_checks_alone_write_nothing_and_load_neither_prefect_nor_mlflow(
+    tmp_path: Path,
+) -> None:
+    # `kd run --check` on the default config, as a fresh process: every pre-flight check
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    probe = (
+        "import sys; from flows.cli import main; code = main(['run', '--check']); "
+        "print(sorted(m for m in ('prefect', 'mlflow') if m in sys.modules)); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "every pre-flight check passed" in done.stdout and "[]" in done.stdout
+    # nothing created: no work dir, no MLflow store, no Prefect database, no file at all
+    assert sorted(tmp_path.rglob("*")) == []

@@ -10,8 +10,16 @@ from components.config import PipelineConfig, load_config
 from components.io import sha256_file
 from flows.pipeline import PIPELINE
 from flows.refs import ModelRef
-from flows.runner import StageError, resolve_force
-from flows.stage import ConfigView, Ref, Stage, UndeclaredRead, check_pipeline, config_params
+from flows.stage import (
+    ConfigView,
+    Ref,
+    Stage,
+    StageError,
+    UndeclaredRead,
+    check_pipeline,
+    config_params,
+    resolve_force,
+)
 from flows.stages.student_kd import StudentKD
 from flows.stages.teacher import Teacher
 
