@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from components.augment import render_strong_views, render_views
 from components.config import AugmentConfig, CacheConfig, PipelineConfig
+from components.cores import apply_fair_threads
 from components.data import Dataset, DatasetInfo
 from components.devices import place, resolve_device, show_progress, torch_threads
 from components.distributed import launch, rank_and_world, worker_device
@@ -505,6 +506,7 @@ def build_logit_cache(
     matching the spec's), or a plain module fed the data's own recipe.
     """
     teacher = _as_view(teacher, spec, dataset.info)
+    apply_fair_threads()  # ONNX Runtime's sessions below take as many threads as PyTorch has
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
         raise CacheError(f"cache.top_k ({spec.top_k}) must be below the class count ({classes})")

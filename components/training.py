@@ -32,6 +32,7 @@ from tqdm import tqdm
 from components.augment import choose_views, render_strong_views, render_views, view_targets
 from components.checkpoint import save_tensors
 from components.config import DistillConfig, TrainConfig
+from components.cores import apply_fair_threads
 from components.data import Dataset, normalize
 from components.devices import place, show_progress
 from components.inference import predict_logits
@@ -199,6 +200,7 @@ def train_classifier(
             for done, metrics in enumerate(result.history, start=1):
                 on_epoch(done, metrics)
     for epoch in range(first_epoch, train.epochs + 1):
+        apply_fair_threads()  # another kd run may have started, or ended, since the last
         model.train()
         epoch_started = time.perf_counter()
         order = torch.randperm(len(images), generator=order_rng)

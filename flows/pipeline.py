@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
+from components.cores import share_cores
 from components.io import ensure_writable, lock_holder, work_dir_lock
 from flows.refs import ReportRef
 from flows.runner import Runner
@@ -137,7 +138,8 @@ def run_pipeline(
     """The body of both flows (and of any flow that runs another stage list): the stages in
     order, inside one MLflow parent run."""
     forced = resolve_force(force, stages)
-    with parent_run(config, "kd") as (tracker, pipeline):
+    # This machine's cores, shared with any other kd running on it (components/cores.py).
+    with share_cores(config.distributed.nproc), parent_run(config, "kd") as (tracker, pipeline):
         runner = Runner(pipeline, stages, forced)
         runner.run_all(config)
         record_reuse(tracker, runner)

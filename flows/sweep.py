@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from components.config import PipelineConfig, SweepConfig, sweep_points
+from components.cores import share_cores
 from components.stats import format_accuracy, wilson
 from flows.pipeline import PIPELINE, parent_run
 from flows.refs import DataRef, ModelRef
@@ -88,7 +89,14 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
     """Distil one student per setting of ``config.sweep.grid``, in parallel."""
     points = sweep_points(config)
     forced = resolve_force(force, PIPELINE)
-    with parent_run(config, "kd-sweep") as (tracker, pipeline):
+    # This machine's cores, shared with any other kd running on it (components/cores.py).
+    with (
+        share_cores(config.distributed.nproc),
+        parent_run(config, "kd-sweep") as (
+            tracker,
+            pipeline,
+        ),
+    ):
         parent = pipeline.parent_run_id
         tracker.runs.set_tags(parent, {"sweep_points": len(points)})
         runner = Runner(pipeline, PIPELINE, forced)
@@ -100,9 +108,10 @@ def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> Sw
             config.sweep.task_runner,
         )
         student_kd = next(s for s in PIPELINE if s.name == "student-kd")
-        trained = runner.run_many(
-            student_kd, {f"student-kd[{label}]": point for label, point in points}
-        )
+        with share_cores(config.sweep.max_workers):  # that many students at once
+            trained = runner.run_many(
+                student_kd, {f"student-kd[{label}]": point for label, point in points}
+            )
         students = {name: ref for name, ref in trained.items() if isinstance(ref, ModelRef)}
         baseline, teacher = (runner.refs[name] for name in ("student-baseline", "teacher"))
         assert isinstance(baseline, ModelRef) and isinstance(teacher, ModelRef)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 
 # Before Prefect is imported anywhere: the test server has no internet to report to, and its
 # telemetry job only contends for the fresh SQLite database.
@@ -12,6 +13,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # in them and in every process they start, rather than four spinning for two cores. The tests
 # that measure "all cores" set their thread counts explicitly.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# kd's own share of the cores (components/cores.py) likewise: one thread, and a registry of the
+# suite's own, apart from any kd running on the machine.
+os.environ.setdefault("KD_THREADS", "1")
+os.environ.setdefault("KD_PROCESS_REGISTRY", tempfile.mkdtemp(prefix="kd-test-registry-"))
 
 from collections.abc import Iterator
 from contextlib import closing
