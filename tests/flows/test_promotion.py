@@ -90,32 +90,6 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     assert self_check(bundle).passed
 
 
-def test_a_model_below_a_registry_floor_is_not_registered(warm_store: Store) -> None:
-    client = warm_store.client
-    # not better than its own label-only control on validation by the margin asked: refused,
-    # and the run exits with the code for a refused model
-    assert main(warm_store.args("registry.min_gain_over_control=0.5")) == 3
-    # or below an absolute floor
-    assert main(warm_store.args("registry.min_val_accuracy=0.99")) == 3
-    (_, floor_gain), (_, floor_accuracy) = pipeline_runs(client)[1:]
-    assert (
-        "below registry.min_gain_over_control +0.5000"
-        in (floor_gain["handoff"].data.tags["registration"])
-    )
-    assert (
-        "below registry.min_val_accuracy 0.9900"
-        in (floor_accuracy["handoff"].data.tags["registration"])
-    )
-    for children in (floor_gain, floor_accuracy):
-        assert "model_version" not in children["handoff"].data.tags
-        assert children["promotion"].data.tags["promotion.decision"] == "skipped"
-    parent = pipeline_runs(client)[-1][0]
-    card = (warm_store.work / "handoff" / parent.info.run_id / "MODEL_CARD.md").read_text()
-    assert card.startswith("> **REFUSED: do not deploy.**") and "min_val_accuracy" in card
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
-    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
-
-
 def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
     warm_store: Store,
 ) -> None:

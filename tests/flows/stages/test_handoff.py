@@ -43,19 +43,30 @@ def test_a_new_model_is_registered_and_the_same_bytes_are_not_registered_twice(
     assert len(client.search_model_versions(f"name = '{first.model_name}'")) == 1
 
 
+@pytest.mark.parametrize(
+    ("floor", "named"),
+    [
+        # below an absolute floor on validation
+        ("registry.min_val_accuracy=1.0", "below registry.min_val_accuracy 1.0000"),
+        # not better than its own label-only control on validation by the margin asked
+        ("registry.min_gain_over_control=0.5", "below registry.min_gain_over_control +0.5000"),
+    ],
+)
 def test_a_model_below_a_floor_is_handed_off_but_not_registered(
-    staged: tuple[StageHarness, Path],
+    staged: tuple[StageHarness, Path], floor: str, named: str
 ) -> None:
     harness, images = staged
-    ref = _handoff(harness, images, "registry.min_val_accuracy=1.0")
+    ref = _handoff(harness, images, floor)
     assert not ref.registered and ref.version is None
-    assert "below registry.min_val_accuracy" in ref.registration
+    assert named in ref.registration
     assert ref.refusal() == ref.registration  # the run ends with the refused exit code
     assert (harness.work / ref.bundle / "model.onnx").is_file()
     card = (harness.work / ref.bundle / "MODEL_CARD.md").read_text()
     assert card.startswith("> **REFUSED: do not deploy.**")
     client = MlflowClient(harness.pipeline.tracking_uri)
     assert not client.search_registered_models(f"name = '{ref.model_name}'")
+    run = client.get_run(harness.refs["handoff"].run_id)
+    assert "model_version" not in run.data.tags and named in run.data.tags["registration"]
 
 
 def test_int8_that_is_not_faster_by_the_margin_stays_out_of_the_bundle(
