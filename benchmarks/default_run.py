@@ -28,10 +28,13 @@ from flows.cli import script_parser
 from flows.tracking import Tracker
 
 
-def stage_seconds(tracking_uri: str) -> dict[str, float]:
+def stage_seconds(tracking_uri: str, experiment: str) -> dict[str, float]:
     """Each stage's own time in the run, from its MLflow child run."""
     tracker = Tracker(tracking_uri)
-    (parent,) = tracker.runs.pipeline_runs(PipelineConfig().experiment_name, last=1)
+    runs = tracker.runs.pipeline_runs(experiment, last=1)
+    if not runs:
+        raise SystemExit(f"no finished pipeline run in experiment {experiment!r}")
+    parent = runs[0]
     return {
         name: round(((run.end_time or run.start_time) - run.start_time) / 1000, 2)
         for name, run in tracker.runs.children(parent).items()
@@ -71,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     printed = done.stdout.replace(str(scratch), "<scratch>")
     summary = printed[printed.index("| model |") :].rstrip() + "\n"
     rows = re.findall(r"^\| (\S+) \| (\w+) \| ([0-9.]+)(?: \[[^\]]*\])? \|", summary, re.MULTILINE)
-    stages = stage_seconds(f"sqlite:///{scratch / 'mlflow.db'}")
+    config = load_config(args.config, args.overrides)
+    stages = stage_seconds(f"sqlite:///{scratch / 'mlflow.db'}", config.experiment_name)
     report = {
         "process_seconds": round(seconds, 1),
         "test_accuracy": {variant: float(accuracy) for variant, _, accuracy in rows},
         "stage_seconds": stages,
-        "rates": rates(stages, load_config(args.config, args.overrides)),
+        "rates": rates(stages, config),
         "cpu": cpu_info()["model"],
         "cores": os.cpu_count(),
         "overrides": args.overrides,

@@ -7,9 +7,10 @@ reported on test, with one observation per independent unit.
 Units. A unit is one fold, one teacher seed and one student seed together: unit u holds
 out fold u mod k of the pool (components/folds.py: fold 0 is the pipeline's own validation
 split; every fold trains on as many images as the pipeline) and uses seed ``seed + u`` for
-its teacher, its students and their views. Nothing is shared between units (each has its own
-teacher, its own control and its own views), so each is one observation, and every interval
-here is a Student-t interval over units.
+its teacher, its students and their views. No model, control or view is shared between units
+(each has its own teacher, its own control and its own views; units u and u + k hold out the
+same fold), so each is one observation, and every interval here is a Student-t interval over
+units.
 
 Protocol (validation chooses, test reports). Every choice reads held-out fold accuracy,
 never the test split; a candidate replaces the incumbent default only when its paired
@@ -27,7 +28,8 @@ starting from what the one before chose:
    patient budget among all;
 4. ``control``: the label-only control's recipe at the chosen budget (cached or fresh views,
    label smoothing 0 or 0.1): the one the pipeline then trains;
-5. ``report``: the chosen default and its control on ``report_units`` units, on test:
+5. ``report``: the chosen default and its control on ``report_units`` fresh units (none of
+   them read by a choice), on test:
    ``gap_closed_by_default`` (share of the teacher-control gap closed, from the means),
    ``default_vs_control_ci_low`` (the 95% interval's low end of the test accuracy
    difference, over units), ``kd_error_reduction_vs_best_baseline``.
@@ -271,6 +273,8 @@ def _teacher_model(ctx: Context, unit: int, teacher: tuple[str, ...]) -> torch.n
             config.teacher.model.name, info.in_channels, info.num_classes, min(info.image_size)
         )
         model.load_state_dict(torch.load(weights, weights_only=True))
+        if read_result(ctx, "teachers", key) is None:  # weights kept, the store started anew
+            _record_teacher(ctx, key, unit, teacher, config, model, dataset, None)
         return model.eval()
     started = time.perf_counter()
     model, _ = fit(teacher_recipe(config), dataset, torch.device(_device(config)))
@@ -279,6 +283,20 @@ def _teacher_model(ctx: Context, unit: int, teacher: tuple[str, ...]) -> torch.n
     tmp = weights.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, weights)
+    _record_teacher(ctx, key, unit, teacher, config, model, dataset, seconds)
+    return model.eval()
+
+
+def _record_teacher(
+    ctx: Context,
+    key: str,
+    unit: int,
+    teacher: tuple[str, ...],
+    config: PipelineConfig,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    seconds: float | None,  # None: trained by an earlier call whose record is gone
+) -> None:
     _write(
         ctx.store / "teachers" / f"{key}.json",
         {
@@ -291,7 +309,6 @@ def _teacher_model(ctx: Context, unit: int, teacher: tuple[str, ...]) -> torch.n
             **_scores(model, dataset),
         },
     )
-    return model.eval()
 
 
 def _device(config: PipelineConfig) -> str:
@@ -659,9 +676,16 @@ def _costs(bench: Bench, grid: list[dict[str, Any]]) -> dict[str, Any]:
     ctx = bench.ctx
     teachers = [json.loads(p.read_text()) for p in (ctx.store / "teachers").glob("*.json")]
     caches = [json.loads(p.read_text()) for p in (ctx.store / "caches").glob("*.json")]
+    teacher_rates = [t["seconds"] / t["epochs"] for t in teachers if t["seconds"] is not None]
+    cache_rates = [c["build_seconds"] / c["views"] for c in caches]
+    if not teacher_rates or not cache_rates:
+        raise SystemExit(
+            "no cost rates: give --rates (benchmarks/default_run.py's default_run.json), or "
+            "keep the store of the call that trained the teachers and built the caches"
+        )
     return {
-        "teacher_epoch": statistics.median(t["seconds"] / t["epochs"] for t in teachers),
-        "cache_view": statistics.median(c["build_seconds"] / c["views"] for c in caches),
+        "teacher_epoch": statistics.median(teacher_rates),
+        "cache_view": statistics.median(cache_rates),
         "student_epoch": statistics.median(c["student_seconds"] / c["epochs"] for c in grid),
         "source": "the units of this benchmark (one thread each)",
     }
@@ -697,7 +721,10 @@ def phase_control(bench: Bench) -> None:
 
 def phase_report(bench: Bench) -> None:
     ctx = bench.ctx
-    units = bench.units(bench.protocol.report_units)
+    # Units no choice was made on: a unit whose held-out score helped choose would carry its
+    # luck (a good seed is good on test too) into the figures reported.
+    first = bench.protocol.units
+    units = list(range(first, first + bench.protocol.report_units))
     control_name = bench.report["control"]["chosen"]
     aug = _augmentation(bench.method)
     kd = Student(bench.teacher, (*bench.method, *bench.budget))

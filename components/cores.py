@@ -41,7 +41,8 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,8 +52,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: /proc), to tell it from a later one given the
+    same pid; None where the system does not say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def live_weights(directory: Path | None = None) -> dict[int, int]:
-    """pid -> weight of every registered kd process still running."""
+    """pid -> weight of every registered kd process still running. The entry of a process
+    that is gone (a SIGKILL leaves it) is removed, where this user may."""
     directory = directory or registry_dir()
     found: dict[int, int] = {}
     for entry in directory.glob("*.json") if directory.is_dir() else ():
@@ -61,8 +72,12 @@ def live_weights(directory: Path | None = None) -> dict[int, int]:
             pid, weight = int(record["pid"]), int(record["weight"])
         except (OSError, ValueError, KeyError):
             continue  # being written, or not ours
-        if _alive(pid):
+        started = record.get("start_ticks")
+        if alive(pid) and (started is None or started == _start_ticks(pid)):
             found[pid] = max(1, weight)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
     return found
 
 
@@ -71,7 +86,9 @@ def fair_threads(directory: Path | None = None) -> int:
     cores shared by the live weights (one worker alone gets them all)."""
     fixed = os.environ.get("KD_THREADS")
     if fixed:
-        return max(1, int(fixed))
+        if not fixed.isdigit() or int(fixed) < 1:
+            raise ValueError(f"KD_THREADS={fixed!r}: give a whole number of threads, at least 1")
+        return int(fixed)
     total = sum(live_weights(directory).values()) or 1
     return max(1, cores() // total)
 
@@ -87,7 +104,8 @@ def share_cores(weight: int = 1, directory: Path | None = None) -> Iterator[Path
         directory.chmod(0o1777)  # any user's kd registers; each removes only its own
     entry = directory / f"{os.getpid()}.json"
     outer = entry.read_text() if entry.is_file() else None
-    _write(entry, json.dumps({"pid": os.getpid(), "weight": weight, "started": time.time()}))
+    record = {"pid": os.getpid(), "weight": weight, "start_ticks": _start_ticks(os.getpid())}
+    _write(entry, json.dumps({**record, "started": time.time()}))
     before = os.environ.get(SHARING)
     os.environ[SHARING] = "1"  # this process and the ones it starts follow the registry
     try:

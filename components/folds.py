@@ -7,6 +7,9 @@ out, its training images trained on); folds 1 .. k-1 each hold out a stratified 
 training split, as large as the validation split, and train on the rest of the pool. So every
 fold trains on as many images as the pipeline does, and the test split is in no fold's pool:
 it is never read to choose.
+
+A fold dataset lives in this process only: its ``info.path`` names no directory, so training
+it in several processes (which reload data by path) is refused rather than silently wrong.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from components.io import sha256_json
 
 
 def fold_count(dataset: Dataset) -> int:
-    """How many folds of the validation split's size the pool holds (at least 2)."""
+    """How many folds of the validation split's size the pool holds (at least 3, so that a
+    fold never holds out the whole training split)."""
     pool = len(dataset.splits["train"]) + len(dataset.splits["val"])
-    return max(2, round(pool / len(dataset.splits["val"])))
+    return max(3, round(pool / len(dataset.splits["val"])))
 
 
 def _training_parts(dataset: Dataset, parts: int, seed: int) -> list[np.ndarray]:
@@ -57,6 +61,9 @@ def fold_dataset(dataset: Dataset, fold: int, folds: int, seed: int = 0) -> Data
     mean, std = channel_stats(np.asarray(dataset.images[train]))
     info = replace(
         dataset.info,
+        # Not a directory: a fold lives in memory, and reloading the pool by its path (a
+        # launched process would) must fail, not train on the pool's own split.
+        path=f"{dataset.info.path}#fold-{fold}-of-{folds}",
         fingerprint=sha256_json(
             {"dataset": dataset.info.fingerprint, "fold": fold, "folds": folds, "seed": seed}
         )[:16],

@@ -380,7 +380,7 @@ class LogitCache:
 
     def logits(self, rows: np.ndarray, views: np.ndarray, strong: bool = False) -> torch.Tensor:
         """Float32 logits (len(rows), classes) of the given rows at the given views (full
-        storage; a top-k cache is read through ``teacher``, per temperature)."""
+        storage; a top-k cache is read through ``batch_logits``, per temperature)."""
         name = f"{self._kind(strong)}logits"
         if name not in self.arrays:
             raise CacheError(f"logit cache {self.directory}: top-k storage, read per temperature")
@@ -397,7 +397,7 @@ class LogitCache:
         """What a loss reads of the teacher for these rows and views: the logits (full
         storage) or the top-k readings, on ``device``. ``rendered``, the views as the
         training loop rendered them, is not read: the cache holds the teacher on them (a live
-        teacher, ``teachers.OnlineTeacher``, runs on them)."""
+        teacher, ``online_teacher.OnlineTeacher``, runs on them)."""
         kind = self._kind(strong)
         device = device or torch.device("cpu")
         if f"{kind}logits" in self.arrays:

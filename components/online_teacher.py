@@ -44,7 +44,7 @@ class OnlineTeacher:
         strong: bool = False,
         rendered: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """What ``LogitCache.teacher`` answers (full logits), computed now: on ``rendered``,
+        """What ``LogitCache.batch_logits`` answers (full logits), computed now: on ``rendered``,
         the batch the training loop already rendered, as the usual online loop does (or
         rendered here when not given)."""
         if rendered is None:

@@ -118,6 +118,13 @@ class Bundle:
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{directory}: not a readable handoff bundle ({err})") from err
 
+    @property
+    def refused(self) -> str | None:
+        """Why the pipeline refused this model (a registry floor, no promotion), if it did:
+        the bundle is kept for inspection, not for deployment."""
+        status = self.prep.get("kd_status")  # components/handoff.py's REFUSED_KEY
+        return str(status) if status else None
+
     def preprocess(self, path: Path) -> np.ndarray:
         """One image file -> (C, H, W) float32, exactly as preprocessing.json says."""
         return preprocess_file(path, self.prep)

@@ -62,7 +62,8 @@ def teacher_recipe(config: PipelineConfig) -> Recipe:
 
 
 def student_recipe(config: PipelineConfig, distilled: bool) -> Recipe:
-    """Both students: the same budget, seed and K cached views; only the teacher_logits differ."""
+    """The distilled student (or, ``distilled=False``, the same student on labels only): the
+    student's budget and seed, one of the K cached views each epoch."""
     return Recipe(
         arch=config.student.model.name,
         train=config.student.train,
@@ -124,9 +125,7 @@ def fit(
     calls it). ``state_path``: the per-epoch training state a killed run resumes from.
     """
     if (teacher_logits is None) != (recipe.distill is None):
-        raise ValueError(
-            "a distilled recipe needs the teacher's teacher_logits, a label-only one none"
-        )
+        raise ValueError("a distilled recipe needs the teacher's logits, a label-only one none")
     seed_everything(recipe.seed)
     info = dataset.info
     model = build_model(recipe.arch, info.in_channels, info.num_classes, min(info.image_size))

@@ -301,6 +301,11 @@ def output_count(model: nn.Module, spec: InputSpec, pixels: torch.Tensor | None 
     if pixels is None:
         pixels = torch.zeros(2, spec.channels, *spec.image_size, dtype=torch.uint8)
     fed = f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}"
+    if isinstance(model, OnnxModule):
+        try:  # a model ONNX Runtime cannot load is no question of its input
+            model.session()
+        except Exception as err:
+            raise TeacherError(f"ONNX Runtime cannot load the teacher ({err})") from None
     try:
         with torch.no_grad():
             out = model(prepare(pixels, spec))

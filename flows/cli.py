@@ -33,9 +33,7 @@ from components.config import (
     ConfigError,
     PipelineConfig,
     config_to_yaml,
-    control_scope,
     load_config,
-    read_yaml,
     union_kinds,
 )
 from components.io import (
@@ -43,10 +41,10 @@ from components.io import (
     WorkDirError,
     check_writable,
     ensure_writable,
-    sha256_json,
     work_dir_lock,
     write_json,
 )
+from flows.control_choice import control_record, with_recorded_control
 
 DEPLOYMENT_NAME = "kd-scheduled"
 
@@ -347,6 +345,8 @@ def _predict(bundle_dir: Path, images: list[Path], top_k: int, check: bool) -> i
     except (ValueError, OSError, KeyError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if bundle.refused is not None:
+        print(f"kd: warning: this model was {bundle.refused}; do not deploy it", file=sys.stderr)
     if checked is not None:
         print(f"{bundle_dir}: {checked.describe()}")
         for failure in checked.failures:
@@ -366,64 +366,53 @@ def _predict(bundle_dir: Path, images: list[Path], top_k: int, check: bool) -> i
     return EXIT_USAGE if failed else 0
 
 
-def control_record(config: PipelineConfig) -> Path:
-    """Where ``kd choose-control`` records its choice for this config's data and student."""
-    return config.work_dir / "control-choices" / f"{sha256_json(control_scope(config))[:16]}.json"
-
-
-def with_recorded_control(
-    config: PipelineConfig, path: Path | None, overrides: Sequence[str]
-) -> PipelineConfig:
-    """The config with the control recipe ``kd choose-control`` recorded for its data and
-    student, unless the YAML file or an override sets ``student.baseline`` itself."""
-    record = control_record(config)
-    if not record.is_file():
-        return config
-    tree = read_yaml(path) if path is not None else {}
-    if "baseline" in (tree.get("student") or {}) or any(
-        o.startswith(("student.baseline", "student=", "student.baseline=")) for o in overrides
-    ):
-        return config
-    chosen = json.loads(record.read_text())
-    choice = [
-        f"student.baseline.views={chosen['views']}",
-        f"student.baseline.label_smoothing={chosen['label_smoothing']}",
-        f"student.baseline.chosen_by=kd choose-control, {chosen['created']}, over "
-        f"{chosen['units']} held-out folds ({record})",
-    ]
-    return load_config(path, [*choice, *overrides])
-
-
-def _choose_control(config: PipelineConfig, units: int) -> int:
+def _choose_control(config: PipelineConfig, units: int, invocation: str) -> int:
     from components.control import choose_control
     from components.data import load_dataset, prepare_dataset
-    from components.data_sources import DataError, check_source
+    from components.data_sources import DataError
     from components.devices import resolve_device
     from components.recipes import CONTROL_CANDIDATES
+    from flows.stage import PreflightError
+    from flows.stages import PIPELINE
 
+    # The checks a run makes of what this reads (the data, the student), before any work.
     try:
-        check_source(config.data)
-        ensure_writable(config.work_dir)
-        info = prepare_dataset(config.data, config.split, config.work_dir / "prepare-data")
-        dataset = load_dataset(info.path)
-        total = units * len(CONTROL_CANDIDATES)
-        print(
-            f"kd: training {len(CONTROL_CANDIDATES)} control candidates on {units} held-out "
-            f"folds ({total} runs of {config.student.train.epochs} epochs)",
-            flush=True,
-        )
-        record = choose_control(
-            config,
-            dataset,
-            units,
-            resolve_device(config.device),
-            on_result=lambda unit, name, accuracy: print(
-                f"  unit {unit}: {name} held-out accuracy {accuracy:.4f}", flush=True
-            ),
-        )
-    except (DataError, WorkDirError, ValueError) as err:
+        for stage in PIPELINE:
+            if stage.name in ("prepare-data", "student-baseline"):
+                stage.preflight(config)
+        check_writable(config.work_dir)
+    except (PreflightError, WorkDirError) as err:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        # One job at a time on a work dir: a run training meanwhile would share its folder.
+        with work_dir_lock(ensure_writable(config.work_dir), invocation):
+            info = prepare_dataset(config.data, config.split, config.work_dir / "prepare-data")
+            dataset = load_dataset(info.path)
+            total = units * len(CONTROL_CANDIDATES)
+            print(
+                f"kd: training {len(CONTROL_CANDIDATES)} control candidates on {units} held-out "
+                f"folds ({total} runs of {config.student.train.epochs} epochs)",
+                flush=True,
+            )
+            record = choose_control(
+                config,
+                dataset,
+                units,
+                resolve_device(config.device),
+                on_result=lambda unit, name, accuracy: print(
+                    f"  unit {unit}: {name} held-out accuracy {accuracy:.4f}", flush=True
+                ),
+            )
+    except (DataError, WorkDirError, WorkDirBusy, ValueError) as err:
+        print(f"kd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the training itself failed (say, cuda asked of a CPU machine)
+        print(f"kd: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
     record["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
     path = write_json(control_record(config), record)
     print()
@@ -589,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kd: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "choose-control":
-        return _choose_control(config, args.units)
+        return _choose_control(config, args.units, _invocation(argv))
     if args.command == "config":
         print(config_to_yaml(config), end="")
         return 0

@@ -1,6 +1,6 @@
 """``kd compare`` and the run report's comparison: model variants of pipeline runs side by side.
 
-Every figure is read back from MLflow (flows/tracking.py), so the comparison works the same on
+Every figure is read back from MLflow (flows/tracking/), so the comparison works the same on
 the local SQLite store and on a remote server. Which variants a run has, and where their
 figures live, comes from the stages' declared ``variants``: a new stage that produces a model
 shows up here without a change to this module.

@@ -24,6 +24,7 @@ from prefect.states import Completed
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.cores import share_cores
 from components.io import ensure_writable, lock_holder, work_dir_lock
+from flows.control_choice import with_recorded_control
 from flows.refs import ReportRef
 from flows.runner import Runner
 from flows.stage import PipelineContext, Ref, Stage, resolve_force
@@ -71,7 +72,8 @@ def retrain(
 ) -> PipelineResult:
     """The scheduled entry point: the config file is read when the run starts, so an edited
     config or new data is picked up; unchanged stages are reused from the cache."""
-    config = load_config(Path(config_path) if config_path else None, overrides or [])
+    path = Path(config_path) if config_path else None
+    config = with_recorded_control(load_config(path, overrides or []), path, overrides or [])
     holder = lock_holder(config.work_dir)
     if holder:
         get_run_logger().warning("work_dir %s is in use by %s: waiting", config.work_dir, holder)

@@ -70,18 +70,20 @@ class ModelRef(Ref):
     def identity(self) -> Any:
         return [self.sha256, self.input_spec, self.class_index]
 
+    def spec(self, info: DatasetInfo) -> InputSpec:
+        """The input the model takes: its own recipe, or the data's."""
+        return InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
+
     def view(self, work_dir: Path, info: DatasetInfo) -> TeacherView:
         """The model behind its input recipe and class map (see components/teachers.py)."""
         model = load_teacher(work_dir / self.checkpoint, self.format)
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
-        return TeacherView(model, spec, self.class_index)
+        return TeacherView(model, self.spec(info), self.class_index)
 
     def input_recipe(self, info: DatasetInfo) -> str:
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
-        return spec.describe()
+        return self.spec(info).describe()
 
     def input_shape(self, info: DatasetInfo) -> tuple[int, int, int]:
-        spec = InputSpec.from_dict(self.input_spec) if self.input_spec else InputSpec.of_data(info)
+        spec = self.spec(info)
         return (spec.channels, *spec.image_size)
 
     def verify(self, work_dir: Path) -> str | None:

@@ -86,12 +86,12 @@ def _execute(
             # On the stage's run; and, from the stage that prepares the data, on the parent
             # run too: the pipeline's row in the runs table shows the data it ran on.
             owners = [run_id] + ([pipeline.parent_run_id] if data is outcome.ref else [])
-            fingerprint, sizes = cast(tuple[str, dict[str, int]], data.dataset())
+            digest, sizes = cast(tuple[str, dict[str, int]], data.dataset())
             for owner in owners:
                 tracker.runs.log_dataset_inputs(
                     owner,
                     config.dataset_name,
-                    fingerprint,
+                    digest,
                     config.data_source_uri,
                     {split: sizes[split] for split in stage.splits},
                 )

@@ -111,8 +111,9 @@ def benchmark(name: str) -> Any:
 
 def quadrant_images(root: Path, per_class: int, start: int = 0) -> Path:
     """An ImageFolder of four classes of 8x8 grey images, told apart by which quadrant is
-    bright: learnable in an epoch or two. Images ``start`` .. ``start + per_class - 1`` of
-    each class (the same index, the same image)."""
+    bright: learnable in an epoch or two. Files ``start`` .. ``start + per_class - 1`` of each
+    class, their noise drawn from a generator seeded by ``start`` (a call with another
+    ``start`` adds new images)."""
     import numpy as np
     from PIL import Image
 

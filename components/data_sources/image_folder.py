@@ -58,7 +58,7 @@ class ImageFolder:
         if bad:
             warnings.warn(
                 f"skipped {len(bad)} unreadable image(s) under {source.root}, e.g. {bad[0]}",
-                stacklevel=2,
+                stacklevel=4,
             )
         if not images:
             raise DataError(f"data.root {source.root}: no readable images")
@@ -76,8 +76,16 @@ class ImageFolder:
 
     def sample(self, source: ImageFolderSource) -> np.ndarray:
         from PIL import UnidentifiedImageError
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-        for path in sorted(p for p in source.root.rglob("*") if p.is_file()):
+        classes = find_classes(str(source.root))[0]
+        files = sorted(
+            p
+            for name in classes
+            for p in (source.root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+        )
+        for path in files:
             try:
                 return _read(path, source)[None]
             except (OSError, UnidentifiedImageError, ValueError):

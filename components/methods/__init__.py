@@ -99,5 +99,5 @@ def check_views(config: PipelineConfig) -> None:
     if strong and not two_view:
         raise ValueError(
             "student.train.augment.strong: strong views are read by two-view methods only "
-            f"(distill.kind=mlkd), not by distill.kind={kind}"
+            f"(such as distill.kind=mlkd), not by distill.kind={kind}"
         )

@@ -1,8 +1,8 @@
 """The stages, one module each, and ``PIPELINE``: their order, in one place.
 
-The CLI, the reports, the sweep and the tests read the stage list from here (flows/pipeline.py
-runs it as Prefect flows). Importing it loads neither Prefect nor MLflow: the pre-flight
-checks run every stage's ``preflight`` before either is imported.
+The CLI, the reports, the sweep and the tests read the stage list from here;
+flows/pipeline.py runs it as Prefect flows. Importing it loads neither Prefect nor MLflow:
+the pre-flight checks run every stage's ``preflight`` before either is imported.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 
 from components.checkpoint import load_checkpoint
 from components.config import PipelineConfig
-from components.io import write_json, write_text
+from components.io import atomic_path, write_json, write_text
 from components.latency import cpu_info, latency_chart, measure_inference, report_markdown
 from components.onnx_export import export_graph
 from components.teachers import TWIN_OPSET, load_teacher
@@ -57,11 +57,11 @@ class Benchmark(Stage[BenchmarkRef]):
         if not isinstance(teacher[1], Path):
             # The teacher in ONNX Runtime too, so every speed-up against it compares one
             # runtime with itself (an ONNX teacher has no PyTorch twin: its PyTorch rows none).
-            ctx.directory.mkdir(parents=True, exist_ok=True)
-            twin = ctx.directory / "teacher.onnx"
-            example = torch.zeros(1, *teacher[2])
-            export_graph(teacher[1].eval().cpu(), example, twin, TWIN_OPSET, dynamo=False)
-            others.append(("teacher", twin, teacher[2]))
+            twin = _onnx_twin(teacher[1], teacher[2], ctx.directory / "teacher.onnx")
+            if twin is None:
+                ctx.log.warning("the teacher cannot be exported to ONNX: timed in PyTorch only")
+            else:
+                others.append(("teacher", twin, teacher[2]))
 
         student = ctx.input("student-kd", ModelRef)
         student_model = load_checkpoint(
@@ -115,3 +115,17 @@ class Benchmark(Stage[BenchmarkRef]):
             results=[asdict(r) for r in rows],
         )
         return Outcome(ref, record)
+
+
+def _onnx_twin(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> Path | None:
+    """The model as an ONNX graph at ``path`` for timing (the tracing exporter, else
+    dynamo's), whole or not at all; None when neither can export it."""
+    example = torch.zeros(1, *shape)
+    for dynamo in (False, True):
+        try:
+            with atomic_path(path) as tmp:
+                export_graph(model.eval().cpu(), example, tmp, TWIN_OPSET, dynamo=dynamo)
+            return path
+        except Exception:
+            continue
+    return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from components.config import PipelineConfig
 from components.data import Dataset
-from components.handoff import mark_refused
+from components.handoff import REFUSED_KEY, mark_refused
 from components.promotion import (
     Decision,
     EvaluationSet,
@@ -112,8 +112,11 @@ class Promotion(Stage[PromotionRef]):
             decision.reason,
         )
         if decision.decision in ("rejected", "incomparable"):
-            # The bundle written for this model says so, where whoever deploys it looks.
-            mark_refused(ctx.work_dir / handoff.bundle, f"not promoted: {decision.reason}")
+            # The bundle written for this model says so, where whoever deploys it looks, and
+            # so does its registry version (the MLflow copy of the bundle was logged before).
+            why = f"not promoted: {decision.reason}"
+            mark_refused(ctx.work_dir / handoff.bundle, why)
+            tracker.registry.set_version_tags(name, version, {REFUSED_KEY: f"refused: {why}"})
         ref = PromotionRef(
             promoted=decision.promote,
             decision=decision.decision,

@@ -114,7 +114,9 @@ class Report(Stage[ReportRef]):
                 "kd_vs_control_test_diff": bought.difference.estimate,
                 "kd_vs_control_test_diff_low": bought.difference.interval[0],
                 "kd_vs_control_test_diff_high": bought.difference.interval[1],
-                "kd_vs_control_p_value": bought.difference.p_value or 1.0,
+                "kd_vs_control_p_value": (
+                    1.0 if bought.difference.p_value is None else bought.difference.p_value
+                ),
                 # NaN when the control is as good as the teacher: no gap, no share of it
                 "teacher_gap_closed": float("nan") if gap_closed is None else gap_closed,
                 "teacher_test_accuracy": teacher.test_accuracy,

@@ -9,17 +9,8 @@ import os
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from components.cores import alive
 from flows.tracking.common import HOST, OWNER_HOST, OWNER_PID
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 class OrphanRuns:
@@ -35,7 +26,7 @@ class OrphanRuns:
             filter_string=f"attributes.status = 'RUNNING' and tags.{OWNER_HOST} = '{HOST}'",
         ):
             pid = int(run.data.tags.get(OWNER_PID, "0"))
-            if pid <= 0 or pid == os.getpid() or _alive(pid):
+            if pid <= 0 or pid == os.getpid() or alive(pid):
                 continue
             self.client.set_tag(
                 run.info.run_id,

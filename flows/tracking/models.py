@@ -5,14 +5,15 @@ components/teacher_sources/)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from flows.tracking.common import TrackingError
-from flows.tracking.fluent import quiet_downloads
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# MLflow is imported in the methods, not here: the teacher stage's pre-flight check imports
+# this module (for the lazy loader below) before MLflow is loaded.
 
 
 class ModelLoader:
@@ -24,6 +25,8 @@ class ModelLoader:
     def resolve_model(self, uri: str) -> tuple[str, str]:
         """(where its files are, what it is): a ``models:/name@alias`` or ``models:/name/3``
         URI resolved to its version now, or a ``runs:/<id>/<path>`` URI as it is."""
+        from mlflow.exceptions import MlflowException
+
         try:
             if uri.startswith("runs:/"):
                 run_id = uri.removeprefix("runs:/").partition("/")[0]
@@ -45,7 +48,11 @@ class ModelLoader:
     def fetch_model(self, uri: str, destination: Path) -> tuple[str, Any]:
         """The model's files, downloaded: ("onnx", the .onnx file) or ("pytorch", the module
         MLflow's PyTorch flavour loads). Raises ``TrackingError`` for anything else."""
+        import mlflow
         import yaml
+        from mlflow.exceptions import MlflowException
+
+        from flows.tracking.fluent import quiet_downloads
 
         source, _ = self.resolve_model(uri)
         try:
@@ -84,6 +91,8 @@ class LazyModelLoader:
 
     def _open(self) -> ModelLoader:
         if self._loader is None:
+            from mlflow.tracking import MlflowClient
+
             client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
             self._loader = ModelLoader(client, self.tracking_uri)
         return self._loader

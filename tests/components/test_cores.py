@@ -51,9 +51,10 @@ def test_each_worker_gets_its_share_of_the_cores(registry: Path) -> None:
         finally:
             other.kill()
             other.wait()
-        # a killed process leaves its entry behind; it is ignored
+        # a killed process leaves its entry behind; it is ignored, and cleared away
         assert (registry / f"{other.pid}.json").is_file()
         assert fair_threads() == cores()
+        assert not (registry / f"{other.pid}.json").exists()
     assert not (registry / f"{os.getpid()}.json").exists()
 
 
@@ -65,6 +66,9 @@ def test_nested_weights_and_a_fixed_count(registry: Path, monkeypatch: pytest.Mo
         assert json.loads((registry / f"{os.getpid()}.json").read_text())["weight"] == 1
         monkeypatch.setenv("KD_THREADS", "1")
         assert fair_threads() == 1
+        monkeypatch.setenv("KD_THREADS", "two")
+        with pytest.raises(ValueError, match="KD_THREADS='two'"):
+            fair_threads()
 
 
 def test_only_registered_processes_change_their_threads(registry: Path) -> None:

@@ -284,20 +284,34 @@ def test_a_refused_write_is_told_as_a_full_disk() -> None:
     assert not disk_full(ValueError("3 requested and 3 written, fine"))
 
 
+@pytest.mark.parametrize("teacher", ["trained here", "an ONNX file"])
 def test_the_checks_alone_write_nothing_and_load_neither_prefect_nor_mlflow(
-    tmp_path: Path,
+    tmp_path: Path, teacher: str
 ) -> None:
     # `kd run --check` on the default config, as a fresh process: every pre-flight check
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args = ["run", "--check"]
+    if teacher == "an ONNX file":
+        import torch
+
+        from components.models import build_model
+
+        model = build_model("cnn_tiny", 1, 10).eval()
+        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(inputs / "t.onnx"))
+        args += ["--set", f"teacher.source={{kind: onnx, path: {inputs / 't.onnx'}}}"]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'store' / 'mlflow.db'}"}
     env.pop("PREFECT_API_URL", None)
     probe = (
-        "import sys; from flows.cli import main; code = main(['run', '--check']); "
+        f"import sys; from flows.cli import main; code = main({args!r}); "
         "print(sorted(m for m in ('prefect', 'mlflow') if m in sys.modules)); sys.exit(code)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "every pre-flight check passed" in done.stdout and "[]" in done.stdout
     # nothing created: no work dir, no MLflow store, no Prefect database, no file at all
-    assert sorted(tmp_path.rglob("*")) == []
+    assert sorted(work.rglob("*")) == []

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from components.data import example_hashes, load_dataset
-from components.predict import self_check
+from components.predict import Bundle, self_check
 from flows.cli import main
 from tests.flows.conftest import Store
 from tests.helpers import MODEL, pipeline_runs, quadrant_images, run_args
@@ -88,6 +88,8 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     assert metadata["kd_status"] == status
     assert self_check(bundle).passed
+    assert Bundle(bundle).refused == status  # kd predict warns with it
+    assert client.get_model_version(MODEL, "2").tags["kd_status"] == status  # and the registry
 
 
 def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(

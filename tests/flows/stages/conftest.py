@@ -10,33 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.refs import (
-    BenchmarkRef,
-    CacheRef,
-    DataRef,
-    HandoffRef,
-    ModelRef,
-    OnnxRef,
-    PromotionRef,
-    ReportRef,
-)
 from flows.stage import PipelineContext, Ref
+from flows.stages import PIPELINE
 from flows.tracking import Tracker
 from tests.flows.stages.harness import StageHarness
 from tests.helpers import quadrant_images
 
-REF_TYPES: dict[str, type[Ref]] = {
-    "prepare-data": DataRef,
-    "teacher": ModelRef,
-    "logit-cache": CacheRef,
-    "student-baseline": ModelRef,
-    "student-kd": ModelRef,
-    "onnx-export": OnnxRef,
-    "benchmark": BenchmarkRef,
-    "handoff": HandoffRef,
-    "promotion": PromotionRef,
-    "report": ReportRef,
-}
+REF_TYPES: dict[str, type[Ref]] = {stage.name: stage.output for stage in PIPELINE}
 
 
 @dataclass(frozen=True)
