@@ -1,12 +1,12 @@
-"""Distillation methods: one module each, behind one small protocol.
+"""Distillation methods: one module each, behind one small type.
 
 A method (``distill.kind``) is a config class in components/config.py (pure data: its
 fields, its ``kind`` and ``implementation``, the module that carries it) and that module,
-here, whose ``IMPLEMENTATION`` is a ``Method``:
-- ``loss``: the scalar to minimise and its parts, from the student's logits, the teacher's
+here, whose ``IMPLEMENTATION`` is a ``Method`` of three parts:
+- ``loss_function``: the scalar to minimise and its parts, from the student's logits, the teacher's
   cached logits (or a top-k cache's readings of them) and the labels; with ``strong``, the
   student's and the teacher's logits on the strong view of the same samples;
-- ``readings``: every (temperature, z-scored) at which the loss reads the teacher: what a
+- ``reads``: every (temperature, z-scored) at which the loss reads the teacher: what a
   top-k cache must hold to rebuild the teacher's distribution exactly for it;
 - ``two_views``: whether it reads a weak and a strong view of every sample.
 
@@ -17,7 +17,9 @@ check ask ``method_of``. Adding a method is its module, its config class in the
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,10 +27,22 @@ from components.config import PipelineConfig, Variant
 from components.losses import LossOutput, Reading, TeacherLogits
 from components.variants import implementation
 
+# What a method's loss function is called with: the config, the student's logits, the
+# teacher's (cached, or a top-k cache's readings of them), the targets, the epochs done
+# (fractional, for warm-ups), the label smoothing, and the strong view's (student, teacher)
+# logits for a two-view method (None otherwise).
+LossFunction = Callable[
+    [Any, torch.Tensor, TeacherLogits, torch.Tensor, float, float, Any], LossOutput
+]
 
-@runtime_checkable
-class Method(Protocol):
+
+@dataclass(frozen=True)
+class Method:
+    """A method module's ``IMPLEMENTATION``."""
+
     two_views: bool
+    loss_function: LossFunction
+    reads: Callable[[Any], tuple[Reading, ...]]
 
     def loss(
         self,
@@ -41,10 +55,12 @@ class Method(Protocol):
         label_smoothing: float,
         strong: tuple[torch.Tensor, TeacherLogits] | None,
     ) -> LossOutput:
-        """``progress``: epochs done, fractional (for warm-ups)."""
-        ...
+        return self.loss_function(
+            config, student, teacher, targets, progress, label_smoothing, strong
+        )
 
-    def readings(self, config: Any) -> tuple[Reading, ...]: ...
+    def readings(self, config: Any) -> tuple[Reading, ...]:
+        return self.reads(config)
 
 
 def method_of(config: Variant) -> Method:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from components.config import DISTDistill
-from components.losses import LossOutput, Reading, TeacherLogits, teacher_at
+from components.losses import LossOutput, TeacherLogits, teacher_at
+from components.methods import Method
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -54,24 +55,10 @@ def dist_loss(
     return LossOutput(total=total, parts=parts)
 
 
-class DIST:
-    two_views = False
-
-    def loss(
-        self,
-        config: DISTDistill,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        return dist_loss(student, teacher, targets, config, label_smoothing)
-
-    def readings(self, config: DISTDistill) -> tuple[Reading, ...]:
-        return ((config.temperature, False),)
-
-
-IMPLEMENTATION = DIST()
+IMPLEMENTATION = Method(
+    two_views=False,
+    loss_function=lambda config, student, teacher, targets, progress, smoothing, strong: dist_loss(
+        student, teacher, targets, config, smoothing
+    ),
+    reads=lambda config: ((config.temperature, False),),
+)

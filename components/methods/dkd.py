@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from components.config import DKDDistill
-from components.losses import LossOutput, Reading, TeacherLogits, standardize, teacher_at
+from components.losses import LossOutput, TeacherLogits, standardize, teacher_at
+from components.methods import Method
 
 
 def dkd_loss(
@@ -58,24 +59,10 @@ def dkd_loss(
     return LossOutput(total=total, parts=parts)
 
 
-class DKD:
-    two_views = False
-
-    def loss(
-        self,
-        config: DKDDistill,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        return dkd_loss(student, teacher, targets, config, progress, label_smoothing)
-
-    def readings(self, config: DKDDistill) -> tuple[Reading, ...]:
-        return ((config.temperature, config.standardize),)
-
-
-IMPLEMENTATION = DKD()
+IMPLEMENTATION = Method(
+    two_views=False,
+    loss_function=lambda config, student, teacher, targets, progress, smoothing, strong: dkd_loss(
+        student, teacher, targets, config, progress, smoothing
+    ),
+    reads=lambda config: ((config.temperature, config.standardize),),
+)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from components.config import HintonDistill
-from components.losses import LossOutput, Reading, TeacherLogits, standardize, teacher_at
+from components.losses import LossOutput, TeacherLogits, standardize, teacher_at
+from components.methods import Method
 
 
 def hinton_kd_loss(
@@ -38,24 +39,10 @@ def hinton_kd_loss(
     return LossOutput(total=total, parts={"kd": soft.detach(), "ce": ce.detach()})
 
 
-class Hinton:
-    two_views = False
-
-    def loss(
-        self,
-        config: HintonDistill,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        return hinton_kd_loss(student, teacher, targets, config, label_smoothing)
-
-    def readings(self, config: HintonDistill) -> tuple[Reading, ...]:
-        return ((config.temperature, config.standardize),)
-
-
-IMPLEMENTATION = Hinton()
+IMPLEMENTATION = Method(
+    two_views=False,
+    loss_function=lambda config, student, teacher, targets, progress, smoothing, strong: (
+        hinton_kd_loss(student, teacher, targets, config, smoothing)
+    ),
+    reads=lambda config: ((config.temperature, config.standardize),),
+)

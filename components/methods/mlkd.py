@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from components.config import MLKDDistill
 from components.losses import LossOutput, Reading, TeacherLogits, kl_per_sample, teacher_at
+from components.methods import Method
 
 
 def _gram_term(
@@ -79,32 +80,26 @@ def mlkd_loss(
     return LossOutput(total=total, parts=parts)
 
 
-class MLKD:
-    two_views = True
-
-    def loss(
-        self,
-        config: MLKDDistill,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        if strong is None:
-            raise ValueError("distill.kind=mlkd needs the strong views' logits")
-        student_strong, teacher_strong = strong
-        return mlkd_loss(
-            student, student_strong, teacher, teacher_strong, targets, config, label_smoothing
-        )
-
-    def readings(self, config: MLKDDistill) -> tuple[Reading, ...]:
-        readings = {(1.0, False)}  # the confidence masks
-        readings |= {(t, config.standardize) for t in config.temperatures}
-        readings |= {(t, False) for t in config.temperatures}  # batch and class levels
-        return tuple(sorted(readings))
+def _two_view_loss(
+    config: MLKDDistill,
+    student: torch.Tensor,
+    teacher: TeacherLogits,
+    targets: torch.Tensor,
+    progress: float,
+    smoothing: float,
+    strong: tuple[torch.Tensor, TeacherLogits] | None,
+) -> LossOutput:
+    if strong is None:
+        raise ValueError("distill.kind=mlkd needs the strong views' logits")
+    student_strong, teacher_strong = strong
+    return mlkd_loss(student, student_strong, teacher, teacher_strong, targets, config, smoothing)
 
 
-IMPLEMENTATION = MLKD()
+def _readings(config: MLKDDistill) -> tuple[Reading, ...]:
+    readings = {(1.0, False)}  # the confidence masks
+    readings |= {(t, config.standardize) for t in config.temperatures}
+    readings |= {(t, False) for t in config.temperatures}  # batch and class levels
+    return tuple(sorted(readings))
+
+
+IMPLEMENTATION = Method(two_views=True, loss_function=_two_view_loss, reads=_readings)

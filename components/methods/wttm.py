@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from components.config import WTTMDistill
-from components.losses import LossOutput, Reading, TeacherLogits, teacher_at
+from components.losses import LossOutput, TeacherLogits, teacher_at
+from components.methods import Method
 
 
 def wttm_loss(
@@ -43,25 +44,11 @@ def wttm_loss(
     return LossOutput(total=total, parts=parts)
 
 
-class WTTM:
-    two_views = False
-
-    def loss(
-        self,
-        config: WTTMDistill,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        return wttm_loss(student, teacher, targets, config, label_smoothing)
-
-    def readings(self, config: WTTMDistill) -> tuple[Reading, ...]:
-        # p^power renormalised is the softmax at T = 1 / power; its weight needs T = 1 too.
-        return tuple(sorted({(1.0, False), (1.0 / config.power, False)}))
-
-
-IMPLEMENTATION = WTTM()
+IMPLEMENTATION = Method(
+    two_views=False,
+    loss_function=lambda config, student, teacher, targets, progress, smoothing, strong: wttm_loss(
+        student, teacher, targets, config, smoothing
+    ),
+    # p^power renormalised is the softmax at T = 1 / power; its weight needs T = 1 too.
+    reads=lambda config: tuple(sorted({(1.0, False), (1.0 / config.power, False)})),
+)

@@ -27,7 +27,7 @@ from components.config import (
     load_config,
 )
 from components.io import sha256_file
-from components.losses import LossOutput, Reading, TeacherLogits, teacher_at
+from components.losses import LossOutput, TeacherLogits, teacher_at
 from components.methods import Method, method_of
 from components.teacher_sources import Brought, ModelStore, Source, source_of
 from components.teacher_sources.checkpoint import import_checkpoint
@@ -49,29 +49,23 @@ class LogitMatching(Variant):
     weight: float = Field(0.1, ge=0)
 
 
-class LogitMatchingMethod:
-    two_views = False
-
-    def loss(
-        self,
-        config: LogitMatching,
-        student: torch.Tensor,
-        teacher: TeacherLogits,
-        targets: torch.Tensor,
-        *,
-        progress: float,
-        label_smoothing: float,
-        strong: tuple[torch.Tensor, TeacherLogits] | None,
-    ) -> LossOutput:
-        mse = F.mse_loss(student, teacher_at(teacher, 1.0))
-        ce = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
-        return LossOutput(ce + config.weight * mse, {"ce": ce.detach(), "kd": mse.detach()})
-
-    def readings(self, config: LogitMatching) -> tuple[Reading, ...]:
-        return ((1.0, False),)
+def logit_matching_loss(
+    config: LogitMatching,
+    student: torch.Tensor,
+    teacher: TeacherLogits,
+    targets: torch.Tensor,
+    progress: float,
+    label_smoothing: float,
+    strong: object,
+) -> LossOutput:
+    mse = F.mse_loss(student, teacher_at(teacher, 1.0))
+    ce = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+    return LossOutput(ce + config.weight * mse, {"ce": ce.detach(), "kd": mse.detach()})
 
 
-LOGIT_MATCHING = LogitMatchingMethod()
+LOGIT_MATCHING = Method(
+    two_views=False, loss_function=logit_matching_loss, reads=lambda config: ((1.0, False),)
+)
 
 
 # --- a teacher source: the teacher another work dir trained ----------------------------------
