@@ -31,7 +31,7 @@ from typing import TextIO
 
 from components.config import load_config
 from components.io import write_json, write_text
-from flows.cli import add_config_arguments
+from flows.cli import EXIT_REFUSED, add_config_arguments
 from flows.tracking import Tracker
 
 STUDENT_CHANGE = "student.train.lr={lr}"
@@ -56,7 +56,8 @@ def _kd_run(
             done = subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=out)
             code = done.returncode
     seconds = time.perf_counter() - started
-    if code != 0:
+    # a refused model (exit 3) is a finished run: every stage ran, only the alias stayed
+    if code not in (0, EXIT_REFUSED):
         raise SystemExit(f"kd run failed (exit {code}); see {log}")
     return seconds
 

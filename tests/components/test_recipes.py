@@ -38,5 +38,5 @@ def test_fit_is_deterministic_and_refuses_a_recipe_without_its_targets(
     for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not first.training and result.final["test_accuracy"] > 0.15
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="teacher's logits"):
         fit(student_recipe(config, distilled=True), mnist_dataset, CPU)

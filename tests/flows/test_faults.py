@@ -263,9 +263,21 @@ def test_a_corrupted_checkpoint_is_never_reused(warm_store: Store) -> None:
     assert checkpoint.read_bytes() == good  # retrained from its inputs: the same bytes again
 
 
-@pytest.mark.parametrize("after_s", [0.05, 0.6, 1.5])
-def test_ctrl_c_while_kd_starts_is_one_line_and_exit_130(after_s: float, tmp_path: Path) -> None:
-    # the console script as a shell runs it, interrupted while it imports its libraries
+def _loading_pytorch(pid: int) -> None:
+    """Returns once the process has mapped PyTorch's C++ library: inside ``import torch``."""
+    deadline = time.monotonic() + 60
+    while "libtorch" not in Path(f"/proc/{pid}/maps").read_text():
+        assert time.monotonic() < deadline, "kd never loaded PyTorch"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("moment", ["loading PyTorch", 0.6, 1.5])
+def test_ctrl_c_while_kd_starts_is_one_line_and_exit_130(
+    moment: str | float, tmp_path: Path
+) -> None:
+    # the console script as a shell runs it, interrupted while it imports its libraries (a
+    # moment found by what the process has loaded, not by a clock: an interrupt before kd's
+    # first line runs, while the interpreter itself starts, ends as Python ends it)
     kd = Path(sys.executable).parent / "kd"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("PREFECT_API_URL", None)
@@ -277,7 +289,10 @@ def test_ctrl_c_while_kd_starts_is_one_line_and_exit_130(after_s: float, tmp_pat
         text=True,
         start_new_session=True,
     )
-    time.sleep(after_s)
+    if isinstance(moment, str):
+        _loading_pytorch(process.pid)
+    else:
+        time.sleep(moment)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]

@@ -24,7 +24,7 @@ from components.data import load_dataset
 from components.latency import cores
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.predict import self_check
-from flows.cli import main
+from flows.cli import EXIT_REFUSED, main
 from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
 from tests.conftest import TINY_OVERRIDES
 from tests.flows.conftest import SessionRuns, Store
@@ -243,7 +243,8 @@ def test_unchanged_rerun_reuses_every_cached_stage(session_runs: SessionRuns) ->
 
 
 def test_changing_the_student_retrains_only_the_students(warm_store: Store) -> None:
-    assert main(warm_store.args("student.train.lr=0.001")) == 0
+    # the slower student may lose to the champion (exit 3, refused): the run still finishes
+    assert main(warm_store.args("student.train.lr=0.001")) in (0, EXIT_REFUSED)
     (_, first), (parent, second) = pipeline_runs(warm_store.client)
     assert parent.data.tags["reused_stages"] == "teacher,logit-cache"
     for stage in ("teacher", "logit-cache"):

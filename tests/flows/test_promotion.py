@@ -38,7 +38,7 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     printed = capsys.readouterr().out
     assert "Promotion: kept the champion: accuracy" in printed
     refused = printed.strip().splitlines()[-1]
-    assert refused.startswith("Refused: not promoted (rejected): accuracy")
+    assert refused.startswith("Refused: not promoted (rejected): kept the champion: accuracy")
     # the champion's bytes again: nothing registered, no alias moves
     assert main(warm_store.args(LATENCY_TIE)) == 0
     assert "byte-identical to version 1" in capsys.readouterr().out
@@ -84,7 +84,7 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     bundle = warm_store.work / "handoff" / parent.info.run_id
     assert (bundle / "MODEL_CARD.md").read_text().startswith("> **REFUSED: do not deploy.**")
     status = json.loads((bundle / "preprocessing.json").read_text())["kd_status"]
-    assert status.startswith("refused: not promoted: accuracy")
+    assert status.startswith("refused: not promoted: kept the champion: accuracy")
     metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     assert metadata["kd_status"] == status
     assert self_check(bundle).passed
