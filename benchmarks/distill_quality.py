@@ -850,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, phase in PHASES.items():
         print(f"phase {name}", flush=True)
         phase(bench)
+        bench.report["phases_done"] = [*bench.report.get("phases_done", []), name]
         bench.report["wall_seconds_this_call"] = time.perf_counter() - started
         _write_report(bench)
         if name == args.until:
@@ -906,6 +907,14 @@ def _write_report(bench: Bench) -> None:
         "advantage is significant (one-sided p < 0.05).",
         "",
     ]
+    pending = [n for n in PHASES if n not in report["phases_done"]]
+    if pending:
+        lines += [
+            f"**Partial**: phases {', '.join(report['phases_done'])} done; "
+            f"{', '.join(pending)} not yet run (the figures below are final for the phases "
+            "done; the run goes on from the stored units).",
+            "",
+        ]
     if "teacher" in report:
         t = report["teacher"]
         lines += [

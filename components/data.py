@@ -83,6 +83,20 @@ def stratified_split(
     return splits
 
 
+SPLIT_METHOD = "stratified-shuffle"  # how stratified_split assigns images: per class, by seed
+
+
+def split_version(split: SplitConfig) -> str:
+    """What decides which split an image falls in (the method and its settings), as a short
+    name: two models share a split version when the same images would be their validation
+    images. Promotion's drift bound is kept per split version."""
+    settings = split.model_dump(mode="json")
+    return (
+        f"{SPLIT_METHOD}-"
+        + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    )
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units, rounded so they fingerprint stably."""
     scaled = images.astype(np.float64) / 255.0

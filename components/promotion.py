@@ -3,21 +3,29 @@ with statistics.
 
 1. The evaluation set: this run's validation split, minus every image the champion was
    trained on (by content hash: after a data change or a new split seed, most new validation
-   images may be old training images). Too few left: incomparable, the champion is kept.
+   images may be old training images). None left, or fewer than the margin needs
+   (``min_examples``) and the challenger not shown non-inferior on them: incomparable, the
+   champion is kept.
 2. Each model is fed inputs prepared by its own recipe (the normalisation its ONNX metadata
    records), through ONNX Runtime, and timed at batch 1 in interleaved rounds, so a drift in
    machine load hits both alike.
 3. Accuracy: non-inferiority on the paired difference (challenger - champion, the same
-   examples): the challenger passes when the lower end of its bootstrap interval is above
-   ``-max_accuracy_drop``; the exact McNemar p-value is recorded beside it. Latency: the
-   challenger fails when the interval of its p50 over the champion's lies above
-   ``max_latency_ratio``. Two identical models are never judged different.
+   examples): the challenger passes when the lower end of Tango's score interval (two-sided
+   at ``confidence``, so a one-sided test at (1 - confidence) / 2) lies above
+   ``-max_accuracy_drop``; the exact McNemar p-value is recorded beside it. A challenger
+   exactly at the margin is promoted at most about that often, at any n and disagreement
+   rate (``benchmarks/promotion_power.py``). Latency: the challenger fails when the interval
+   of its p50 over the champion's lies above ``max_latency_ratio``.
+4. Drift: every challenger must also be non-inferior, by the same margin, to the anchor, the
+   first champion of the current split version, so a chain of small losses, each inside the
+   margin, cannot add up to more than the margin.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +37,7 @@ from components.config import PromotionConfig
 from components.data import Dataset, DatasetInfo, example_hashes, standardize_pixels
 from components.latency import time_calls
 from components.onnx_export import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
-from components.stats import Estimate, paired_difference, ratio_of_medians, wilson
+from components.stats import Estimate, paired_difference, ratio_of_medians, two_sided_z, wilson
 
 
 class IncomparableError(ValueError):
@@ -162,6 +170,8 @@ class Decision:
     latency_ratio: Estimate | None  # challenger / champion
     rule: str
     policy: dict[str, Any]
+    anchor_difference: Estimate | None = None  # challenger - anchor, when the anchor is judged
+    anchor_version: str | None = None
 
     @property
     def promote(self) -> bool:
@@ -180,16 +190,36 @@ class Decision:
                 self.accuracy_difference.as_dict() if self.accuracy_difference else None
             ),
             "latency_ratio": self.latency_ratio.as_dict() if self.latency_ratio else None,
+            "anchor_version": self.anchor_version,
+            "anchor_difference": (
+                self.anchor_difference.as_dict() if self.anchor_difference else None
+            ),
             "rule": self.rule,
             "policy": self.policy,
         }
+
+
+def min_examples(policy: PromotionConfig) -> int:
+    """The fewest examples on which a challenger that is not shown non-inferior is rejected:
+    ``promotion.min_examples`` when set, else the fewest on which a challenger that agrees
+    with the champion on every example passes the margin (Tango's statistic at b = c = 0 is
+    sqrt(n m / (1 - m)), so n >= z^2 (1 - m) / m: 381 at a 1-point margin and 95%, 765 at
+    half a point). On fewer, even an equal challenger could not pass, so not passing says
+    nothing against it: the decision is incomparable, and a person decides."""
+    if policy.min_examples is not None:
+        return policy.min_examples
+    margin = policy.max_accuracy_drop
+    if margin <= 0:
+        return 1
+    z = two_sided_z(policy.confidence)
+    return max(1, math.ceil(z * z * (1 - margin) / margin - 1e-9))
 
 
 def _terms(policy: PromotionConfig) -> dict[str, Any]:
     return {
         "max_accuracy_drop": policy.max_accuracy_drop,
         "max_latency_ratio": policy.max_latency_ratio,
-        "min_examples": policy.min_examples,
+        "min_examples": min_examples(policy),
         "confidence": policy.confidence,
         "promote_first": policy.promote_first,
         "latency_threads": policy.threads,
@@ -199,10 +229,11 @@ def _terms(policy: PromotionConfig) -> dict[str, Any]:
 def _rule(policy: PromotionConfig) -> str:
     return (
         f"promote when the {policy.confidence:.0%} interval of challenger - champion accuracy "
-        f"lies above -{policy.max_accuracy_drop} (paired bootstrap on the same examples) and "
-        f"the interval of challenger / champion p50 at batch 1 does not lie above "
-        f"{policy.max_latency_ratio}; on at least {policy.min_examples} validation examples "
-        "that neither model was trained on"
+        f"(Tango's score interval on the same examples) lies above "
+        f"-{policy.max_accuracy_drop}, and so does that of challenger - anchor (the first "
+        "champion of this split version), and the interval of challenger / champion p50 at "
+        f"batch 1 does not lie above {policy.max_latency_ratio}; on at least "
+        f"{min_examples(policy)} validation examples that neither model was trained on"
     )
 
 
@@ -246,11 +277,17 @@ def incomparable(
 
 
 def decide(
-    challenger: Scores, champion: Scores, evaluation: EvaluationSet, policy: PromotionConfig
+    challenger: Scores,
+    champion: Scores,
+    evaluation: EvaluationSet,
+    policy: PromotionConfig,
+    anchor: Scores | None = None,
+    anchor_version: str | None = None,
 ) -> Decision:
-    """Non-inferiority on accuracy, a ceiling on latency, both judged on their intervals."""
+    """Non-inferiority on accuracy (to the champion, and to the anchor when it is another
+    model), a ceiling on latency, all judged on their intervals."""
     confidence, resamples = policy.confidence, policy.resamples
-    accuracy = paired_difference(challenger.correct, champion.correct, confidence, resamples)
+    accuracy = paired_difference(challenger.correct, champion.correct, confidence)
     latency = ratio_of_medians(challenger.rounds_ms, champion.rounds_ms, confidence, resamples)
     lo, hi = accuracy.interval
     failures = []
@@ -261,13 +298,38 @@ def decide(
             f"-{policy.max_accuracy_drop * 100:.2f} (McNemar p = {accuracy.p_value:.3g}, "
             f"n = {accuracy.n})"
         )
+    drift = None
+    if anchor is not None:
+        drift = paired_difference(challenger.correct, anchor.correct, confidence)
+        if drift.interval[0] < -policy.max_accuracy_drop - 1e-12:
+            failures.append(
+                f"drift: accuracy {challenger.accuracy:.4f} vs {anchor.accuracy:.4f} of version "
+                f"{anchor_version}, the first champion of this split: the difference's "
+                f"interval [{drift.interval[0] * 100:+.2f}, {drift.interval[1] * 100:+.2f}] "
+                f"points reaches below -{policy.max_accuracy_drop * 100:.2f}"
+            )
     if latency.interval[0] > policy.max_latency_ratio:
         failures.append(
             f"p50 at batch 1 is {latency.estimate:.2f}x the champion's (interval "
             f"[{latency.interval[0]:.2f}, {latency.interval[1]:.2f}], allowed "
             f"{policy.max_latency_ratio:.2f}x)"
         )
-    if failures:
+    outcome = "rejected" if failures else "promoted"
+    needed = min_examples(policy)
+    slow = latency.interval[0] > policy.max_latency_ratio
+    if failures and not slow and accuracy.n < needed:
+        # Too few examples to show the margin even for an equal model: failing to show it is
+        # no evidence against the challenger, so a person decides. (A challenger that passes
+        # on few examples is promoted: the test's error rate holds at every n.)
+        outcome = "incomparable"
+        reason = (
+            f"incomparable: champion kept ({accuracy.n} validation examples cannot show a "
+            f"margin of {policy.max_accuracy_drop * 100:g} points, an equal model needs "
+            f"{needed} (promotion.min_examples, promotion.max_accuracy_drop): "
+            + "; ".join(failures)
+            + ")"
+        )
+    elif failures:
         reason = "kept the champion: " + "; ".join(failures)
     else:
         reason = (
@@ -276,7 +338,7 @@ def decide(
             f"p50 {latency.estimate:.2f}x the champion's"
         )
     return Decision(
-        "rejected" if failures else "promoted",
+        outcome,
         reason,
         accuracy.n,
         evaluation.overlap_removed,
@@ -286,6 +348,8 @@ def decide(
         latency,
         _rule(policy),
         _terms(policy),
+        drift,
+        anchor_version,
     )
 
 
@@ -323,6 +387,13 @@ def decision_markdown(
             f"- accuracy difference (challenger - champion): {d.estimate * 100:+.2f} points, "
             f"interval [{d.interval[0] * 100:+.2f}, {d.interval[1] * 100:+.2f}], "
             f"exact McNemar p = {d.p_value:.3g}"
+        )
+    if decision.anchor_difference is not None:
+        d = decision.anchor_difference
+        lines.append(
+            f"- drift (challenger - anchor, version {decision.anchor_version}, the first "
+            f"champion of this split): {d.estimate * 100:+.2f} points, interval "
+            f"[{d.interval[0] * 100:+.2f}, {d.interval[1] * 100:+.2f}]"
         )
     if decision.latency_ratio is not None:
         r = decision.latency_ratio

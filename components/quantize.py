@@ -108,7 +108,7 @@ def int8_decision(
     more than ``max_accuracy_drop`` (the lower end of the paired interval), and its latency
     interval lies below float32's by ``latency_margin`` (the upper end of the ratio's
     interval under ``1 - latency_margin``). A latency not measured never counts as faster."""
-    accuracy = paired_difference(int8_correct, fp32_correct, confidence, resamples)
+    accuracy = paired_difference(int8_correct, fp32_correct, confidence)
     lo, hi = accuracy.interval
     if lo < -max_accuracy_drop - 1e-12:
         reason = (

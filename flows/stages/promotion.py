@@ -3,12 +3,18 @@
 1. The champion is fetched through the registry (wherever it lives), with the record of the
    images it was trained on (``training_examples.json`` of its handoff run).
 2. Both are scored now (components/promotion.py), each on its own input recipe, on this
-   run's validation images minus those the champion trained on; fewer than
-   ``promotion.min_examples`` left, or a champion that records no training examples or takes
-   other inputs: incomparable, the champion is kept, and a person decides.
+   run's validation images minus those the champion trained on; none left, too few to show
+   the margin (``promotion.min_examples``) and the challenger not shown non-inferior, or a
+   champion that records no training examples or takes other inputs: incomparable, the
+   champion is kept, and a person decides.
 3. The champion alias moves only when the paired accuracy interval and the latency interval
    say so. The record, with the estimates, intervals, n and the rule, goes on both model
    versions, the parent run and this run (``promotion.md``, ``promotion.json``).
+4. Drift: a champion carries its split version and its anchor, the first champion of that
+   split version (``promotion.split_version``, ``promotion.anchor_version``). When the
+   anchor is another model than the champion, it is scored too and the challenger must not
+   be worse than it by more than the margin either; a challenger promoted under a new split
+   version becomes its anchor.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import PipelineConfig
-from components.data import Dataset
+from components.data import Dataset, split_version
 from components.handoff import REFUSED_KEY, mark_refused
 from components.promotion import (
     Decision,
@@ -49,7 +55,7 @@ class Promotion(Stage[PromotionRef]):
     name = "promotion"
     splits = ("val",)
     output = PromotionRef
-    reads = ("promotion", "dataset_name")
+    reads = ("promotion", "dataset_name", "split")
     needs = ("prepare-data", "onnx-export", "handoff")
     cached = False
 
@@ -80,13 +86,20 @@ class Promotion(Stage[PromotionRef]):
             )
             tags = {"promotion.decision": "skipped", "promotion.reason": reason}
             return Outcome(skipped, Record(tags=tags), parent=Record(tags=tags))
+        split = split_version(ctx.config.split)
+        anchor = self.anchor(ctx, name, before, split)
         with tempfile.TemporaryDirectory() as scratch:
-            decision = self.judge(ctx, dataset, challenger_path, name, before, Path(scratch))
+            decision = self.judge(
+                ctx, dataset, challenger_path, name, before, anchor, Path(scratch)
+            )
         version = handoff.version
         if decision.promote:
             tracker.registry.set_alias(name, policy.champion_alias, version)
         after = version if decision.promote else before
         tags = self.tags(decision, version, before, ctx.pipeline.parent_run_id)
+        # What this version carries if it is (or becomes) a champion: its split version and
+        # the anchor of the chain it continues, or itself when it starts one.
+        tags |= {"promotion.split_version": split, "promotion.anchor_version": anchor or version}
         tracker.registry.set_version_tags(name, version, tags)
         if before is not None:
             # The champion keeps its own promotion record; the challenge goes beside it.
@@ -134,17 +147,30 @@ class Promotion(Stage[PromotionRef]):
         )
 
     @staticmethod
+    def anchor(ctx: StageContext, name: str, champion: str | None, split: str) -> str | None:
+        """The first champion of this split version, when the champion continues a chain on
+        it (a champion recorded before anchors were: its own anchor); None otherwise."""
+        if champion is None:
+            return None
+        tags = ctx.tracker.registry.version_tags(name, champion)
+        if tags.get("promotion.split_version", split) != split:
+            return None  # the champion was chosen on another split: a new chain starts
+        return tags.get("promotion.anchor_version") or champion
+
+    @staticmethod
     def judge(
         ctx: StageContext,
         dataset: Dataset,
         challenger: Path,
         name: str,
         champion: str | None,
+        anchor: str | None,
         scratch: Path,
     ) -> Decision:
-        """In order: 1. no champion: the first model; 2. a champion that records no training
-        examples, or leaves too few clean validation examples: incomparable; 3. both scored
-        on the clean examples; 4. a champion that takes other inputs: incomparable."""
+        """In order: 1. no champion: the first model; 2. a champion (or an anchor) that
+        records no training examples, or leaves no clean validation example: incomparable;
+        3. all scored on the clean examples (a champion that takes other inputs:
+        incomparable) and judged by ``decide``."""
         policy, tracker, info = ctx.config.promotion, ctx.tracker, dataset.info
 
         def alone(evaluation: EvaluationSet) -> Scores:
@@ -162,27 +188,36 @@ class Promotion(Stage[PromotionRef]):
             return incomparable(
                 alone(evaluation_set(dataset)), why, evaluation_set(dataset), policy
             )
-        trained_on = tracker.registry.training_examples(name, champion, scratch)
-        evaluation = evaluation_set(dataset, trained_on or ())
-        if trained_on is None:
-            why = f"version {champion} records no training examples to leave out"
-            return incomparable(alone(evaluation), why, evaluation, policy)
-        if len(evaluation.labels) < policy.min_examples:
+        judged = [champion] if anchor in (None, champion) else [champion, anchor]
+        trained_on: list[str] = []
+        for version in judged:
+            examples = tracker.registry.training_examples(name, version, scratch / version)
+            if examples is None:
+                evaluation = evaluation_set(dataset, trained_on)
+                why = f"version {version} records no training examples to leave out"
+                return incomparable(alone(evaluation), why, evaluation, policy)
+            trained_on += examples
+        evaluation = evaluation_set(dataset, trained_on)
+        if len(evaluation.labels) == 0:
             why = (
-                f"{len(evaluation.labels)} of {evaluation.pool} validation examples remain after "
-                f"removing {evaluation.overlap_removed} the champion was trained on; "
-                f"promotion.min_examples is {policy.min_examples}"
+                f"none of {evaluation.pool} validation examples remain after removing the "
+                "images the champion was trained on"
             )
-            return incomparable(alone(evaluation), why, evaluation, policy)
-        champion_path = _find_onnx(
-            tracker.registry.download_version(name, champion, scratch / "champion")
-        )
-        paths = {"challenger": challenger, "champion": champion_path}
+            return incomparable(None, why, evaluation, policy)
+        paths = {"challenger": challenger}
+        for role, version in zip(("champion", "anchor"), judged, strict=False):
+            paths[role] = _find_onnx(
+                tracker.registry.download_version(name, version, scratch / role)
+            )
         try:
             scores = score_models(paths, evaluation, info, policy)
         except IncomparableError as err:
             return incomparable(alone(evaluation), str(err), evaluation, policy)
-        return decide(scores["challenger"], scores["champion"], evaluation, policy)
+        if "anchor" not in scores:
+            return decide(scores["challenger"], scores["champion"], evaluation, policy)
+        return decide(
+            scores["challenger"], scores["champion"], evaluation, policy, scores["anchor"], anchor
+        )
 
     @staticmethod
     def tags(decision: Decision, challenger: str, champion: str | None, run: str) -> dict[str, Any]:
@@ -211,6 +246,12 @@ class Promotion(Stage[PromotionRef]):
                 f"[{d.interval[0]:.6f}, {d.interval[1]:.6f}]"
             )
             tags["promotion.mcnemar_p_value"] = f"{d.p_value:.6g}"
+        if decision.anchor_difference is not None:
+            a = decision.anchor_difference
+            tags["promotion.anchor_difference"] = f"{a.estimate:.6f}"
+            tags["promotion.anchor_difference_interval"] = (
+                f"[{a.interval[0]:.6f}, {a.interval[1]:.6f}]"
+            )
         if decision.latency_ratio is not None:
             r = decision.latency_ratio
             tags["promotion.latency_ratio"] = f"{r.estimate:.4f}"

@@ -35,6 +35,8 @@ def test_distill_quality_chooses_on_folds_reports_on_test_and_resumes(tmp_path: 
         assert key in report
     assert "kd_error_reduction_vs_best_baseline" in report
     assert (out / "patience.png").stat().st_size > 0 and (out / "distill_quality.md").is_file()
+    assert report["phases_done"] == ["teacher", "method", "patience", "control", "report"]
+    assert "Partial" not in (out / "distill_quality.md").read_text()
 
     # every phase's choice: the best mean replaces the incumbent only when significant
     for phase in ("teacher", "method"):
@@ -72,3 +74,11 @@ def test_distill_quality_chooses_on_folds_reports_on_test_and_resumes(tmp_path: 
     assert sorted((out / "distill_quality_units").rglob("*.json")) == units
     assert [p.stat().st_mtime_ns for p in units] == stamps
     assert json.loads((out / "distill_quality.json").read_text())["default"] == default
+
+    # a call stopped after a phase says which phases its figures come from
+    assert module.main([*args, "--until", "method"]) == 0
+    assert json.loads((out / "distill_quality.json").read_text())["phases_done"] == [
+        "teacher",
+        "method",
+    ]
+    assert "patience, control, report not yet run" in (out / "distill_quality.md").read_text()

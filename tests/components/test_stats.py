@@ -26,6 +26,9 @@ from components.stats import (
     mean_interval,
     paired_difference,
     ratio_of_medians,
+    tango_interval,
+    tango_statistic,
+    two_sided_z,
     wilson,
 )
 
@@ -44,11 +47,28 @@ def test_exact_mcnemar_golden_values() -> None:
     assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
 
 
-def test_identical_models_are_never_judged_different() -> None:
+def test_identical_models_differ_by_zero_within_the_score_interval() -> None:
     rng = np.random.default_rng(1)
     correct = rng.random(500) < 0.97
     same = paired_difference(correct, correct)
-    assert same.estimate == 0.0 and same.interval == (0.0, 0.0) and same.p_value == 1.0
+    assert same.estimate == 0.0 and same.p_value == 1.0 and (same.only_a, same.only_b) == (0, 0)
+    # no disagreement is still evidence of a finite size: at b = c = 0 the bounds are
+    # +-z^2 / (n + z^2), not a point
+    z2 = two_sided_z(0.95) ** 2
+    assert same.interval == pytest.approx((-z2 / (500 + z2), z2 / (500 + z2)), abs=1e-8)
+
+
+def test_tango_interval_golden_values_and_its_defining_equation() -> None:
+    # Fagerland, Lydersen and Laake, Statistical Analysis of Contingency Tables (2017),
+    # chapter 8: Bentur et al. (2009), b = 1, c = 7 of 21 pairs: Tango -0.5172 to -0.0260
+    assert tango_interval(1, 7, 21) == pytest.approx((-0.5172, -0.0260), abs=1e-4)
+    for b, c, n in [(1, 7, 21), (40, 20, 160), (0, 1, 1000), (3, 0, 500)]:
+        lo, hi = tango_interval(b, c, n)
+        assert lo < (b - c) / n < hi
+        assert float(tango_statistic(lo, b, c, n)) == pytest.approx(two_sided_z(0.95), abs=1e-6)
+        assert float(tango_statistic(hi, b, c, n)) == pytest.approx(-two_sided_z(0.95), abs=1e-6)
+    # one disagreement in 1,000 is not a point: the bound reaches below -0.5 points
+    assert tango_interval(0, 1, 1000)[0] < -0.005
 
 
 def test_one_point_worse_on_2000_examples_is_clearly_worse() -> None:
@@ -57,12 +77,9 @@ def test_one_point_worse_on_2000_examples_is_clearly_worse() -> None:
     challenger = champion.copy()
     challenger[40:60] = False  # 97.0%: wrong on 20 more, right on none the other misses
     worse = paired_difference(challenger, champion)
-    assert worse.estimate == pytest.approx(-0.01)
-    lo, hi = worse.interval
-    assert lo == pytest.approx(-0.0144, abs=1.5e-3) and hi == pytest.approx(-0.0056, abs=1.5e-3)
+    assert worse.estimate == pytest.approx(-0.01) and (worse.only_a, worse.only_b) == (0, 20)
+    assert worse.interval == pytest.approx((-0.015396, -0.006483), abs=1e-6)
     assert worse.p_value == pytest.approx(2 / 2**20)
-    # the same seed, the same interval: a decision is repeatable
-    assert paired_difference(challenger, champion).interval == worse.interval
 
 
 def test_ratio_of_medians() -> None:
