@@ -2,7 +2,8 @@
 
 kd run [--config FILE] [--set dotted.key=value ...] [--force | --force-stage S ...]
                                                       run the pipeline
-kd serve --cron EXPR [--config FILE] [--set ...]      serve it as a scheduled Prefect deployment
+kd serve [--cron EXPR] [--watch SECONDS] [--config FILE] [--set ...]
+                                                      serve it as scheduled Prefect deployments
 kd sweep [--config FILE] [--set sweep.grid=...]     distil several settings in parallel
 kd compare [--experiment NAME] [--last N | RUN_ID ...] [--dataset D | --all-datasets]
            [--out DIR]
@@ -128,19 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve = commands.add_parser(
         "serve",
-        help="serve the pipeline as a Prefect deployment on a cron schedule",
+        help="serve the pipeline as Prefect deployments: on a cron, and/or when data arrives",
         description=(
-            "Register the deployment kd-retrain/NAME with a cron schedule and serve it from "
-            "this process until Ctrl-C (Prefect's serve). Each scheduled run reads the config "
-            "file afresh and reuses every stage whose inputs did not change. Without "
+            "Register the deployment kd-retrain/NAME with a cron schedule (--cron) and/or "
+            "kd-retrain-on-data/NAME (--watch SECONDS: checks the data source's files every "
+            "SECONDS and retrains only when they changed; an unchanged check takes seconds), "
+            "and serve them from this process until Ctrl-C (Prefect's serve). Each run reads "
+            "the config file afresh and reuses every stage whose inputs did not change. Without "
             "PREFECT_API_URL the runs are served by a local Prefect server that lives as "
             "long as this process."
         ),
         epilog=config_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    serve.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
     serve.add_argument(
-        "--cron", required=True, help='cron expression, e.g. "0 3 * * *" (03:00 every day)'
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="also (or instead) check the data source every SECONDS and retrain only when its "
+        "files changed (deployment kd-retrain-on-data/NAME)",
     )
     serve.add_argument("--timezone", default="UTC", help="time zone of the cron (default UTC)")
     serve.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
@@ -481,8 +489,15 @@ def _serve(args: argparse.Namespace, work_dir: Path) -> int:
     from flows.schedule import cron_schedule, serve_pipeline
     from flows.servers import configured_prefect_api, work_dir_prefect
 
+    if args.cron is None and args.watch is None:
+        print("kd: serve needs --cron EXPR, --watch SECONDS or both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.watch is not None and args.watch < 1:
+        print(f"kd: --watch {args.watch:g}: at least 1 second between checks", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        cron_schedule(args.cron, args.timezone)
+        if args.cron is not None:
+            cron_schedule(args.cron, args.timezone)
     except ValueError as err:
         print(f"kd: --cron {args.cron!r} --timezone {args.timezone!r}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -491,9 +506,21 @@ def _serve(args: argparse.Namespace, work_dir: Path) -> int:
     # Scheduled runs start in processes of their own: they find the URL in the environment.
     with work_dir_prefect(work_dir) as url:
         print(f"kd: Prefect server {url} (UI: {url.removesuffix('/api')}); Ctrl-C stops both")
-        print(f"kd: serving kd-retrain/{args.name} on cron {args.cron!r} ({args.timezone})")
+        if args.cron is not None:
+            print(f"kd: serving kd-retrain/{args.name} on cron {args.cron!r} ({args.timezone})")
+        if args.watch is not None:
+            print(
+                f"kd: serving kd-retrain-on-data/{args.name}: the data checked every "
+                f"{args.watch:g} s, a retrain only when it changed"
+            )
         serve_pipeline(
-            args.name, args.cron, args.timezone, args.config, args.overrides, _force(args)
+            args.name,
+            args.cron,
+            args.timezone,
+            args.watch,
+            args.config,
+            args.overrides,
+            _force(args),
         )
     return 0
 

@@ -5,12 +5,14 @@
 
 Each stage is one module under ``flows/stages/``; ``flows/runner.py`` runs them. The CLI,
 the reports and the tests read the stage list from ``PIPELINE``. ``kd-retrain`` is the same
-pipeline for schedules: it reads its config file at run time.
+pipeline for schedules: it reads its config file at run time; ``kd-retrain-on-data`` runs it
+only when the data source's files changed since the last run it started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from prefect.states import Completed
 
 from components.config import PipelineConfig, config_to_yaml, flatten, load_config
 from components.cores import share_cores
-from components.io import ensure_writable, lock_holder, work_dir_lock
+from components.data_sources import source_version
+from components.io import ensure_writable, lock_holder, work_dir_lock, write_json
 from flows.control_choice import with_recorded_control
 from flows.refs import ReportRef
 from flows.runner import Runner
@@ -80,6 +83,34 @@ def retrain(
     # A scheduled run that finds a manual one going waits for it rather than skip a retrain.
     with work_dir_lock(config.work_dir, f"scheduled run {flow_run.name}", wait=True):
         return finished(run_pipeline(config, force))
+
+
+@flow(name="kd-retrain-on-data")
+def retrain_on_new_data(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    force: list[str] | None = None,
+    watch: str = "manual",
+) -> Any:
+    """The data-arrival entry point: reads the data source's version (its files' names, sizes
+    and times: seconds, nothing decoded) and runs ``kd-retrain`` as a subflow only when it
+    differs from the version the last run of watch ``watch`` started on; the version is
+    recorded once that run has finished (refused included), so a failed run is retried at
+    the next check. Ends "Unchanged" (Completed) when there was nothing to do."""
+    config = load_config(Path(config_path) if config_path else None, overrides or [])
+    version = source_version(config.data)
+    record = config.work_dir / "watch" / f"{watch}.json"
+    last = json.loads(record.read_text())["data_version"] if record.is_file() else None
+    if version == last:
+        message = f"data unchanged ({config.dataset_name}, version {version}): nothing to run"
+        get_run_logger().info(message)
+        return Completed(name="Unchanged", message=message)
+    get_run_logger().info(
+        "data %s: version %s (last run on %s): retraining", config.dataset_name, version, last
+    )
+    result = retrain(config_path, overrides, force)
+    write_json(record, {"data_version": version, "parent_run_id": result.parent_run_id})
+    return finished(result)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,12 @@ and that module, here, whose ``IMPLEMENTATION`` is a ``Source``:
 - ``signature``: (class names, channels, image size), read without loading everything: what
   the pre-flight checks compare a teacher and a student with;
 - ``sample``: one image, uint8 (1, C, H, W) as the pipeline prepares it, read without
-  loading everything: what the pre-flight check runs a teacher on.
+  loading everything: what the pre-flight check runs a teacher on;
+- ``version``: a short digest of the source's files as they are now (names, sizes and
+  modification times, no image decoded): it changes when images are added, removed or
+  rewritten, in seconds, which is what lets a deployment retrain only when data arrives
+  (``kd serve --watch``). A change of version that leaves the images the same only costs a
+  run whose stages are all reused.
 
 Splitting, fingerprinting and storing (components/data.py) and every later stage need
 nothing more. Adding a source is its module, its config class in the ``DataSource`` union
@@ -18,7 +23,11 @@ and its test (docs/extending.md).
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -50,6 +59,8 @@ class Source(Protocol):
 
     def sample(self, source: Any) -> np.ndarray: ...
 
+    def version(self, source: Any) -> str: ...
+
 
 def source_of(source: Variant) -> Source:
     found: Source = implementation(source, Source)
@@ -68,6 +79,29 @@ def load_source(source: Variant) -> SourceData:
 def source_signature(source: Variant) -> tuple[list[str], int, int]:
     """(class names, channels, image size) of a source, read without preparing it."""
     return source_of(source).signature(source)
+
+
+def source_version(source: Variant) -> str:
+    """A digest of the source's files as they are now; see ``Source.version``."""
+    return source_of(source).version(source)
+
+
+def files_version(root: Path, files: Iterable[Path]) -> str:
+    """The digest of ``files`` (under ``root``) by relative name, size and modification time:
+    what ``Source.version`` is for sources made of files. A missing root is a DataError."""
+    if not root.exists():
+        raise DataError(f"{root}: not found")
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        stat = path.stat()
+        entry = f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        digest.update(entry.encode(errors="surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def all_files(root: Path) -> list[Path]:
+    """Every file under ``root``, following no symbolic link out of it."""
+    return [Path(d) / f for d, _, names in os.walk(root) for f in names]
 
 
 def source_sample(source: Variant) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import ImageFolderSource
-from components.data_sources import DataError, SourceData
+from components.data_sources import DataError, SourceData, all_files, files_version
 
 
 def _read(path: Path, source: ImageFolderSource) -> np.ndarray:
@@ -91,6 +91,13 @@ class ImageFolder:
             except (OSError, UnidentifiedImageError, ValueError):
                 continue
         raise DataError(f"data.root {source.root}: no readable image")
+
+    def version(self, source: ImageFolderSource) -> str:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        root = Path(source.root)
+        images = [p for p in all_files(root) if p.suffix.lower() in IMG_EXTENSIONS]
+        return files_version(root, images)
 
     def signature(self, source: ImageFolderSource) -> tuple[list[str], int, int]:
         from torchvision.datasets.folder import find_classes

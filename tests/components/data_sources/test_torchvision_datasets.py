@@ -16,6 +16,7 @@ from components.data_sources import (
     load_source,
     source_sample,
     source_signature,
+    source_version,
 )
 
 RNG = np.random.default_rng(0)
@@ -88,6 +89,13 @@ def test_cifar100_reads_fine_labels(tmp_path: Path) -> None:
         pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)]}, f)
     data = load_source(TorchvisionSource(name="CIFAR100", root=tmp_path))
     assert data.images.shape == (400, 3, 32, 32) and len(data.class_names) == 100
+    # the version follows the dataset's files: a rewritten batch is a new version
+    source = TorchvisionSource(name="CIFAR100", root=tmp_path)
+    version = source_version(source)
+    assert source_version(source) == version
+    batch = tmp_path / "cifar-100-python" / "train"
+    batch.write_bytes(batch.read_bytes() + b"\0")
+    assert source_version(source) != version
 
 
 def test_torchvision_missing_files_name_the_root_and_the_download_flag(tmp_path: Path) -> None:
