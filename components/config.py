@@ -299,6 +299,23 @@ class TeacherConfig(Strict):
         description="Dataset class name -> the teacher's class (index, or name from classes). "
         "Needed when the teacher's classes differ from the dataset's in order or number.",
     )
+    retrain: Literal["on_data_change", "never", "always"] = Field(
+        "on_data_change",
+        description="For a teacher trained here: on_data_change retrains it when the data or "
+        "its recipe changed and reuses it otherwise; never keeps the last teacher trained in "
+        "this work dir with the same model and recipe (training one only when there is none) "
+        "and re-distils from it, evaluating it on the new splits; always retrains it on every "
+        "run.",
+    )
+
+    @model_validator(mode="after")
+    def _retrain_is_for_teachers_trained_here(self) -> TeacherConfig:
+        if not isinstance(self.source, TrainedTeacher) and self.retrain != "on_data_change":
+            raise ValueError(
+                "teacher.retrain applies to a teacher trained here (teacher.source.kind=train); "
+                "a teacher from elsewhere is never trained"
+            )
+        return self
 
     @model_validator(mode="after")
     def _recipe_for_teachers_from_elsewhere(self) -> TeacherConfig:

@@ -163,6 +163,16 @@ def record_reuse(tracker: Tracker, runner: Runner) -> None:
     tracker.runs.log_metrics(runner.pipeline.parent_run_id, {"stages_reused": len(runner.reused)})
 
 
+def forced_stages(
+    config: PipelineConfig, force: Sequence[str] | None, stages: Sequence[Stage[Any]]
+) -> frozenset[str]:
+    """The stages to recompute whatever the cache says: those asked for, and the teacher
+    when ``teacher.retrain`` is ``always``."""
+    if config.teacher.retrain == "always" and any(s.name == "teacher" for s in stages):
+        force = [*(force or []), "teacher"]
+    return resolve_force(force, stages)
+
+
 def run_pipeline(
     config: PipelineConfig,
     force: Sequence[str] | None,
@@ -170,7 +180,7 @@ def run_pipeline(
 ) -> PipelineResult:
     """The body of both flows (and of any flow that runs another stage list): the stages in
     order, inside one MLflow parent run."""
-    forced = resolve_force(force, stages)
+    forced = forced_stages(config, force, stages)
     # This machine's cores, shared with any other kd running on it (components/cores.py).
     with share_cores(config.distributed.nproc), parent_run(config, "kd") as (tracker, pipeline):
         runner = Runner(pipeline, stages, forced)

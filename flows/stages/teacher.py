@@ -9,20 +9,27 @@ folder (sha256 recorded), resolves its input recipe and class map against the da
 it on validation and test through them, and hands on the reference the cache reads. The
 fingerprint includes the source's content (file sha256, or the registry version an alias
 points at now), so a new teacher version invalidates exactly the cache and what depends on it.
+
+A teacher trained here is kept when ``teacher.retrain`` is ``never``: every training records
+itself in ``work_dir/teacher/last-trained.json``, and a later run with the same model and
+recipe brings that checkpoint in (byte for byte, so the logit cache of the samples it already
+saw is the same) and evaluates it on the run's splits instead of training a new one, whatever
+the data became. ``always`` retrains it on every run (flows/pipeline.py forces the stage).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from components.config import PipelineConfig
+from components.config import CheckpointTeacher, PipelineConfig, TeacherSource
 from components.data_sources import DataError, source_sample, source_signature
 from components.devices import place, resolve_device
-from components.io import sha256_files, write_json
+from components.io import sha256_file, sha256_files, write_json
 from components.recipes import Recipe, teacher_recipe
 from components.teacher_sources import source_of
 from components.teachers import (
@@ -40,6 +47,13 @@ from flows.stage import Outcome, PreflightError, Record, StageContext
 from flows.stages.training import TrainingStage
 from flows.tracking import TrackingError, resolve_tracking_uri
 
+LAST_TRAINED = "last-trained.json"  # under work_dir/teacher/: what teacher.retrain=never keeps
+
+
+def _recipe_identity(config: PipelineConfig) -> dict[str, Any]:
+    """What a kept teacher must share with the config: its architecture and training recipe."""
+    return config.teacher.model_dump(mode="json", include={"model", "train"})
+
 
 class Teacher(TrainingStage):
     name = "teacher"
@@ -52,10 +66,29 @@ class Teacher(TrainingStage):
         return teacher_recipe(config)
 
     def environment(self, config: PipelineConfig) -> dict[str, Any]:
+        kept = self.kept(config, Path(config.work_dir))
+        if kept is not None:
+            return {"kept": kept["sha256"]}
         from flows.tracking.models import LazyModelLoader  # loads MLflow: see preflight
 
         source = config.teacher.source
         return source_of(source).identity(source, LazyModelLoader(resolve_tracking_uri()))
+
+    @staticmethod
+    def kept(config: PipelineConfig, work_dir: Path) -> dict[str, Any] | None:
+        """The last teacher trained in this work dir, when ``teacher.retrain`` is ``never`` and
+        it was trained with this model and recipe; None otherwise (a teacher is trained)."""
+        teacher = config.teacher
+        if teacher.retrain != "never" or not source_of(teacher.source).trained_here:
+            return None
+        record = work_dir / "teacher" / LAST_TRAINED
+        if not record.is_file():
+            return None
+        last = json.loads(record.read_text())
+        checkpoint = work_dir / last["checkpoint"]
+        if last["teacher"] != _recipe_identity(config) or not checkpoint.is_file():
+            return None
+        return {**last, "path": str(checkpoint)}
 
     def preflight(self, config: PipelineConfig) -> None:
         teacher = config.teacher
@@ -94,19 +127,44 @@ class Teacher(TrainingStage):
                 raise PreflightError(f"teacher.source ({teacher.source.kind}): {err}") from None
 
     def run(self, ctx: StageContext) -> Outcome[ModelRef]:
-        if source_of(ctx.config.teacher.source).trained_here:
-            return super().run(ctx)
-        return self.bring(ctx)
+        if not source_of(ctx.config.teacher.source).trained_here:
+            return self.bring(ctx, ctx.config.teacher.source)
+        kept = self.kept(ctx.config, ctx.work_dir)
+        if kept is not None:
+            if sha256_file(Path(kept["path"])) != kept["sha256"]:
+                raise TeacherError(f"the kept teacher {kept['path']} changed since it was trained")
+            ctx.log.info(
+                "teacher.retrain=never: keeping the teacher trained in run %s on data %s",
+                kept["run_id"],
+                kept["dataset_fingerprint"],
+            )
+            outcome = self.bring(ctx, CheckpointTeacher(path=Path(kept["path"])))
+            outcome.record.tags["teacher_kept_from_run"] = kept["run_id"]
+            return outcome
+        outcome = super().run(ctx)
+        ref = outcome.ref
+        write_json(
+            ctx.work_dir / "teacher" / LAST_TRAINED,
+            {
+                "checkpoint": ref.checkpoint,
+                "sha256": ref.sha256,
+                "teacher": _recipe_identity(ctx.config),
+                "dataset_fingerprint": ctx.input("prepare-data", DataRef).fingerprint,
+                "run_id": ctx.run_id,
+            },
+        )
+        return outcome
 
-    def bring(self, ctx: StageContext) -> Outcome[ModelRef]:
-        """A teacher from elsewhere: copied or converted, checked, evaluated; never trained."""
+    def bring(self, ctx: StageContext, source_config: TeacherSource) -> Outcome[ModelRef]:
+        """A teacher from elsewhere (or kept): copied or converted, checked, evaluated; never
+        trained."""
         teacher = ctx.config.teacher
         data = ctx.input("prepare-data", DataRef)
         dataset = data.load(ctx.work_dir)
         spec = InputSpec.resolve(teacher.input, dataset.info)
         ctx.directory.mkdir(parents=True, exist_ok=True)
-        source = source_of(teacher.source)
-        brought = source.bring_in(teacher.source, spec, ctx.directory, ctx.tracker.models)
+        source = source_of(source_config)
+        brought = source.bring_in(source_config, spec, ctx.directory, ctx.tracker.models)
         path, kind = brought.path, brought.format
         model = load_teacher(path, kind)
         index = class_index(
@@ -126,7 +184,7 @@ class Teacher(TrainingStage):
         files = [path, *brought.extra_files]  # an ONNX model's external data with it
         sha256, size = sha256_files(files), sum(f.stat().st_size for f in files)
         parameters = parameter_count(model, path, kind)
-        arch = source.describe(teacher.source, brought)
+        arch = source.describe(source_config, brought)
         ctx.log.info(
             "teacher from %s (%s, %d parameters, sha256 %s): input %s; test accuracy %.4f",
             brought.origin,
@@ -148,7 +206,7 @@ class Teacher(TrainingStage):
                 "dataset.fingerprint": data.fingerprint,
             },
             metrics={**metrics, "checkpoint_bytes": size},
-            tags={"checkpoint_sha256": sha256, "teacher_source": teacher.source.kind},
+            tags={"checkpoint_sha256": sha256, "teacher_source": source_config.kind},
             files=[(f, "checkpoint") for f in files],
         )
         ref = ModelRef(

@@ -149,3 +149,11 @@ def test_union_kinds_come_from_the_schema() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, ["distill.kind=dkd", "distill.beta=-1"])
     assert "distill.beta" in str(caught.value) and "dkd.beta" not in str(caught.value)
+
+
+def test_retrain_is_refused_for_a_teacher_from_elsewhere(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"teacher\.retrain applies to a teacher trained here"):
+        load_config(
+            None,
+            [f"teacher.source={{kind: checkpoint, path: {tmp_path}}}", "teacher.retrain=never"],
+        )

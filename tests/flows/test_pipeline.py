@@ -25,7 +25,7 @@ from components.latency import cores
 from components.logit_cache import CacheSpec, build_logit_cache, open_logit_cache
 from components.predict import self_check
 from flows.cli import EXIT_REFUSED, main
-from flows.pipeline import PIPELINE, PipelineResult, run_pipeline
+from flows.pipeline import PIPELINE, PipelineResult, forced_stages, run_pipeline
 from tests.conftest import TINY_OVERRIDES
 from tests.flows.conftest import SessionRuns, Store
 from tests.helpers import (
@@ -387,3 +387,11 @@ def test_two_process_stages_log_once_and_the_cache_equals_one_process(
     two = {p.name: p.read_bytes() for p in (work / "logit-cache" / key).glob("*.npy")}
     one_process = {p.name: p.read_bytes() for p in Path(single.path).glob("*.npy")}
     assert two == one_process
+
+
+def test_a_teacher_retrained_always_is_forced_and_only_then() -> None:
+    always = load_config(None, ["teacher.retrain=always"])
+    assert forced_stages(always, None, PIPELINE) == {"teacher"}
+    assert forced_stages(always, ["student-kd"], PIPELINE) == {"teacher", "student-kd"}
+    assert forced_stages(load_config(None, []), None, PIPELINE) == frozenset()
+    assert forced_stages(load_config(None, ["teacher.retrain=never"]), None, PIPELINE) == set()

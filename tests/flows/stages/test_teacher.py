@@ -15,6 +15,7 @@ from components.checkpoint import load_checkpoint
 from components.io import sha256_file
 from flows.refs import ModelRef
 from tests.flows.stages.harness import StageHarness, stage
+from tests.helpers import quadrant_images
 
 
 def _bring(harness: StageHarness, images: Path, *overrides: str) -> tuple[ModelRef, dict]:
@@ -96,3 +97,30 @@ def test_an_onnx_teacher_as_torch_exports_it_by_default_feeds_the_cache_and_is_t
     data = harness.work / ref.extra_files[0]
     data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
     assert "changed since it was cached" in (ref.verify(harness.work) or "")
+
+
+def test_a_kept_teacher_is_brought_in_on_grown_data_and_evaluated_on_it(
+    staged: tuple[StageHarness, Path],
+) -> None:
+    harness, images = staged
+    trained = harness.refs["teacher"]
+    assert isinstance(trained, ModelRef)
+    old_data = harness.refs["prepare-data"]
+    # new images arrive: the data (and its splits) change
+    quadrant_images(images, per_class=10, start=40)
+    harness.run(stage("prepare-data"), harness.config(images))
+    assert harness.refs["prepare-data"].identity() != old_data.identity()
+
+    # teacher.retrain=never: the teacher trained before is kept, byte for byte, and evaluated
+    # on the new splits
+    kept, logged = _bring(harness, images, "teacher.retrain=never")
+    assert kept.sha256 == trained.sha256 and kept.checkpoint != trained.checkpoint
+    assert logged["teacher_kept_from_run"] == trained.run_id
+    assert logged["dataset.fingerprint"] == harness.refs["prepare-data"].identity()
+    assert 0 <= kept.val_accuracy <= 1
+
+    # another recipe is another teacher: trained, and it becomes the one kept from then on
+    retrained, logged = _bring(harness, images, "teacher.retrain=never", "teacher.train.epochs=2")
+    assert retrained.sha256 != trained.sha256 and "teacher_kept_from_run" not in logged
+    last = json.loads((harness.work / "teacher" / "last-trained.json").read_text())
+    assert last["sha256"] == retrained.sha256 and last["run_id"] == retrained.run_id
