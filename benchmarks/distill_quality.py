@@ -191,7 +191,8 @@ def teacher_key(ctx: Context, unit: int, teacher: Iterable[str]) -> str:
         {
             "v": UNIT_VERSION,
             "data": unit_data(ctx, unit).info.fingerprint,
-            "teacher": config.teacher.model_dump(mode="json"),
+            # retrain says when the pipeline trains a teacher again, not what it trains
+            "teacher": config.teacher.model_dump(mode="json", exclude={"retrain"}),
             "seed": config.seed,
             "device": config.device,
         }

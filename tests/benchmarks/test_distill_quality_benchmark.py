@@ -82,3 +82,19 @@ def test_distill_quality_chooses_on_folds_reports_on_test_and_resumes(tmp_path: 
         "method",
     ]
     assert "patience, control, report not yet run" in (out / "distill_quality.md").read_text()
+
+
+def test_the_committed_units_are_found_by_the_current_code(tmp_path: Path) -> None:
+    # Hours of CPU are stored under benchmarks/results/distill_quality_units, keyed by what
+    # produced each unit: a change that moves a key (a new config field in a hashed section,
+    # say) would silently throw them away and train them all again.
+    module = benchmark("distill_quality")
+    store = Path(__file__).resolve().parents[2] / "benchmarks/results/distill_quality_units"
+    ctx = module.Context(None, (), store, tmp_path)
+    assert (store / "teachers" / f"{module.teacher_key(ctx, 0, ())}.json").is_file()
+    for student in (
+        module.Student((), ()),  # the config's method, from the config's teacher
+        module.Student((), ("distill={kind: wttm}",)),
+        module.Student((), (), "cached-ls0.1"),  # a control
+    ):
+        assert (store / "students" / f"{module.student_key(ctx, 0, student)}.json").is_file()
