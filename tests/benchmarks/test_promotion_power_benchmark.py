@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from components.config import PromotionConfig
 from components.stats import paired_difference
@@ -32,6 +33,7 @@ def test_the_exact_rate_is_the_rate_of_the_pipelines_own_rule() -> None:
     assert abs(promoted / draws - exact) < 4 * standard_error
 
 
+@pytest.mark.slow
 def test_the_benchmark_writes_the_rates_the_checks_read(tmp_path: Path) -> None:
     assert benchmark("promotion_power").main(["--out", str(tmp_path), "--sizes", "100", "500"]) == 0
     report = json.loads((tmp_path / "promotion_power.json").read_text())

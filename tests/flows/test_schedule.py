@@ -95,6 +95,7 @@ def test_serve_refuses_a_bad_cron_with_exit_2(capsys: pytest.CaptureFixture[str]
     assert main(["serve", "--watch", "0"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_the_data_watch_retrains_only_when_the_data_changed(
     mlflow_store: str, tmp_path: Path
