@@ -570,10 +570,11 @@ class PromotionConfig(Strict):
     min_examples: int | None = Field(
         None,
         ge=1,
-        description="Fewer leakage-free validation examples than this: incomparable, the "
-        "champion is kept. None: derived from the margin and confidence, the fewest on which "
-        "a challenger agreeing with the champion on every example could pass "
-        "(components/promotion.py, min_examples).",
+        description="On fewer leakage-free validation examples than this, a challenger that "
+        "is neither shown non-inferior nor clearly worse is incomparable (the champion is "
+        "kept; a person decides) instead of rejected; one that passes is promoted. None: "
+        "derived from the margin and confidence, the fewest on which a challenger agreeing "
+        "with the champion on every example could pass (components/promotion.py).",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Of every interval.")
     resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")

@@ -4,8 +4,8 @@ with statistics.
 1. The evaluation set: this run's validation split, minus every image the champion was
    trained on (by content hash: after a data change or a new split seed, most new validation
    images may be old training images). None left, or fewer than the margin needs
-   (``min_examples``) and the challenger not shown non-inferior on them: incomparable, the
-   champion is kept.
+   (``min_examples``) and the challenger neither shown non-inferior nor clearly worse (nor
+   too slow) on them: incomparable, the champion is kept.
 2. Each model is fed inputs prepared by its own recipe (the normalisation its ONNX metadata
    records), through ONNX Runtime, and timed at batch 1 in interleaved rounds, so a drift in
    machine load hits both alike.
@@ -317,7 +317,11 @@ def decide(
     outcome = "rejected" if failures else "promoted"
     needed = min_examples(policy)
     slow = latency.interval[0] > policy.max_latency_ratio
-    if failures and not slow and accuracy.n < needed:
+    # Clearly worse (the whole interval below the margin) is evidence, however few examples.
+    clearly_worse = any(
+        d is not None and d.interval[1] < -policy.max_accuracy_drop for d in (accuracy, drift)
+    )
+    if failures and not slow and not clearly_worse and accuracy.n < needed:
         # Too few examples to show the margin even for an equal model: failing to show it is
         # no evidence against the challenger, so a person decides. (A challenger that passes
         # on few examples is promoted: the test's error rate holds at every n.)

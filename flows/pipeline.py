@@ -6,7 +6,7 @@
 Each stage is one module under ``flows/stages/``; ``flows/runner.py`` runs them. The CLI,
 the reports and the tests read the stage list from ``PIPELINE``. ``kd-retrain`` is the same
 pipeline for schedules: it reads its config file at run time; ``kd-retrain-on-data`` runs it
-only when the data source's files changed since the last run it started.
+only when the data source's files changed since its last finished retrain.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from components.config import PipelineConfig, SweepConfig, sweep_points
 from components.cores import share_cores
 from components.stats import format_accuracy, wilson
-from flows.pipeline import PIPELINE, parent_run
+from flows.pipeline import PIPELINE, forced_stages, parent_run
 from flows.refs import DataRef, ModelRef
 from flows.runner import Runner, publish_table
-from flows.stage import Stage, resolve_force
+from flows.stage import Stage
 
 
 def task_runner(sweep: SweepConfig) -> TaskRunner[Any]:
@@ -88,7 +88,7 @@ class SweepResult:
 def sweep_pipeline(config: PipelineConfig, force: list[str] | None = None) -> SweepResult:
     """Distil one student per setting of ``config.sweep.grid``, in parallel."""
     points = sweep_points(config)
-    forced = resolve_force(force, PIPELINE)
+    forced = forced_stages(config, force, PIPELINE)
     # This machine's cores, shared with any other kd running on it (components/cores.py).
     with (
         share_cores(config.distributed.nproc),

@@ -98,8 +98,12 @@ class Promotion(Stage[PromotionRef]):
         after = version if decision.promote else before
         tags = self.tags(decision, version, before, ctx.pipeline.parent_run_id)
         # What this version carries if it is (or becomes) a champion: its split version and
-        # the anchor of the chain it continues, or itself when it starts one.
-        tags |= {"promotion.split_version": split, "promotion.anchor_version": anchor or version}
+        # the anchor of the chain it continues, or itself when it starts one. A version not
+        # compared with the chain (the first, or an incomparable one a person may promote by
+        # hand) starts its own.
+        compared = decision.accuracy_difference is not None
+        chain = (anchor or version) if compared else version
+        tags |= {"promotion.split_version": split, "promotion.anchor_version": chain}
         tracker.registry.set_version_tags(name, version, tags)
         if before is not None:
             # The champion keeps its own promotion record; the challenge goes beside it.
@@ -201,7 +205,7 @@ class Promotion(Stage[PromotionRef]):
         if len(evaluation.labels) == 0:
             why = (
                 f"none of {evaluation.pool} validation examples remain after removing the "
-                "images the champion was trained on"
+                "images the champion (and the anchor) were trained on"
             )
             return incomparable(None, why, evaluation, policy)
         paths = {"challenger": challenger}

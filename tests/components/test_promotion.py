@@ -65,6 +65,10 @@ def test_identical_models_are_promoted_from_the_fewest_examples_the_margin_needs
     correct = rng.random(380) < 0.95
     few = decide(scores(correct), scores(correct), evaluation(380), POLICY)
     assert few.decision == "incomparable" and "380 validation examples cannot show" in few.reason
+    # but a clearly worse one (its whole interval below the margin) is rejected on as few
+    challenger, champion = vectors(300, 0.98, extra_wrong=30)
+    worse = decide(scores(challenger), scores(champion), evaluation(300), POLICY)
+    assert worse.decision == "rejected" and "kept the champion" in worse.reason
     # while a clearly better challenger passes on few examples: the error rate holds at any n
     champion = np.arange(100) >= 20  # 80%
     assert decide(scores(np.ones(100, bool)), scores(champion), evaluation(100), POLICY).promote
