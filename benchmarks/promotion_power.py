@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 import numpy as np
-from scipy.special import gammaln
+from scipy.special import gammaln, xlogy
 
 from components.config import PipelineConfig, PromotionConfig, load_config
 from components.io import write_json, write_text
@@ -51,24 +51,19 @@ def promotion_rate(
     c = np.arange(n + 1)[None, :]
     possible = b + c <= n
     rest = np.where(possible, n - b - c, 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # xlogy(x > 0, 0) is -inf: p 0
         log_p = (
             gammaln(n + 1)
             - gammaln(b + 1)
             - gammaln(c + 1)
             - gammaln(rest + 1)
-            + _xlogy(b, p_only_challenger)
-            + _xlogy(c, p_only_champion)
-            + _xlogy(rest, 1 - p_only_challenger - p_only_champion)
+            + xlogy(b, p_only_challenger)
+            + xlogy(c, p_only_champion)
+            + xlogy(rest, 1 - p_only_challenger - p_only_champion)
         )
     probability = np.where(possible, np.exp(log_p), 0.0)
     passes = tango_statistic(-policy.max_accuracy_drop, b, c, n) >= two_sided_z(policy.confidence)
     return float(probability[passes & possible].sum())
-
-
-def _xlogy(x: np.ndarray, p: float) -> np.ndarray:
-    """x * log(p), 0 where x is 0 (also when p is 0)."""
-    return np.where(x == 0, 0.0, x * np.log(p) if p > 0 else -np.inf)
 
 
 def rates(policy: PromotionConfig, sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
