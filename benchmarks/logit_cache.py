@@ -87,7 +87,9 @@ def inference_throughputs(
         return torch.as_tensor(np.asarray(dataset.images[train[rows]]))
 
     pixels = [
-        render_views(fetch, np.arange(len(train)), train, v, policy, spec.view_seed).images
+        render_views(
+            fetch, np.arange(len(train)), dataset.train_ids(), v, policy, spec.view_seed
+        ).images
         for v in range(spec.views)
     ]
     views = [normalize(p, dataset.info) for p in pixels]

@@ -118,29 +118,33 @@ class Views:
 def render_views(
     fetch: Callable[[np.ndarray], torch.Tensor],
     rows: np.ndarray,
-    train_indices: np.ndarray,
+    train_ids: np.ndarray,
     view_ids: np.ndarray | int,
     config: AugmentConfig,
     seed: int,
 ) -> Views:
     """The views of training-split ``rows``; ``fetch(rows)`` returns their uint8 images.
+    ``train_ids``: every training row's identity (``Dataset.train_ids``), which seeds its
+    views: its content id, so a view stays the same wherever the image lies in a grown set.
 
     With mixup, a view is lambda * view(sample) + (1 - lambda) * view(partner), the same view
     number of both; the partner and lambda are replayed from (seed, sample, view) like the
     crop, so the cache and the student render the identical mixed image
     ("function matching", Beyer et al. 2022).
     """
-    sample_ids = train_indices[rows]
+    sample_ids = train_ids[rows]
     images = augment(fetch(rows), config, seed, sample_ids, view_ids)
     if not config.enabled or config.mixup_alpha <= 0:
         return Views(images)
     h = _splitmix(view_hash(seed ^ 0x313C5, sample_ids, view_ids))
-    partner_rows = (h % np.uint64(len(train_indices))).astype(np.int64)
+    # The partner is a row of this training set: a mixed view is not the same input in a
+    # grown set (the cache reuses no mixed views, logit_cache.py).
+    partner_rows = (h % np.uint64(len(train_ids))).astype(np.int64)
     weight = np.array(
         [np.random.default_rng(int(x)).beta(config.mixup_alpha, config.mixup_alpha) for x in h],
         dtype=np.float32,
     )
-    partners = augment(fetch(partner_rows), config, seed, train_indices[partner_rows], view_ids)
+    partners = augment(fetch(partner_rows), config, seed, train_ids[partner_rows], view_ids)
     w = torch.as_tensor(weight, device=images.device)[:, None, None, None]
     mixed = w * images.float() + (1 - w) * partners.float()
     return Views(mixed, partner_rows, weight)
@@ -305,7 +309,7 @@ def apply_strong(images: torch.Tensor, params: StrongParams) -> torch.Tensor:
 def render_strong_views(
     fetch: Callable[[np.ndarray], torch.Tensor],
     rows: np.ndarray,
-    train_indices: np.ndarray,
+    train_ids: np.ndarray,
     view_ids: np.ndarray | int,
     config: AugmentConfig,
     seed: int,
@@ -314,6 +318,6 @@ def render_strong_views(
     weak view of the same number."""
     if config.strong is None:
         raise ValueError("no strong augmentation configured (augment.strong)")
-    sample_ids = train_indices[rows]
+    sample_ids = train_ids[rows]
     weak = augment(fetch(rows), config, seed, sample_ids, view_ids)
     return apply_strong(weak, strong_params(config.strong, seed, sample_ids, view_ids))

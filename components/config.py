@@ -120,12 +120,25 @@ DataSource = Annotated[
 
 
 class SplitConfig(Strict):
-    """Stratified train / validation / test split, deterministic in ``seed``.
+    """Train / validation / test split, deterministic in ``seed``.
+
+    ``method``:
+    - ``content`` (default): each image's split follows from its bytes (a hash of them,
+      salted by ``seed``), so adding images never moves one already there and removing
+      images moves none of the others; every class gets the fractions in expectation
+      (stratified approximately: a class of n images gets n x fraction, give or take a
+      binomial spread).
+    - ``shuffle``: per class, the images shuffled by ``seed`` and cut at the exact
+      fractions. Growing data moves images between splits (a champion's training images
+      become validation images); kept for work dirs and benchmarks made before content
+      splits, whose fingerprints it leaves as they were.
 
     Sources with an official test set (torchvision) keep it as the test split and ignore
-    ``test_fraction``; validation is always carved out of the training pool.
+    ``test_fraction``; validation is always carved out of the training pool. A new ``seed``
+    or ``method`` is a new split version (components/data.py ``split_version``).
     """
 
+    method: Literal["content", "shuffle"] = "content"
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     seed: int = 0

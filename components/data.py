@@ -17,6 +17,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from components.augment import stream_seed, view_hash
 from components.config import DataSource, SplitConfig
 from components.data_sources import DataError, load_source
 from components.io import atomic_dir, sha256_json
@@ -35,6 +36,10 @@ class DatasetInfo:
     mean: list[float]
     std: list[float]
     split_sizes: dict[str, int]
+    # What identifies an image (seeds its views, addresses its cached teacher outputs):
+    # "content", the hash of its bytes (content splits), or "position", its index (shuffle
+    # splits, and every dataset prepared before content splits).
+    sample_ids: str = "position"
 
     @classmethod
     def read(cls, directory: Path) -> DatasetInfo:
@@ -50,14 +55,41 @@ class Dataset:
     images: np.ndarray  # uint8 (N, C, H, W), memory-mapped
     labels: np.ndarray  # int64 (N,)
     splits: dict[str, np.ndarray]  # split name -> indices into images
+    ids: np.ndarray | None = None  # uint64 content id per image; None: its index is its id
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of one split, in the stored (sorted) index order."""
         indices = self.splits[name]
         return self.images[indices], self.labels[indices]
 
+    def train_ids(self) -> np.ndarray:
+        """The identity of each training row (``info.sample_ids``): what seeds its views and
+        names its cached teacher outputs, the same whatever else the data holds."""
+        train = self.splits["train"]
+        return train if self.ids is None else self.ids[train]
+
 
 # --- split and fingerprint --------------------------------------------------------------------
+
+
+def split_images(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    split: SplitConfig,
+    official_test: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Indices of the train, val and test splits, by ``split.method`` (see SplitConfig);
+    ``ids``: the images' ``content_ids``."""
+    if split.method == "shuffle":
+        splits = stratified_split(labels, split, official_test)
+    else:
+        splits = content_split(ids, split, official_test)
+    # A content split draws each image's split by chance: a tiny class can miss one.
+    why = " (a content split draws each image's split)" if split.method == "content" else ""
+    for name, indices in splits.items():
+        if len(indices) == 0:
+            raise DataError(f"split {name!r} is empty: the dataset has too few images{why}")
+    return splits
 
 
 def stratified_split(
@@ -77,13 +109,39 @@ def stratified_split(
     splits = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
     if official_test is not None:
         splits["test"] = np.flatnonzero(official_test)
-    for name, indices in splits.items():
-        if len(indices) == 0:
-            raise DataError(f"split {name!r} is empty: the dataset has too few images per class")
     return splits
 
 
-SPLIT_METHOD = "stratified-shuffle"  # how stratified_split assigns images: per class, by seed
+def content_split(
+    ids: np.ndarray, split: SplitConfig, official_test: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Each image's split from its bytes alone: a number u in [0, 1) drawn from (its content
+    hash, ``split.seed``) puts it in test below ``test_fraction``, in validation below
+    ``test_fraction + val_fraction``, else in training. No other image takes part, so an
+    image keeps its split whatever is added or removed, and identical images share one (a
+    duplicate cannot sit on both sides). The draw ignores the label, so each class gets the
+    fractions in expectation: stratified approximately."""
+    u = view_hash(stream_seed(split.seed, "split"), ids, 0) / np.float64(2**64)
+    test = u < split.test_fraction if official_test is None else np.asarray(official_test)
+    pool = ~test
+    # With an official test set the validation share is drawn from the same u, so an image
+    # outside the official test lies in validation below val_fraction.
+    low = split.test_fraction if official_test is None else 0.0
+    val = pool & (u >= low) & (u < low + split.val_fraction)
+    return {
+        "train": np.flatnonzero(pool & ~val),
+        "val": np.flatnonzero(val),
+        "test": np.flatnonzero(test),
+    }
+
+
+def content_ids(images: np.ndarray) -> np.ndarray:
+    """``example_hashes`` as uint64: one identity per image, from its bytes alone."""
+    return np.array([int(h, 16) for h in example_hashes(images)], dtype=np.uint64)
+
+
+# What decides which split an image falls in, by method (the names split versions carry).
+SPLIT_METHODS = {"shuffle": "stratified-shuffle", "content": "content-hash"}
 
 
 def split_version(split: SplitConfig) -> str:
@@ -91,8 +149,11 @@ def split_version(split: SplitConfig) -> str:
     name: two models share a split version when the same images would be their validation
     images. Promotion's drift bound is kept per split version."""
     settings = split.model_dump(mode="json")
+    if split.method == "shuffle":
+        # The settings as hashed before there was a method: registries keep their chains.
+        del settings["method"]
     return (
-        f"{SPLIT_METHOD}-"
+        f"{SPLIT_METHODS[split.method]}-"
         + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     )
 
@@ -117,16 +178,18 @@ def _array_digest(*arrays: np.ndarray) -> str:
 def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> DatasetInfo:
     """Load, split and fingerprint the source; store it under ``root/<fingerprint>`` once."""
     data = load_source(source)
-    splits = stratified_split(data.labels, split, data.official_test)
+    ids = content_ids(data.images)
+    splits = split_images(data.labels, ids, split, data.official_test)
     mean, std = channel_stats(data.images[splits["train"]])
-    fingerprint = sha256_json(
-        {
-            "source": data.identity,
-            "content": _array_digest(data.images, data.labels),
-            "splits": _array_digest(*(splits[k] for k in sorted(splits))),
-            "preprocessing": {"mean": mean, "std": std, "dtype": "uint8", "scale": 255},
-        }
-    )[:16]
+    identity = {
+        "source": data.identity,
+        "content": _array_digest(data.images, data.labels),
+        "splits": _array_digest(*(splits[k] for k in sorted(splits))),
+        "preprocessing": {"mean": mean, "std": std, "dtype": "uint8", "scale": 255},
+    }
+    if split.method != "shuffle":  # shuffle: the fingerprints of before there were methods
+        identity["split"] = split_version(split)
+    fingerprint = sha256_json(identity)[:16]
     directory = root / fingerprint
     if (directory / "meta.json").is_file():
         return DatasetInfo.read(directory)
@@ -140,10 +203,13 @@ def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> Datas
         mean=mean,
         std=std,
         split_sizes={name: len(indices) for name, indices in splits.items()},
+        sample_ids="position" if split.method == "shuffle" else "content",
     )
     with atomic_dir(directory) as tmp:
         np.save(tmp / "images.npy", data.images)
         np.save(tmp / "labels.npy", data.labels)
+        if info.sample_ids == "content":
+            np.save(tmp / "ids.npy", ids)
         np.savez(tmp / "splits.npz", **cast(dict[str, Any], splits))
         meta = {k: v for k, v in asdict(info).items() if k != "path"}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -156,11 +222,13 @@ def load_dataset(path: Path | str) -> Dataset:
         raise DataError(f"{directory}: not a prepared dataset (meta.json missing)")
     with np.load(directory / "splits.npz") as stored:
         splits = {name: stored[name] for name in stored.files}
+    info = DatasetInfo.read(directory)
     return Dataset(
-        info=DatasetInfo.read(directory),
+        info=info,
         images=np.load(directory / "images.npy", mmap_mode="r"),
         labels=np.load(directory / "labels.npy"),
         splits=splits,
+        ids=np.load(directory / "ids.npy") if info.sample_ids == "content" else None,
     )
 
 

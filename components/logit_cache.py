@@ -1,10 +1,11 @@
 """The teacher's logits on disk: the only way the teacher's knowledge reaches a student.
 
 What is stored. For each training sample (row i = ``splits["train"][i]``) and each of K views
-(view v = the augmentation replayed from (seed, sample index, v), see augment.py), the
-teacher's logits on exactly that input. The student later trains on the same views, so
-caching never changes what it learns ("consistent teaching", Beyer et al. 2022; FKD, Shen &
-Xing 2022), and the cost of the teacher is paid once, not every epoch.
+(view v = the augmentation replayed from (seed, sample id, v), see augment.py; the id is the
+image's content hash, ``Dataset.train_ids``), the teacher's logits on exactly that input.
+The student later trains on the same views, so caching never changes what it learns
+("consistent teaching", Beyer et al. 2022; FKD, Shen & Xing 2022), and the cost of the
+teacher is paid once, not every epoch.
 
 Two views. With a strong policy in the view config (``augment.strong``), every view v of a
 sample also has a strong view: the strong augmentation of weak view v, replayed from (seed,
@@ -24,6 +25,11 @@ Storage (``storage``):
   understate that mass. The readings are part of the key: another temperature is another
   cache. Values that do not fit the storage dtype (float16 beyond 65504) refuse the chunk.
 
+Data that grows. A build copies every sample an earlier data version's cache of the same
+making already holds (matched by content id, ``_plan_reuse``) and runs the teacher only on the
+new ones; the result is the bytes a build from scratch gives (each forward pass has one shape,
+so a sample's logits do not depend on its batch).
+
 Safety. The cache key hashes everything that produced the content (teacher weights sha256,
 dataset fingerprint, view policy and seed, K, storage format). A build writes chunks of rows
 into preallocated memory maps under ``.<key>.partial/``, appending each finished chunk's
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -206,6 +213,9 @@ class CacheInfo:
     bytes_per_sample_view: int
     build_seconds: float
     cache_hit: bool
+    # Rows the teacher ran on in the build (the others copied from caches of earlier data
+    # versions, by content); of a cache hit, none.
+    computed_rows: int = 0
 
 
 def index_dtype(num_classes: int) -> np.dtype:
@@ -478,6 +488,7 @@ def _info(cache: LogitCache, cache_hit: bool) -> CacheInfo:
         bytes_per_sample_view=m["bytes_per_sample_view"],
         build_seconds=m["build_seconds"],
         cache_hit=cache_hit,
+        computed_rows=0 if cache_hit else m.get("computed_rows", m["rows"]),
     )
 
 
@@ -506,6 +517,7 @@ def build_logit_cache(
     matching the spec's), or a plain module fed the data's own recipe.
     """
     teacher = _as_view(teacher, spec, dataset.info)
+    effective_input = teacher.spec.as_dict()  # the recipe in effect, for later versions' reuse
     apply_fair_threads()  # ONNX Runtime's sessions below take as many threads as PyTorch has
     classes = dataset.info.num_classes
     if spec.storage == "topk" and not (spec.top_k or 0) < classes:
@@ -525,6 +537,7 @@ def build_logit_cache(
                 shutil.rmtree(final)  # corrupt: rebuilt below
         train_indices = dataset.splits["train"]
         layout = _layout(spec, len(train_indices), classes)
+        reuse = _plan_reuse(cache_root, spec, effective_input, dataset)
         arrays, done_chunks = _open_partial(partial, spec, layout)
         bounds = [
             (s, min(s + chunk_rows, len(train_indices)))
@@ -554,6 +567,7 @@ def build_logit_cache(
                 todo,
                 device.type,
                 batch_size,
+                reuse,
             )
             arrays, done_chunks = _open_partial(partial, spec, layout)
         else:
@@ -573,7 +587,15 @@ def build_logit_cache(
                 for start, stop in todo:
                     done_chunks.append(
                         _build_chunk(
-                            teacher, spec, dataset, arrays, partial, start, stop, device, batch_size
+                            teacher,
+                            spec,
+                            dataset,
+                            arrays,
+                            partial,
+                            (start, stop),
+                            device,
+                            batch_size,
+                            reuse,
                         )
                     )
                     bar.update()
@@ -599,9 +621,18 @@ def build_logit_cache(
             ),
             "chunks": [c[:3] for c in done_chunks],
             "build_seconds": twin_seconds + sum(c[3] for c in done_chunks),
+            # What a later data version's build reuses this cache by (_plan_reuse).
+            "family": _family(spec),
+            "teacher_input_effective": effective_input,
+            "sample_ids": dataset.info.sample_ids,
+            "computed_rows": len(train_indices) - reuse.rows_reused(),
+            "reused_from": reuse.donors,
             "runtime_max_abs_diff_vs_pytorch": parity,
             "created_unix": time.time(),
         }
+        if dataset.info.sample_ids == "content":
+            np.save(partial / "ids.npy", dataset.train_ids())
+            fsync_path(partial / "ids.npy")
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(partial / "manifest.json")
         (partial / "chunks.jsonl").unlink()
@@ -609,6 +640,87 @@ def build_logit_cache(
         os.replace(partial, final)
         fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Where each row of a build comes from: ``donor[i]`` indexes ``donors`` (the finished
+    caches of earlier data versions it is copied from, at their row ``row[i]``), or is -1:
+    the teacher runs on it."""
+
+    donors: list[str]
+    donor: np.ndarray
+    row: np.ndarray
+
+    def rows_reused(self) -> int:
+        return int((self.donor >= 0).sum())
+
+
+def _family(spec: CacheSpec) -> str:
+    """What a sample's cached entries depend on besides the sample: the spec without the
+    dataset (and the teacher's input recipe, compared as it is in effect, see _plan_reuse)."""
+    fields = {
+        k: v for k, v in asdict(spec).items() if k not in ("dataset_fingerprint", "teacher_input")
+    }
+    return sha256_json({"format": FORMAT_VERSION, **fields})[:16]
+
+
+def _plan_reuse(
+    cache_root: Path, spec: CacheSpec, effective_input: dict[str, Any], dataset: Dataset
+) -> Reuse:
+    """Which training samples an earlier data version's cache already holds, by content id.
+
+    A sample's views are replayed from (view seed, its content id, view number), so the same
+    image under the same teacher, fed the same input recipe, has the same cached entries in
+    every data version: those are copied, and the teacher runs only on new samples. Nothing
+    is reused for position ids (a dataset split by shuffle) or mixed views (a mixup partner
+    is drawn from the whole training set, which grew)."""
+    rows = len(dataset.splits["train"])
+    none = Reuse([], np.full(rows, -1, np.int64), np.zeros(rows, np.int64))
+    policy = AugmentConfig(**spec.augment)
+    if dataset.info.sample_ids != "content" or (policy.enabled and policy.mixup_alpha > 0):
+        return none
+    family = _family(spec)
+    ids = dataset.train_ids()
+    donor, row = none.donor.copy(), none.row.copy()
+    donors: list[str] = []
+    candidates = sorted(
+        (d for d in cache_root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,  # the newest first: the most samples in common, as data grows
+    )
+    for directory in candidates:
+        if not (donor < 0).any():
+            break
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (
+            manifest.get("family") != family
+            or manifest.get("teacher_input_effective") != effective_input
+            or manifest.get("sample_ids") != "content"
+            or directory.name == spec.key
+        ):
+            continue
+        try:
+            open_logit_cache(directory)  # every chunk verified before any row is copied
+            theirs = np.load(directory / "ids.npy")
+        except (CacheError, OSError, ValueError):
+            continue  # a damaged cache gives nothing; its samples are computed
+        order = np.argsort(theirs, kind="stable")
+        at = np.searchsorted(theirs[order], ids).clip(0, len(theirs) - 1)
+        found = (theirs[order][at] == ids) & (donor < 0)
+        if found.any():
+            donor[found], row[found] = len(donors), order[at][found]
+            donors.append(str(directory))
+    return Reuse(donors, donor, row)
+
+
+@functools.cache
+def _donor_arrays(directory: str) -> dict[str, np.ndarray]:
+    """A donor cache's arrays (verified when the build planned its reuse)."""
+    return open_logit_cache(Path(directory), verify=False).arrays
 
 
 def _as_view(teacher: nn.Module, spec: CacheSpec, info: DatasetInfo) -> TeacherView:
@@ -631,23 +743,34 @@ def _build_chunk(
     dataset: Dataset,
     arrays: dict[str, np.memmap],
     partial: Path,
-    start: int,
-    stop: int,
+    bounds: tuple[int, int],
     device: torch.device,
     batch_size: int,
+    reuse: Reuse,
 ) -> list[Any]:
-    """Compute rows [start, stop), flush them, then journal their checksum (durably)."""
+    """Fill rows [start, stop): copied where an earlier data version's cache holds the
+    sample, computed otherwise; flush them, then journal their checksum (durably)."""
+    start, stop = bounds
     started = time.perf_counter()
-    for kind in spec.kinds:
+    rows = np.arange(start, stop)
+    donor = reuse.donor[start:stop]
+    for d, directory in enumerate(reuse.donors):
+        mine = donor == d
+        if mine.any():
+            theirs = _donor_arrays(directory)
+            for name, array in arrays.items():
+                array[rows[mine]] = theirs[name][reuse.row[start:stop][mine]]
+    computed = rows[donor < 0]
+    for kind in spec.kinds if len(computed) else ():
         logits = teacher_view_logits(
-            teacher, dataset, np.arange(start, stop), spec, device, bool(kind), batch_size
+            teacher, dataset, computed, spec, device, bool(kind), batch_size
         )
         try:
             encoded = encode(logits, spec, dataset.info.num_classes, kind)
         except CacheError as err:
             raise CacheError(f"logit cache build, rows {start}-{stop}: {err}") from err
         for name, chunk in encoded.items():
-            arrays[name][start:stop] = chunk
+            arrays[name][computed] = chunk
     for array in arrays.values():
         array.flush()
     entry = [start, stop, _chunk_digest(arrays, start, stop), time.perf_counter() - started]
@@ -667,6 +790,7 @@ def _cache_worker(
     todo: list[tuple[int, int]],
     device_type: str,
     batch_size: int,
+    reuse: Reuse,
 ) -> int:
     """One launched process: chunks rank, rank + world, ... of ``todo``, written into the
     shared memory maps; no collectives needed, the chunks are independent."""
@@ -678,8 +802,10 @@ def _cache_worker(
     dataset = load_dataset(dataset_path)
     arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}
     mine = todo[rank::world]
-    for start, stop in mine:
-        _build_chunk(teacher, spec, dataset, arrays, Path(partial), start, stop, device, batch_size)
+    for bounds in mine:
+        _build_chunk(
+            teacher, spec, dataset, arrays, Path(partial), bounds, device, batch_size, reuse
+        )
     return len(mine)
 
 
@@ -738,10 +864,17 @@ def teacher_view_logits(
     per_view = []
     for view in range(spec.views):
         images = _render(dataset, rows, spec, view, strong, device)
-        batches = [
-            teacher(images[b : b + batch_size]).float().cpu()
-            for b in range(0, len(images), batch_size)
-        ]
+        batches = []
+        for b in range(0, len(images), batch_size):
+            batch = images[b : b + batch_size]
+            n = len(batch)
+            # Every pass the same shape (a short batch padded with copies of its first image):
+            # kernels are chosen by shape, so a sample's logits do not depend on how many
+            # others it was computed with, and a grown cache, which computes only the new
+            # samples, holds the bytes a build from scratch would.
+            if n < batch_size:
+                batch = torch.cat([batch, batch[:1].expand(batch_size - n, *batch.shape[1:])])
+            batches.append(teacher(batch)[:n].float().cpu())
         per_view.append(torch.cat(batches))
     return torch.stack(per_view, dim=1)
 
@@ -755,12 +888,12 @@ def _render(
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """View ``view`` (``strong``: its strong view) of training-split ``rows``, replayed."""
-    train_indices = dataset.splits["train"]
+    train_indices, train_ids = dataset.splits["train"], dataset.train_ids()
     policy = AugmentConfig(**spec.augment)
 
     def fetch(r: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(dataset.images[train_indices[r]])).to(device)
 
     if strong:
-        return render_strong_views(fetch, rows, train_indices, view, policy, spec.view_seed)
-    return render_views(fetch, rows, train_indices, view, policy, spec.view_seed).images
+        return render_strong_views(fetch, rows, train_ids, view, policy, spec.view_seed)
+    return render_views(fetch, rows, train_ids, view, policy, spec.view_seed).images

@@ -26,14 +26,14 @@ class OnlineTeacher:
 
     @torch.no_grad()
     def logits(self, rows: np.ndarray, views: np.ndarray, strong: bool = False) -> torch.Tensor:
-        train = self.dataset.splits["train"]
+        train, ids = self.dataset.splits["train"], self.dataset.train_ids()
 
         def fetch(r: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(self.dataset.images[train[r]]))
 
         if strong:
-            return self.view(render_strong_views(fetch, rows, train, views, self.policy, self.seed))
-        rendered = render_views(fetch, rows, train, views, self.policy, self.seed)
+            return self.view(render_strong_views(fetch, rows, ids, views, self.policy, self.seed))
+        rendered = render_views(fetch, rows, ids, views, self.policy, self.seed)
         return self.view(rendered.images)
 
     def batch_logits(

@@ -166,7 +166,7 @@ def train_classifier(
     """
     if (teacher_cache is None) != (distill is None):
         raise ValueError("teacher_cache and distill config go together")
-    train_indices = dataset.splits["train"]
+    train_indices, train_ids = dataset.splits["train"], dataset.train_ids()
     if teacher_cache is not None:
         _check_cache_matches(teacher_cache, dataset, train, view_seed, view_pool)
     seed_everything(seed)
@@ -218,14 +218,14 @@ def train_classifier(
             if len(rows) < world:
                 continue  # a last batch too small to give every process a row (all skip it)
             rows = rows[rank::world]
-            sample_ids = train_indices[rows]
+            sample_ids = train_ids[rows]
             views = (
                 np.full(len(rows), epoch, dtype=np.int64)
                 if view_pool is None
                 else choose_views(view_seed, sample_ids, epoch, view_pool)
             )
             rendered = render_views(
-                lambda r: images[r].to(device), rows, train_indices, views, train.augment, view_seed
+                lambda r: images[r].to(device), rows, train_ids, views, train.augment, view_seed
             )
             batch = normalize(rendered.images, dataset.info)
             hard = labels[rows].to(device)
@@ -242,7 +242,7 @@ def train_classifier(
                 strong = render_strong_views(
                     lambda r: images[r].to(device),
                     rows,
-                    train_indices,
+                    train_ids,
                     views,
                     train.augment,
                     view_seed,

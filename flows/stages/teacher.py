@@ -12,9 +12,11 @@ points at now), so a new teacher version invalidates exactly the cache and what 
 
 A teacher trained here is kept when ``teacher.retrain`` is ``never``: every training records
 itself in ``work_dir/teacher/last-trained.json``, and a later run with the same model and
-recipe brings that checkpoint in (byte for byte, so the logit cache of the samples it already
-saw is the same) and evaluates it on the run's splits instead of training a new one, whatever
-the data became. ``always`` retrains it on every run (flows/pipeline.py forces the stage).
+recipe brings that checkpoint in (byte for byte), feeds it the statistics of the data it
+learned on (not the new data's: so it sees what it was trained to see, and the logit cache
+reuses its outputs on every image it already ran on) and evaluates it on the run's splits
+instead of training a new one, whatever the data became. ``always`` retrains it on every run
+(flows/pipeline.py forces the stage).
 """
 
 from __future__ import annotations
@@ -138,7 +140,10 @@ class Teacher(TrainingStage):
                 kept["run_id"],
                 kept["dataset_fingerprint"],
             )
-            outcome = self.bring(ctx, CheckpointTeacher(path=Path(kept["path"])))
+            # Fed as it learned: the statistics of the data it was trained on, not the new
+            # data's (and so its cached outputs on images it has seen stay reusable).
+            learned = InputSpec.from_dict(kept["input"]) if "input" in kept else None
+            outcome = self.bring(ctx, CheckpointTeacher(path=Path(kept["path"])), learned)
             outcome.record.tags["teacher_kept_from_run"] = kept["run_id"]
             return outcome
         outcome = super().run(ctx)
@@ -150,18 +155,23 @@ class Teacher(TrainingStage):
                 "sha256": ref.sha256,
                 "teacher": _recipe_identity(ctx.config),
                 "dataset_fingerprint": ctx.input("prepare-data", DataRef).fingerprint,
+                "input": InputSpec.of_data(
+                    ctx.input("prepare-data", DataRef).load(ctx.work_dir).info
+                ).as_dict(),
                 "run_id": ctx.run_id,
             },
         )
         return outcome
 
-    def bring(self, ctx: StageContext, source_config: TeacherSource) -> Outcome[ModelRef]:
+    def bring(
+        self, ctx: StageContext, source_config: TeacherSource, spec: InputSpec | None = None
+    ) -> Outcome[ModelRef]:
         """A teacher from elsewhere (or kept): copied or converted, checked, evaluated; never
-        trained."""
+        trained. ``spec``: its input recipe (default: ``teacher.input`` over the data's)."""
         teacher = ctx.config.teacher
         data = ctx.input("prepare-data", DataRef)
         dataset = data.load(ctx.work_dir)
-        spec = InputSpec.resolve(teacher.input, dataset.info)
+        spec = spec or InputSpec.resolve(teacher.input, dataset.info)
         ctx.directory.mkdir(parents=True, exist_ok=True)
         source = source_of(source_config)
         brought = source.bring_in(source_config, spec, ctx.directory, ctx.tracker.models)

@@ -90,7 +90,7 @@ def test_the_committed_units_are_found_by_the_current_code(tmp_path: Path) -> No
     # say) would silently throw them away and train them all again.
     module = benchmark("distill_quality")
     store = Path(__file__).resolve().parents[2] / "benchmarks/results/distill_quality_units"
-    ctx = module.Context(None, (), store, tmp_path)
+    ctx = module.Context(None, module.Protocol().base, store, tmp_path)
     assert (store / "teachers" / f"{module.teacher_key(ctx, 0, ())}.json").is_file()
     for student in (
         module.Student((), ()),  # the config's method, from the config's teacher

@@ -43,6 +43,7 @@ def test_the_best_mean_held_out_accuracy_is_chosen_and_recorded(tmp_path: Path) 
     assert (record["views"], record["label_smoothing"]) == (views, smoothing)
     assert record["candidates"][record["chosen"]]["vs_chosen"]["estimate"] == 0
     assert sum(record["reselection_rate"].values()) == pytest.approx(1)
-    assert record["units"] == 2 and record["held_out_n_per_unit"] == 16
+    held_out = len(load_dataset(info.path).splits["val"])
+    assert record["units"] == 2 and record["held_out_n_per_unit"] == held_out
     with pytest.raises(ValueError, match="units must be between 1 and"):
         choose_control(config, load_dataset(info.path), 99, torch.device("cpu"))

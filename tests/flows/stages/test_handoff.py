@@ -91,7 +91,8 @@ def test_the_bundle_carries_the_temperature_fitted_on_validation(
     calibration = outcome.record.texts["calibration.json"]
     assert prep["temperature"] == calibration["temperature"] > 0
     assert set(prep["calibration"]) >= {"ece_val_before", "ece_val_after", "ece_test_after"}
-    assert calibration["val_n"] == 16 and calibration["test_n"] == 16
+    sizes = harness.refs["prepare-data"].split_sizes
+    assert (calibration["val_n"], calibration["test_n"]) == (sizes["val"], sizes["test"])
     metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     assert float(metadata["temperature"]) == pytest.approx(prep["temperature"], rel=1e-5)
     card = (bundle / "MODEL_CARD.md").read_text()

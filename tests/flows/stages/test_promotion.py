@@ -57,7 +57,7 @@ def test_a_chain_of_champions_is_judged_against_its_first_champion_too(
     # version 1: the first champion of this split version, its own anchor
     assert _promote(harness, images)["decision"] == "promoted"
     split = tags("1")["promotion.split_version"]
-    assert split.startswith("stratified-shuffle-") and tags("1")["promotion.anchor_version"] == "1"
+    assert split.startswith("content-hash-") and tags("1")["promotion.anchor_version"] == "1"
 
     # version 2 against champion 1, which is the anchor: one comparison
     second = new_parent(harness)

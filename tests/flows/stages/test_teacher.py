@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from components.checkpoint import load_checkpoint
 from components.io import sha256_file
+from components.teachers import InputSpec
 from flows.refs import ModelRef
 from tests.flows.stages.harness import StageHarness, stage
 from tests.helpers import quadrant_images
@@ -118,6 +119,8 @@ def test_a_kept_teacher_is_brought_in_on_grown_data_and_evaluated_on_it(
     assert logged["teacher_kept_from_run"] == trained.run_id
     assert logged["dataset.fingerprint"] == harness.refs["prepare-data"].identity()
     assert 0 <= kept.val_accuracy <= 1
+    # fed as it learned: the first data's statistics, not the grown data's
+    assert kept.input_spec == InputSpec.of_data(old_data.load(harness.work).info).as_dict()
 
     # another recipe is another teacher: trained, and it becomes the one kept from then on
     retrained, logged = _bring(harness, images, "teacher.retrain=never", "teacher.train.epochs=2")
