@@ -19,19 +19,15 @@ DIR/rerun.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import TextIO
 
 from components.config import load_config
 from components.io import write_json, write_text
-from flows.cli import EXIT_REFUSED, add_config_arguments
+from flows.cli import EXIT_REFUSED, add_config_arguments, run_kd
 from flows.tracking import Tracker
 
 STUDENT_CHANGE = "student.train.lr={lr}"
@@ -46,40 +42,11 @@ def _kd_run(
     for override in overrides:
         arguments += ["--set", override]
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        if in_process:
-            code = _kd_in_process(arguments, scratch, uri, out)
-        else:
-            command = [sys.executable, "-m", "flows.cli", *arguments]
-            env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-            done = subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=out)
-            code = done.returncode
-    seconds = time.perf_counter() - started
+    code, seconds = run_kd(arguments, scratch, uri, log, in_process)
     # a refused model (exit 3) is a finished run: every stage ran, only the alias stayed
     if code not in (0, EXIT_REFUSED):
         raise SystemExit(f"kd run failed (exit {code}); see {log}")
     return seconds
-
-
-def _kd_in_process(arguments: list[str], scratch: Path, uri: str, out: TextIO) -> int:
-    """``kd`` called in this process: no start-up, imports or server start in the times."""
-    from flows.cli import main as kd
-
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        with (
-            contextlib.chdir(scratch),
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(out),
-        ):
-            return kd(arguments)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def _last_parent_tags(scratch: Path, experiment: str) -> dict[str, str]:

@@ -119,8 +119,9 @@ def content_split(
     hash, ``split.seed``) puts it in test below ``test_fraction``, in validation below
     ``test_fraction + val_fraction``, else in training. No other image takes part, so an
     image keeps its split whatever is added or removed, and identical images share one (a
-    duplicate cannot sit on both sides). The draw ignores the label, so each class gets the
-    fractions in expectation: stratified approximately."""
+    duplicate cannot sit on both sides; an official test set is the source's own). The draw
+    ignores the label, so each class gets the fractions in expectation: stratified
+    approximately."""
     u = view_hash(stream_seed(split.seed, "split"), ids, 0) / np.float64(2**64)
     test = u < split.test_fraction if official_test is None else np.asarray(official_test)
     pool = ~test

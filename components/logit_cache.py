@@ -27,8 +27,8 @@ Storage (``storage``):
 
 Data that grows. A build copies every sample an earlier data version's cache of the same
 making already holds (matched by content id, ``_plan_reuse``) and runs the teacher only on the
-new ones; the result is the bytes a build from scratch gives (each forward pass has one shape,
-so a sample's logits do not depend on its batch).
+new ones; the result is the bytes a build from scratch gives (a sample's logits do not depend
+on what it is batched with: the same bytes for any ``chunk_rows`` and ``batch_size``, tested).
 
 Safety. The cache key hashes everything that produced the content (teacher weights sha256,
 dataset fingerprint, view policy and seed, K, storage format). A build writes chunks of rows
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import math
@@ -537,7 +536,8 @@ def build_logit_cache(
                 shutil.rmtree(final)  # corrupt: rebuilt below
         train_indices = dataset.splits["train"]
         layout = _layout(spec, len(train_indices), classes)
-        reuse = _plan_reuse(cache_root, spec, effective_input, dataset)
+        # A forced rebuild computes every row: it is asked for when the bytes are in doubt.
+        reuse = _plan_reuse(cache_root, spec, effective_input, dataset, none=rebuild)
         arrays, done_chunks = _open_partial(partial, spec, layout)
         bounds = [
             (s, min(s + chunk_rows, len(train_indices)))
@@ -546,7 +546,7 @@ def build_logit_cache(
         finished = {entry[0] for entry in done_chunks}
         todo = [b for b in bounds if b[0] not in finished]
         parity, twin_seconds = None, 0.0
-        if spec.runtime == "onnxruntime" and todo:
+        if spec.runtime == "onnxruntime" and todo and (reuse.donor < 0).any():
             started = time.perf_counter()
             # The teacher's ONNX twin, beside the chunks until the cache is whole; checked
             # against PyTorch on the first views it will compute.
@@ -625,18 +625,21 @@ def build_logit_cache(
             "family": _family(spec),
             "teacher_input_effective": effective_input,
             "sample_ids": dataset.info.sample_ids,
+            "ids_sha256": (
+                _ids_digest(dataset.train_ids()) if dataset.info.sample_ids == "content" else None
+            ),
             "computed_rows": len(train_indices) - reuse.rows_reused(),
             "reused_from": reuse.donors,
             "runtime_max_abs_diff_vs_pytorch": parity,
             "created_unix": time.time(),
         }
-        if dataset.info.sample_ids == "content":
-            np.save(partial / "ids.npy", dataset.train_ids())
-            fsync_path(partial / "ids.npy")
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         fsync_path(partial / "manifest.json")
         (partial / "chunks.jsonl").unlink()
         (partial / "teacher.onnx").unlink(missing_ok=True)
+        if dataset.info.sample_ids == "content":  # last: no chunk or worker ever reads it
+            np.save(partial / "ids.npy", dataset.train_ids())
+            fsync_path(partial / "ids.npy")
         os.replace(partial, final)
         fsync_path(cache_root)
         return _info(open_logit_cache(final, expected_key=spec.key), cache_hit=False)
@@ -666,7 +669,11 @@ def _family(spec: CacheSpec) -> str:
 
 
 def _plan_reuse(
-    cache_root: Path, spec: CacheSpec, effective_input: dict[str, Any], dataset: Dataset
+    cache_root: Path,
+    spec: CacheSpec,
+    effective_input: dict[str, Any],
+    dataset: Dataset,
+    none: bool = False,
 ) -> Reuse:
     """Which training samples an earlier data version's cache already holds, by content id.
 
@@ -676,13 +683,14 @@ def _plan_reuse(
     is reused for position ids (a dataset split by shuffle) or mixed views (a mixup partner
     is drawn from the whole training set, which grew)."""
     rows = len(dataset.splits["train"])
-    none = Reuse([], np.full(rows, -1, np.int64), np.zeros(rows, np.int64))
+    nothing = Reuse([], np.full(rows, -1, np.int64), np.zeros(rows, np.int64))
     policy = AugmentConfig(**spec.augment)
-    if dataset.info.sample_ids != "content" or (policy.enabled and policy.mixup_alpha > 0):
-        return none
+    mixed = policy.enabled and policy.mixup_alpha > 0
+    if none or dataset.info.sample_ids != "content" or mixed:
+        return nothing
     family = _family(spec)
     ids = dataset.train_ids()
-    donor, row = none.donor.copy(), none.row.copy()
+    donor, row = nothing.donor.copy(), nothing.row.copy()
     donors: list[str] = []
     candidates = sorted(
         (d for d in cache_root.iterdir() if d.is_dir() and not d.name.startswith(".")),
@@ -708,6 +716,8 @@ def _plan_reuse(
             theirs = np.load(directory / "ids.npy")
         except (CacheError, OSError, ValueError):
             continue  # a damaged cache gives nothing; its samples are computed
+        if len(theirs) != manifest["rows"] or _ids_digest(theirs) != manifest.get("ids_sha256"):
+            continue  # ids that do not name its rows would copy the wrong samples
         order = np.argsort(theirs, kind="stable")
         at = np.searchsorted(theirs[order], ids).clip(0, len(theirs) - 1)
         found = (theirs[order][at] == ids) & (donor < 0)
@@ -717,10 +727,8 @@ def _plan_reuse(
     return Reuse(donors, donor, row)
 
 
-@functools.cache
-def _donor_arrays(directory: str) -> dict[str, np.ndarray]:
-    """A donor cache's arrays (verified when the build planned its reuse)."""
-    return open_logit_cache(Path(directory), verify=False).arrays
+def _ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.uint64).data).hexdigest()
 
 
 def _as_view(teacher: nn.Module, spec: CacheSpec, info: DatasetInfo) -> TeacherView:
@@ -753,13 +761,18 @@ def _build_chunk(
     start, stop = bounds
     started = time.perf_counter()
     rows = np.arange(start, stop)
-    donor = reuse.donor[start:stop]
+    donor = reuse.donor[start:stop].copy()
     for d, directory in enumerate(reuse.donors):
         mine = donor == d
-        if mine.any():
-            theirs = _donor_arrays(directory)
-            for name, array in arrays.items():
-                array[rows[mine]] = theirs[name][reuse.row[start:stop][mine]]
+        if not mine.any():
+            continue
+        try:  # verified when the build planned its reuse
+            theirs = open_logit_cache(Path(directory), verify=False).arrays
+        except CacheError:
+            donor[mine] = -1  # gone since (a rebuild, a cleanup): computed instead
+            continue
+        for name in arrays:
+            arrays[name][rows[mine]] = theirs[name][reuse.row[start:stop][mine]]
     computed = rows[donor < 0]
     for kind in spec.kinds if len(computed) else ():
         logits = teacher_view_logits(
@@ -800,7 +813,8 @@ def _cache_worker(
     device = worker_device(device_type)
     teacher = place(teacher, device).eval()
     dataset = load_dataset(dataset_path)
-    arrays = {p.stem: np.load(p, mmap_mode="r+") for p in Path(partial).glob("*.npy")}
+    names = _layout(spec, len(dataset.splits["train"]), dataset.info.num_classes)
+    arrays = {n: np.load(Path(partial) / f"{n}.npy", mmap_mode="r+") for n in names}
     mine = todo[rank::world]
     for bounds in mine:
         _build_chunk(
@@ -864,17 +878,10 @@ def teacher_view_logits(
     per_view = []
     for view in range(spec.views):
         images = _render(dataset, rows, spec, view, strong, device)
-        batches = []
-        for b in range(0, len(images), batch_size):
-            batch = images[b : b + batch_size]
-            n = len(batch)
-            # Every pass the same shape (a short batch padded with copies of its first image):
-            # kernels are chosen by shape, so a sample's logits do not depend on how many
-            # others it was computed with, and a grown cache, which computes only the new
-            # samples, holds the bytes a build from scratch would.
-            if n < batch_size:
-                batch = torch.cat([batch, batch[:1].expand(batch_size - n, *batch.shape[1:])])
-            batches.append(teacher(batch)[:n].float().cpu())
+        batches = [
+            teacher(images[b : b + batch_size]).float().cpu()
+            for b in range(0, len(images), batch_size)
+        ]
         per_view.append(torch.cat(batches))
     return torch.stack(per_view, dim=1)
 

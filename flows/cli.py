@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -98,6 +99,37 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="where the results go")
     add_config_arguments(parser)
     return parser
+
+
+def run_kd(
+    arguments: list[str], cwd: Path, tracking_uri: str, log: Path, in_process: bool = False
+) -> tuple[int, float]:
+    """``kd <arguments>`` as a user runs it, in ``cwd`` against ``tracking_uri``, its output
+    to ``log``: its exit code and seconds. A process of its own (start-up, imports and the
+    Prefect server in the time), or ``in_process`` (none of those: a quick check, as tests run
+    it). For the benchmark scripts that run the pipeline as a user would."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        if not in_process:
+            env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+            command = [sys.executable, "-m", "flows.cli", *arguments]
+            code = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=out).returncode
+            return code, time.perf_counter() - started
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        try:
+            with (
+                contextlib.chdir(cwd),
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(out),
+            ):
+                code = main(arguments)
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
+    return code, time.perf_counter() - started
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -90,18 +90,21 @@ class LogitCacheStage(Stage[CacheRef]):
             "cache_bytes": sum(p.stat().st_size for p in directory.glob("*.npy")),
             "seconds": seconds,
             "build_seconds": info.build_seconds,
-            "build_sample_views_per_s": info.rows * info.views / max(info.build_seconds, 1e-9),
         }
         if info.cache_hit:
             # The build's own time, recorded in the manifest, minus what verifying took now.
             metrics["time_saved_seconds"] = max(0.0, info.build_seconds - seconds)
+            metrics["build_sample_views_per_s"] = (
+                info.rows * info.views / max(info.build_seconds, 1e-9)
+            )
         else:
             # The teacher ran on these rows; the others were copied, by content, from the
             # caches of earlier data versions (grown data).
             metrics["teacher_rows_computed"] = info.computed_rows
-            metrics["build_sample_views_per_s"] = (
-                max(info.computed_rows, 1) * info.views / max(info.build_seconds, 1e-9)
-            )
+            if info.computed_rows:
+                metrics["build_sample_views_per_s"] = (
+                    info.computed_rows * info.views / max(info.build_seconds, 1e-9)
+                )
         hit = str(info.cache_hit).lower()
         ctx.log.info(
             "logit cache %s: %s (%d rows x %d views, %s, %d bytes per sample-view)",

@@ -1,5 +1,8 @@
 """``prepare-data``: read the source, split it, fingerprint it, store it once as uint8 arrays.
 
+Each image's split follows from its bytes (``split.method: content``), so data that grows
+moves no image already there between splits.
+
 Not cached by Prefect: it runs every time, because only reading the source tells whether the
 data changed. The arrays are content-addressed (``prepare-data/<dataset fingerprint>/``), so
 unchanged data is stored once and every later stage keys on the same fingerprint.
@@ -10,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import PipelineConfig
-from components.data import prepare_dataset
+from components.data import prepare_dataset, split_version
 from components.data_sources import DataError, check_source
 from flows.refs import DataRef
 from flows.stage import Outcome, PreflightError, Record, Stage, StageContext
@@ -43,7 +46,11 @@ class PrepareData(Stage[DataRef]):
             "dataset.input_shape": [info.in_channels, *info.image_size],
             **{f"dataset.{name}_size": n for name, n in info.split_sizes.items()},
         }
-        tags = {"dataset_fingerprint": info.fingerprint}
+        # Which images are validation images: the version promotion's chains are kept by.
+        tags = {
+            "dataset_fingerprint": info.fingerprint,
+            "split_version": split_version(ctx.config.split),
+        }
         ref = DataRef(
             directory=ctx.relative(Path(info.path)),
             fingerprint=info.fingerprint,

@@ -117,13 +117,13 @@ class Report(Stage[ReportRef]):
                 "kd_vs_control_p_value": (
                     1.0 if bought.difference.p_value is None else bought.difference.p_value
                 ),
-                # NaN when the control is as good as the teacher: no gap, no share of it
-                "teacher_gap_closed": float("nan") if gap_closed is None else gap_closed,
                 "teacher_test_accuracy": teacher.test_accuracy,
                 "baseline_test_accuracy": baseline.test_accuracy,
                 "kd_test_accuracy": student.test_accuracy,
                 "onnx_test_accuracy": exported.export.onnx_test_accuracy,
                 "compression_ratio": teacher.parameters / student.parameters,
+                # Not logged when the control is as good as the teacher: no gap, no share.
+                **({} if gap_closed is None else {"teacher_gap_closed": gap_closed}),
             },
             files=[
                 (curves, "figures"),

@@ -474,9 +474,11 @@ def _version(pool: Dataset, keep: np.ndarray, name: str) -> Dataset:
     return Dataset(info=info, images=images, labels=labels, splits=splits, ids=ids)
 
 
-@pytest.mark.parametrize("storage", ["full", "topk"])
+@pytest.mark.parametrize(
+    ("storage", "runtime"), [("full", "pytorch"), ("topk", "pytorch"), ("full", "onnxruntime")]
+)
 def test_a_grown_dataset_runs_the_teacher_only_on_new_samples_and_gets_the_bytes_of_a_fresh_build(
-    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module, storage: str
+    tmp_path: Path, mnist_dataset: Dataset, teacher: torch.nn.Module, storage: str, runtime: str
 ) -> None:
     # given a first data version, then 10% more images (shuffled in among the others) and 50
     # of the first version's removed
@@ -492,7 +494,7 @@ def test_a_grown_dataset_runs_the_teacher_only_on_new_samples_and_gets_the_bytes
     cache = {"storage": storage, **({"top_k": 3} if storage == "topk" else {})}
 
     def spec(data: Dataset) -> CacheSpec:
-        return replace(spec_for(data, **cache), teacher_input=recipe)
+        return replace(spec_for(data, **cache), teacher_input=recipe, runtime=runtime)
 
     build_logit_cache(view, spec(first), first, tmp_path / "store", 700, CPU)
     # when the grown version's cache is built in the same store, and from scratch elsewhere
@@ -505,6 +507,9 @@ def test_a_grown_dataset_runs_the_teacher_only_on_new_samples_and_gets_the_bytes
     # and what a training epoch reads is, byte for byte, a fresh build's
     assert files(Path(again.path)) == files(Path(fresh.path))
     assert open_logit_cache(Path(again.path), expected_key=spec(grown).key).rows == again.rows
+    # a forced rebuild trusts no earlier bytes: it computes every row
+    forced = build_logit_cache(view, spec(grown), grown, tmp_path / "store", 700, CPU, rebuild=True)
+    assert forced.computed_rows == forced.rows
 
 
 def test_nothing_is_reused_for_another_input_recipe_or_for_mixed_views(

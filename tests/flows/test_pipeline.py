@@ -87,7 +87,7 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
     # under the table: the distilled student against its control on test, with its interval,
     # exact McNemar p and the share of the teacher-control gap; the same on the parent run
     verdict = re.search(
-        r"Distilled vs control on test \(n = 500\): ([+-][0-9.]+) points "
+        r"Distilled vs control on test \(n = [0-9]+\): ([+-][0-9.]+) points "
         r"\[([+-][0-9.]+), ([+-][0-9.]+)\].*exact McNemar p = ([0-9.e-]+)",
         out,
     )
@@ -103,8 +103,8 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
     gap = children["teacher"].data.metrics["test_accuracy"] - control.data.metrics["test_accuracy"]
     if gap > 0:
         assert metrics["teacher_gap_closed"] == pytest.approx(difference / gap)
-    else:
-        assert np.isnan(metrics["teacher_gap_closed"])
+    else:  # no gap to close (the control as good as the teacher): no share logged
+        assert "teacher_gap_closed" not in metrics
     # the control's one recipe, and where it was chosen
     assert control.data.params["control.recipe"] == "cached-ls0"
     assert "Control: cached-ls0 (student.baseline), chosen by benchmarks/distill_quality.py" in out
@@ -117,7 +117,8 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
     spec = cache_files.manifest["spec"]
     assert spec["teacher_sha256"] == children["teacher"].data.tags["checkpoint_sha256"]
     assert spec["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
-    assert cache_files.arrays["logits"].shape == (4000, 2, 10)
+    train_images = int(children["prepare-data"].data.metrics["train_images"])
+    assert cache_files.arrays["logits"].shape == (train_images, 2, 10)
     assert cache_files.arrays["logits"].dtype == np.float16
     assert cache.data.metrics["bytes_per_sample_view"] == 20
     assert children["student-kd"].data.params["cache.key"] == key

@@ -59,7 +59,9 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     )
     # the same predictions: a difference of 0, in the score interval +-z^2 / (n + z^2)
     assert third.tags["promotion.accuracy_difference"] == "0.000000"
-    assert third.tags["promotion.accuracy_difference_interval"] == "[-0.007624, 0.007624]"
+    z2, n = 1.959964**2, int(third.tags["promotion.n_evaluated"])
+    half = f"{z2 / (n + z2):.6f}"
+    assert third.tags["promotion.accuracy_difference_interval"] == f"[-{half}, {half}]"
     # one chain of champions on one split version: version 1 is its anchor
     assert first.tags["promotion.anchor_version"] == third.tags["promotion.anchor_version"] == "1"
     assert first.tags["last_challenge.decision"] == "promoted"
@@ -76,7 +78,8 @@ def test_a_worse_challenger_is_rejected_and_an_equal_one_promoted(
     parent, children = runs[1]
     decision = record(client, parent)
     assert decision["decision"] == "rejected" and decision["champion_version"] == "1"
-    assert decision["n_evaluated"] == 500 and decision["n_overlap_removed"] == 0  # same split
+    n_val = int(children["prepare-data"].data.metrics["val_images"])
+    assert decision["n_evaluated"] == n_val and decision["n_overlap_removed"] == 0  # same split
     difference = decision["accuracy_difference"]
     assert difference["estimate"] < 0 and difference["interval"][0] < -0.01
     assert "McNemar" in difference["test"] and 0 <= difference["p_value"] <= 1
@@ -135,7 +138,7 @@ def test_after_a_new_split_only_images_neither_model_trained_on_are_compared(
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
+def test_new_images_in_an_image_folder_move_no_old_image_and_all_validation_is_compared(
     mlflow_store: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "images"
@@ -153,7 +156,7 @@ def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
     quadrant_images(root, per_class=30, start=60)  # new images arrive
     assert main(run_args(work, *data)) in (0, 3)  # promoted, or refused: either is decided
     store = Store(tmp_path)
-    (_, first), (parent, _) = pipeline_runs(store.client)
+    (_, first), (parent, second) = pipeline_runs(store.client)
     decision = record(store.client, parent)
     old_hashes = json.loads(
         Path(
@@ -164,8 +167,10 @@ def test_new_images_in_an_image_folder_leave_out_the_champions_training_images(
         ).read_text()
     )["examples"]
     assert len(old_hashes) == first["prepare-data"].data.metrics["train_images"]
-    assert decision["n_overlap_removed"] > 0  # the reshuffled pool put old training images in val
-    assert decision["n_evaluated"] + decision["n_overlap_removed"] == 36  # 10% of 360 images
+    # content splits: the champion's training images stay training images, so none is among
+    # the new validation images and promotion compares on all of them
+    assert decision["n_overlap_removed"] == 0
+    assert decision["n_evaluated"] == second["prepare-data"].data.metrics["val_images"] > 0
     assert decision["decision"] in {"promoted", "rejected"}
 
 
