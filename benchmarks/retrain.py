@@ -216,7 +216,8 @@ def _markdown(report: dict[str, Any], alias: str) -> str:
         f"`python benchmarks/retrain.py --out DIR`: {len(nights)} nights of `kd run` on an "
         f"ImageFolder of real MNIST images growing {GROWTH:.0%} a night, the teacher kept "
         "(`teacher.retrain=never`); the night marked *worse* plants a challenger whose students "
-        f"train one epoch. {report['measured'].capitalize()}; {report['cpu']}, "
+        f"train one epoch. {report['measured'][0].upper()}{report['measured'][1:]}; "
+        f"{report['cpu']}, "
         f"{report['cores']} cores"
         + (f"; overrides {report['overrides']}" if report["overrides"] else "")
         + ".",
@@ -227,11 +228,18 @@ def _markdown(report: dict[str, Any], alias: str) -> str:
     ]
     for n in nights:
         teacher = "kept" if n["teacher_kept_from_run"] else "trained"
+        compared = (
+            f"{n['n_evaluated']} / {n['val_images']}"
+            if n["compared"]
+            else f"none / {n['val_images']} (no champion)"
+            if n["champion_version"] is None
+            else f"none / {n['val_images']} (incomparable)"
+        )
         lines.append(
             f"| {n['night']}{' (worse)' if n['planted_worse'] else ''} | {n['images']:,} | "
             f"{n['seconds']:.0f} | {teacher} | {n['teacher_rows_computed']:,} of "
             f"{n['cache_rows']:,} | {n['moved_from_previous_night']} | "
-            f"{n['n_evaluated']} / {n['val_images']} | {n['decision']} | "
+            f"{compared} | {n['decision']} | "
             f"version {n['alias_after']} |"
         )
     lines += [

@@ -14,7 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from components.checkpoint import load_checkpoint
 from components.data import Dataset, DatasetInfo, load_dataset
+from components.inference import predict_logits
 from components.io import sha256_files
 from components.logit_cache import CacheError, CacheInfo, LogitCache, open_logit_cache
 from components.onnx_export import ExportResult
@@ -78,6 +83,14 @@ class ModelRef(Ref):
         """The model behind its input recipe and class map (see components/teachers.py)."""
         model = load_teacher(work_dir / self.checkpoint, self.format)
         return TeacherView(model, self.spec(info), self.class_index)
+
+    def correct(self, work_dir: Path, dataset: Dataset, split: str) -> np.ndarray:
+        """Which images of a split this student's checkpoint classifies right, in the split's
+        order: the paired predictions two students are compared on."""
+        images, labels = dataset.split(split)
+        model, _ = load_checkpoint(work_dir / self.checkpoint, expected_sha256=self.sha256)
+        logits = predict_logits(model, np.asarray(images), dataset, torch.device("cpu"))
+        return np.asarray(logits.argmax(1).numpy() == np.asarray(labels))
 
     def input_recipe(self, info: DatasetInfo) -> str:
         return self.spec(info).describe()

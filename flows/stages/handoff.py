@@ -163,7 +163,11 @@ class Handoff(Stage[HandoffRef]):
         # 4. The registry: a new version under the alias, with the record of its training
         #    examples; unless it is below a floor, or a version with the same bytes exists.
         training = training_set_record(dataset)
-        below = registration_floor(student.val_accuracy, control.val_accuracy, config.registry)
+        below = registration_floor(
+            student.correct(ctx.work_dir, dataset, "val"),
+            control.correct(ctx.work_dir, dataset, "val"),
+            config.registry,
+        )
         same = ctx.tracker.registry.version_tagged(name, "onnx_sha256", exported.sha256)
         version: str | None
         if below is not None:

@@ -12,11 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from components.checkpoint import load_checkpoint
 from components.data import Dataset, normalize
-from components.inference import predict_logits
 from components.latency import p50_of
 from components.onnx_export import onnx_session, run_onnx
 from components.recipes import control_name
@@ -153,10 +150,8 @@ def _verdict(
     work_dir: Path, dataset: Dataset, teacher: ModelRef, control: ModelRef, distilled: ModelRef
 ) -> Verdict:
     """The two students' predictions on the test split, paired image by image."""
-    images, labels = dataset.split("test")
-    correct = {}
-    for name, ref in (("control", control), ("distilled", distilled)):
-        model, _ = load_checkpoint(work_dir / ref.checkpoint, expected_sha256=ref.sha256)
-        logits = predict_logits(model, np.asarray(images), dataset, torch.device("cpu"))
-        correct[name] = logits.argmax(1).numpy() == np.asarray(labels)
-    return verdict(correct["distilled"], correct["control"], teacher.test_accuracy)
+    return verdict(
+        distilled.correct(work_dir, dataset, "test"),
+        control.correct(work_dir, dataset, "test"),
+        teacher.test_accuracy,
+    )

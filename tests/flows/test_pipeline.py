@@ -79,7 +79,7 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
         assert 0 <= run.data.metrics["test_accuracy"] <= 1
         assert "checkpoint/model.pt" in artifact_paths(client, run.info.run_id)
         assert run.data.params["input.prepare-data.run_id"] == children["prepare-data"].info.run_id
-    assert children["student-kd"].data.params["distill.kind"] == "dkd"
+    assert children["student-kd"].data.params["distill.kind"] == "wttm"
     # a stage logs only what it reads: the control never sees the distillation settings
     assert "distill.kind" not in children["student-baseline"].data.params
     assert children["student-baseline"].data.params["cache.views"] == "2"
