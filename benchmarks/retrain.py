@@ -15,8 +15,10 @@ Night 2 against night 1 (a first run, then 10% more images) gives the figures th
 - ``teacher_forward_fraction``: the teacher sample-views the logit-cache build computed, over
   those of a full build of the grown data (goal <= 0.12 for 10% growth);
 - ``moved_between_splits``: night-1 images whose split changed (goal 0);
-- ``promotion_compared_fraction``: the validation images promotion compared the two models
-  on, over the validation split (0 when it could not compare them; goal >= 0.95);
+- ``promotion_compared_fraction``: the validation images promotion scored both models on,
+  over the validation split (0 when there was no champion to score; goal >= 0.95; a
+  decision may still be ``incomparable`` when those images are fewer than
+  ``promotion.min_examples``);
 and every night's wall time, images, teacher, decision and the champion alias after it
 (``moved_any_night``: images moved between any two consecutive nights). Writes DIR/retrain.json
 and DIR/retrain.md. ``--set`` applies to every night; ``--in-process`` calls kd in this
@@ -83,8 +85,9 @@ def night_record(tracker: Tracker, experiment: str, model: str, alias: str) -> d
         # absent on a cache hit: the teacher ran on nothing
         "teacher_rows_computed": int(cache.get("teacher_rows_computed", 0)),
         "decision": promotion["decision"],
-        # the two models were compared (a first model, or one left incomparable, was not)
-        "compared": promotion["accuracy_difference"] is not None,
+        # both models were scored on these images (none for a first model, or a champion
+        # that cannot be compared: another dataset, no record of its training images)
+        "compared": promotion["champion_version"] is not None and promotion["n_evaluated"] > 0,
         "reason": promotion["reason"],
         "n_evaluated": promotion["n_evaluated"],
         "n_overlap_removed": promotion["n_overlap_removed"],
@@ -231,9 +234,8 @@ def _markdown(report: dict[str, Any], alias: str) -> str:
         compared = (
             f"{n['n_evaluated']} / {n['val_images']}"
             if n["compared"]
-            else f"none / {n['val_images']} (no champion)"
-            if n["champion_version"] is None
-            else f"none / {n['val_images']} (incomparable)"
+            else f"none / {n['val_images']}"
+            + (" (no champion)" if n["champion_version"] is None else "")
         )
         lines.append(
             f"| {n['night']}{' (worse)' if n['planted_worse'] else ''} | {n['images']:,} | "
