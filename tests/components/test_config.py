@@ -6,6 +6,7 @@ from components.config import (
     ConfigError,
     PipelineConfig,
     TorchvisionSource,
+    WTTMDistill,
     config_to_yaml,
     flatten,
     load_config,
@@ -24,7 +25,7 @@ def test_overrides_are_typed_by_yaml_and_nested() -> None:
     config = load_config(
         None,
         [
-            "distill.temperature=2.5",
+            "distill.power=0.25",
             "teacher.train.epochs=3",
             "teacher.train.augment.enabled=false",
             "data.kind=torchvision",
@@ -32,7 +33,7 @@ def test_overrides_are_typed_by_yaml_and_nested() -> None:
             "data.root=/tmp/x",
         ],
     )
-    assert config.distill.temperature == 2.5
+    assert isinstance(config.distill, WTTMDistill) and config.distill.power == 0.25
     assert config.teacher.train.epochs == 3
     assert config.teacher.train.augment.enabled is False
     assert isinstance(config.data, TorchvisionSource)
@@ -41,7 +42,7 @@ def test_overrides_are_typed_by_yaml_and_nested() -> None:
 
 def test_override_applies_on_top_of_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("distill:\n  alpha: 0.2\n  temperature: 3\n")
+    path.write_text("distill:\n  kind: hinton\n  alpha: 0.2\n  temperature: 3\n")
     config = load_config(path, ["distill.alpha=0.9"])
     assert (config.distill.alpha, config.distill.temperature) == (0.9, 3.0)
 
@@ -61,10 +62,10 @@ def test_config_is_frozen() -> None:
         ("teacher.train.epochs=0", "teacher.train.epochs"),
         ("teacher.train.epochs=ten", "teacher.train.epochs"),
         ("student.train.batch_size=-4", "student.train.batch_size"),
-        ("distill.temperature=0", "distill.temperature"),
-        ("distill.temperature=-1", "distill.temperature"),
+        ("distill.kind=dkd distill.temperature=0", "distill.temperature"),
+        ("distill.power=-1", "distill.power"),
         ("distill.kind=hinton distill.alpha=1.5", "distill.alpha"),
-        ("distill.alpha=-0.1", "distill.alpha"),
+        ("distill.kind=hinton distill.alpha=-0.1", "distill.alpha"),
         ("distill.kind=dkd distill.beta=-1", "distill.beta"),
         ("distill.kind=distil", "distill"),
         ("teacher.model.name=vgg99", "teacher.model.name"),

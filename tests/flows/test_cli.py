@@ -27,8 +27,8 @@ def test_schema_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_config_prints_the_resolved_tree(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["config", "--set", "distill.alpha=0.3"]) == 0
-    assert "alpha: 0.3" in capsys.readouterr().out
+    assert main(["config", "--set", "distill.kd_weight=3.5"]) == 0
+    assert "kd_weight: 3.5" in capsys.readouterr().out
 
 
 def _image_folder(root: Path, readable: bool) -> Path:
@@ -57,13 +57,19 @@ BAD_INPUTS = {
     "zero learning rate": (lambda t: ["--set", "student.train.lr=0"], "student.train.lr"),
     "zero epochs": (lambda t: ["--set", "student.train.epochs=0"], "student.train.epochs"),
     "negative batch size": (lambda t: ["--set", "teacher.train.batch_size=-8"], "batch_size"),
-    "zero temperature": (lambda t: ["--set", "distill.temperature=0"], "distill.temperature"),
-    "negative temperature": (lambda t: ["--set", "distill.temperature=-2"], "distill.temperature"),
+    "zero temperature": (
+        lambda t: ["--set", "distill.kind=dkd", "--set", "distill.temperature=0"],
+        "distill.temperature",
+    ),
+    "negative power": (lambda t: ["--set", "distill.power=-2"], "distill.power"),
     "alpha above 1": (
         lambda t: ["--set", "distill.kind=hinton", "--set", "distill.alpha=1.5"],
         "distill.alpha",
     ),
-    "alpha below 0": (lambda t: ["--set", "distill.alpha=-0.1"], "distill.alpha"),
+    "alpha below 0": (
+        lambda t: ["--set", "distill.kind=hinton", "--set", "distill.alpha=-0.1"],
+        "distill.alpha",
+    ),
     "unknown model": (lambda t: ["--set", "student.model.name=vgg"], "student.model.name"),
     "unknown dataset name": (
         lambda t: [

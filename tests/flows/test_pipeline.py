@@ -59,7 +59,7 @@ def test_first_run_end_to_end(session_runs: SessionRuns, tmp_path: Path) -> None
 
     # the whole resolved config: flattened params and config.yaml on the parent
     assert parent.data.params["teacher.train.epochs"] == "1"
-    assert parent.data.params["distill.temperature"] == "4.0"
+    assert parent.data.params["distill.power"] == "0.2"
     assert parent.data.params["work_dir"] == str(work)
     assert "config.yaml" in artifact_paths(client, parent.info.run_id)
     assert parent.data.tags["dataset_fingerprint"] == parent.data.params["dataset.fingerprint"]
