@@ -100,8 +100,9 @@ def files_version(root: Path, files: Iterable[Path]) -> str:
 
 
 def all_files(root: Path) -> list[Path]:
-    """Every file under ``root``, following no symbolic link out of it."""
-    return [Path(d) / f for d, _, names in os.walk(root) for f in names]
+    """Every file under ``root``, through symbolically linked folders too (a class folder
+    linked from another disk is read by the loader, so its files are part of the data)."""
+    return [Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names]
 
 
 def source_sample(source: Variant) -> np.ndarray:

@@ -86,3 +86,18 @@ def test_the_version_changes_with_the_images_and_only_with_them(tmp_path: Path) 
     assert source_version(source) not in (first, grown)  # and one removed
     with pytest.raises(DataError, match="not found"):
         source_version(ImageFolderSource(root=tmp_path / "gone"))
+
+
+def test_the_version_sees_images_in_a_class_folder_linked_from_elsewhere(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    write_image_folder(elsewhere)
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("cat", "dog"):
+        (root / name).symlink_to(elsewhere / name, target_is_directory=True)
+    source = ImageFolderSource(root=root)
+    first = source_version(source)
+    Image.fromarray(RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+        elsewhere / "dog" / "new.png"
+    )
+    assert source_version(source) != first  # the loader reads it: so it is new data
