@@ -74,14 +74,16 @@ class Dataset:
 
 def split_images(
     labels: np.ndarray,
-    ids: np.ndarray,
+    ids: np.ndarray | None,
     split: SplitConfig,
     official_test: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Indices of the train, val and test splits, by ``split.method`` (see SplitConfig);
-    ``ids``: the images' ``content_ids``."""
+    ``ids``: the images' ``content_ids`` (a content split needs them, a shuffle does not)."""
     if split.method == "shuffle":
         splits = stratified_split(labels, split, official_test)
+    elif ids is None:
+        raise ValueError("a content split needs the images' content ids")
     else:
         splits = content_split(ids, split, official_test)
     # A content split draws each image's split by chance: a tiny class can miss one.
@@ -179,7 +181,8 @@ def _array_digest(*arrays: np.ndarray) -> str:
 def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> DatasetInfo:
     """Load, split and fingerprint the source; store it under ``root/<fingerprint>`` once."""
     data = load_source(source)
-    ids = content_ids(data.images)
+    # Every image hashed only where its id is used: to split it, and to name it later.
+    ids = content_ids(data.images) if split.method == "content" else None
     splits = split_images(data.labels, ids, split, data.official_test)
     mean, std = channel_stats(data.images[splits["train"]])
     identity = {
@@ -204,12 +207,12 @@ def prepare_dataset(source: DataSource, split: SplitConfig, root: Path) -> Datas
         mean=mean,
         std=std,
         split_sizes={name: len(indices) for name, indices in splits.items()},
-        sample_ids="position" if split.method == "shuffle" else "content",
+        sample_ids="position" if ids is None else "content",
     )
     with atomic_dir(directory) as tmp:
         np.save(tmp / "images.npy", data.images)
         np.save(tmp / "labels.npy", data.labels)
-        if info.sample_ids == "content":
+        if ids is not None:
             np.save(tmp / "ids.npy", ids)
         np.savez(tmp / "splits.npz", **cast(dict[str, Any], splits))
         meta = {k: v for k, v in asdict(info).items() if k != "path"}

@@ -148,16 +148,15 @@ class Teacher(TrainingStage):
             return outcome
         outcome = super().run(ctx)
         ref = outcome.ref
+        data = ctx.input("prepare-data", DataRef)
         write_json(
             ctx.work_dir / "teacher" / LAST_TRAINED,
             {
                 "checkpoint": ref.checkpoint,
                 "sha256": ref.sha256,
                 "teacher": _recipe_identity(ctx.config),
-                "dataset_fingerprint": ctx.input("prepare-data", DataRef).fingerprint,
-                "input": InputSpec.of_data(
-                    ctx.input("prepare-data", DataRef).load(ctx.work_dir).info
-                ).as_dict(),
+                "dataset_fingerprint": data.fingerprint,
+                "input": InputSpec.of_data(data.load(ctx.work_dir).info).as_dict(),
                 "run_id": ctx.run_id,
             },
         )
